@@ -1,0 +1,70 @@
+"""The loyalty service: `create_app()` builds it as a list of register_* calls."""
+import logging
+import os
+
+from flask import Flask
+
+from loyalty import config as config_module
+
+
+def create_app(config=None):
+    app = Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.json = _json_provider(app)
+    app.config.from_mapping(config_module.API_SETTINGS)
+    app.config.from_mapping(config_module.from_environment(app.instance_path))
+    if config:
+        app.config.from_mapping(config)
+    app.config["SQLALCHEMY_DATABASE_URI"] = config_module.normalise_database_url(
+        app.config["SQLALCHEMY_DATABASE_URI"])
+    register_logging(app)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    return app
+
+
+def _json_provider(app):
+    from loyalty.json import DecimalJSONProvider
+
+    return DecimalJSONProvider(app)
+
+
+def register_logging(app):
+    logging.basicConfig(level=app.config["LOYALTY_LOG_LEVEL"],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def register_extensions(app):
+    from loyalty.database import configure_engine, render_migration_type
+    from loyalty.extensions import db, migrate
+
+    import loyalty.models  # noqa: F401  every table, so Alembic and the app see one schema
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True,
+                     render_item=render_migration_type)
+    with app.app_context():
+        configure_engine(db.engine)
+
+
+def register_blueprints(app):
+    from loyalty.api import register_blueprints as register_api
+
+    register_api(app)
+
+
+def register_errorhandlers(app):
+    from loyalty.errors import register_error_handlers
+
+    register_error_handlers(app)
+
+
+def register_commands(app):
+    from loyalty.cli import register
+
+    register(app)
+
+
+MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")

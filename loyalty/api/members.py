@@ -1,0 +1,53 @@
+from flask.views import MethodView
+
+from loyalty.api import QR_RESPONSES, Blueprint, qr_response
+from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
+                                         MemberSchema, MemberUpdateSchema)
+from loyalty.auth import roles
+from loyalty.idempotency import idempotent
+from loyalty.members import service
+
+blp = Blueprint("members", __name__, description="Members: registration, lookup, profile, card")
+
+
+@blp.route("/members")
+class Members(MethodView):
+    @roles("app", "pos")
+    @idempotent
+    @blp.arguments(MemberCreateSchema)
+    @blp.response(201, MemberSchema)
+    def post(self, data):
+        """Register a member (409 with `member_id` if an identity already belongs to someone)"""
+        return service.register_member(**data)
+
+    @roles("pos", "marketing")
+    @blp.arguments(MemberLookupSchema, location="query")
+    @blp.response(200, MemberListSchema)
+    def get(self, query):
+        """Find members by phone, email, card token, or channel and external id"""
+        return {"items": service.find_members(**query)}
+
+
+@blp.route("/members/<int:member_id>")
+class MemberById(MethodView):
+    @roles("app", "pos", "marketing")
+    @blp.response(200, MemberSchema)
+    def get(self, member_id):
+        """A member, with tier and points"""
+        return service.get_member(member_id)
+
+    @roles("app")
+    @blp.arguments(MemberUpdateSchema)
+    @blp.response(200, MemberSchema)
+    def patch(self, changes, member_id):
+        """Change a member's profile"""
+        return service.update_member(member_id, changes)
+
+
+@blp.route("/members/<int:member_id>/card.<any(png, svg):fmt>")
+class MemberCard(MethodView):
+    @roles("app", "pos")
+    @blp.doc(responses=QR_RESPONSES)
+    def get(self, member_id, fmt):
+        """The QR code of the member's card token (a POS scans it, then looks up `?card=`)"""
+        return qr_response(service.get_member(member_id).card_token, fmt)

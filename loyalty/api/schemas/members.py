@@ -1,0 +1,79 @@
+from datetime import date
+
+from marshmallow import Schema, fields, validate, validates_schema, ValidationError
+
+from loyalty.api.schemas.common import PointsField, Timestamp
+
+NAME = validate.Length(min=1, max=100)
+CHANNEL = validate.Length(min=1, max=30)
+
+
+class ExternalIdSchema(Schema):
+    channel = fields.String(required=True, validate=CHANNEL)
+    id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+
+
+class MemberCreateSchema(Schema):
+    name = fields.String(required=True, validate=NAME)
+    phone = fields.String(validate=validate.Length(max=30))
+    email = fields.Email(validate=validate.Length(max=254))
+    birthday = fields.Date()
+    channel = fields.String(validate=CHANNEL)
+    external_ids = fields.List(fields.Nested(ExternalIdSchema), validate=validate.Length(max=20))
+    referral_code = fields.String(validate=validate.Length(min=4, max=16))
+
+
+class MemberUpdateSchema(Schema):
+    name = fields.String(validate=NAME)
+    phone = fields.String(validate=validate.Length(max=30), allow_none=True)
+    email = fields.Email(validate=validate.Length(max=254), allow_none=True)
+    birthday = fields.Date(allow_none=True)
+    channel = fields.String(validate=CHANNEL, allow_none=True)
+
+    @validates_schema
+    def not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("Send at least one field to change: name, phone, email, birthday, channel.")
+
+
+class MemberLookupSchema(Schema):
+    phone = fields.String()
+    email = fields.String()
+    channel = fields.String()
+    external_id = fields.String()
+    card = fields.String()
+
+
+class TierRefSchema(Schema):
+    code = fields.String()
+    name = fields.String()
+
+
+class BalanceSchema(Schema):
+    available = PointsField(signed=True)
+    pending = PointsField(signed=True)
+    lifetime_earned = PointsField(signed=True)
+
+
+class MemberSchema(Schema):
+    id = fields.Integer()
+    member_no = fields.String()
+    name = fields.String()
+    phone = fields.String(allow_none=True)
+    email = fields.String(allow_none=True)
+    birthday = fields.Date(allow_none=True)
+    channel = fields.String(allow_none=True)
+    external_ids = fields.Method("get_external_ids")
+    tier = fields.Nested(TierRefSchema)
+    points = fields.Nested(BalanceSchema, attribute="account")
+    lifecycle_stage = fields.String(allow_none=True)
+    referral_code = fields.String()
+    joined_at = Timestamp()
+    status = fields.String()
+
+    def get_external_ids(self, member):
+        return [{"channel": i.channel, "id": i.external_id} for i in member.identities]
+
+
+class MemberListSchema(Schema):
+    items = fields.List(fields.Nested(MemberSchema))

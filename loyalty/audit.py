@@ -1,0 +1,29 @@
+"""The audit log: who changed what, before and after, when. Written in the change's transaction."""
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from loyalty.database import BigId, UTCDateTime
+from loyalty.extensions import db
+
+
+class AuditEntry(db.Model):
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_entity", "entity_type", "entity_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    actor: Mapped[str] = mapped_column(sa.String(150))
+    action: Mapped[str] = mapped_column(sa.String(50))
+    entity_type: Mapped[str] = mapped_column(sa.String(30))
+    entity_id: Mapped[str | None] = mapped_column(sa.String(64))
+    before = mapped_column(sa.JSON)
+    after = mapped_column(sa.JSON)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+
+def record(actor, action, entity_type, entity_id, before, after, now):
+    """Add an audit entry to the current transaction (the caller commits)."""
+    db.session.add(AuditEntry(
+        actor=actor, action=action, entity_type=entity_type,
+        entity_id=None if entity_id is None else str(entity_id),
+        before=before, after=after, created_at=now,
+    ))

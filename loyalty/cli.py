@@ -1,0 +1,113 @@
+"""The `loyalty` command: thin wrappers over services. `loyalty --help` lists everything."""
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from loyalty import auth
+from loyalty.errors import LoyaltyError
+
+
+def create_cli_app():
+    from loyalty import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=create_cli_app, add_version_option=False,
+             help="Loyalty points and membership tiers.")
+def main():
+    pass
+
+
+def register(app):
+    app.cli.add_command(serve)
+    app.cli.add_command(api_keys)
+    app.cli.add_command(ledger)
+
+
+def prepare_database():
+    """Bring an embedded (SQLite) database to the newest schema; seed defaults on any database."""
+    from flask_migrate import upgrade
+
+    from loyalty.extensions import db
+    from loyalty.points.service import seed_rules
+
+    if db.engine.dialect.name == "sqlite":
+        upgrade()
+    seed_rules()
+    if not auth.has_active_admin_key():
+        _, plaintext = auth.create_key("admin", name="first admin key", actor="loyalty serve")
+        click.echo("Created the first admin API key. It is shown only this once; keep it safe:")
+        click.echo(plaintext)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--debug/--no-debug", default=False)
+@with_appcontext
+def serve(host, port, debug):
+    """Run the development server (SQLite: migrates and seeds on first start)."""
+    prepare_database()
+    current_app.run(host=host, port=port, debug=debug, use_reloader=False)
+
+
+@click.group("api-keys")
+def api_keys():
+    """Create, list and revoke API keys."""
+
+
+@api_keys.command("create")
+@click.option("--role", required=True, type=click.Choice(auth.ROLES))
+@click.option("--store", "store_id", help="The store a POS key acts for (required for pos).")
+@click.option("--name", help="A label people recognise, e.g. 'Till 3, Nanjing Road'.")
+@with_appcontext
+def create_key(role, store_id, name):
+    """Create a key; the key itself is printed once, alone on the last line."""
+    try:
+        key, plaintext = auth.create_key(role, name=name, store_id=store_id)
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Created API key {key.id} ({key.role}{', store ' + key.store_id if key.store_id else ''}).",
+               err=False)
+    click.echo(plaintext)
+
+
+@api_keys.command("list")
+@with_appcontext
+def list_keys():
+    """List keys (never the keys themselves: only their first characters)."""
+    for key in auth.list_keys():
+        state = "revoked" if key.revoked_at else "active"
+        click.echo(f"{key.id}\t{key.role}\t{key.store_id or '-'}\t{key.key_hint}…\t{state}\t{key.name}")
+
+
+@api_keys.command("revoke")
+@click.argument("key_id", type=int)
+@with_appcontext
+def revoke_key(key_id):
+    """Revoke a key; it stops working at once."""
+    try:
+        auth.revoke_key(key_id)
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Revoked API key {key_id}.")
+
+
+@click.group()
+def ledger():
+    """Check the points ledger."""
+
+
+@ledger.command("verify")
+@with_appcontext
+def verify():
+    """Check every account's invariants; exit 1 if any is broken."""
+    from loyalty.points.verify import broken_accounts
+
+    broken = broken_accounts()
+    for item in broken:
+        click.echo(f"member {item.member_id}: {item.problem}")
+    if broken:
+        raise SystemExit(1)
+    click.echo("Ledger OK: every account agrees with its lots and entries.")

@@ -1,0 +1,104 @@
+"""`Idempotency-Key` for every POST: a retry gets the first answer and changes nothing.
+
+The key is claimed (inserted) at the start of the request's transaction and the answer is stored
+in the same transaction, so either both the change and its answer are committed or neither is.
+A concurrent twin waits on the key's unique index (PostgreSQL) or the write lock (SQLite), then
+finds the committed answer and replays it.
+"""
+import hashlib
+import json
+from functools import wraps
+
+import sqlalchemy as sa
+from flask import Response, g, make_response, request
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from loyalty import clock
+from loyalty.database import BigId, UTCDateTime, transaction
+from loyalty.errors import IdempotencyConflict, ValidationFailed
+from loyalty.extensions import db
+
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+class IdempotencyRecord(db.Model):
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (sa.UniqueConstraint("api_key_id", "key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(sa.BigInteger)
+    key: Mapped[str] = mapped_column(sa.String(255))
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[int | None] = mapped_column(sa.Integer)
+    body: Mapped[str | None] = mapped_column(sa.Text)
+    created_at = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+def request_fingerprint():
+    """Method, path and body; JSON bodies are compared by content, not by spacing or key order."""
+    raw = request.get_data(cache=True)
+    try:
+        body = json.dumps(json.loads(raw or b"null"), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        body = raw.decode("utf-8", "replace")
+    text = f"{request.method} {request.path}?{request.query_string.decode()}\n{body}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def replayed(response):
+    """Mark a response as the replay of an earlier answer."""
+    response = make_response(response)
+    response.headers[REPLAY_HEADER] = "true"
+    return response
+
+
+def idempotent(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return view(*args, **kwargs)
+        key = key.strip()
+        if not 1 <= len(key) <= 255:
+            raise ValidationFailed("The Idempotency-Key header must be 1 to 255 characters long.")
+        fingerprint = request_fingerprint()
+        scope = g.principal.key_id
+        stored = _find(scope, key)
+        if stored is not None:
+            return _replay(stored, fingerprint)
+        try:
+            with transaction():
+                record = IdempotencyRecord(api_key_id=scope, key=key, request_hash=fingerprint,
+                                           created_at=clock.now())
+                db.session.add(record)
+                db.session.flush()  # claim the key now: a twin waits here until we commit
+                response = make_response(view(*args, **kwargs))
+                record.status = response.status_code
+                record.body = response.get_data(as_text=True)
+        except IntegrityError:
+            stored = _find(scope, key)
+            if stored is None:
+                raise
+            return _replay(stored, fingerprint)
+        return response
+
+    return wrapper
+
+
+def _find(scope, key):
+    return db.session.execute(
+        sa.select(IdempotencyRecord)
+        .where(IdempotencyRecord.api_key_id == scope, IdempotencyRecord.key == key)
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+
+
+def _replay(stored, fingerprint):
+    if stored.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used for a different request; "
+            "send a new key with a new request."
+        )
+    return Response(stored.body, status=stored.status, mimetype="application/json",
+                    headers={REPLAY_HEADER: "true"})

@@ -1,0 +1,177 @@
+"""Members: registration, lookup by any identity, profile changes, the card token."""
+import re
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from loyalty import clock
+from loyalty.database import transaction
+from loyalty.errors import Conflict, NotFound, ValidationFailed
+from loyalty.extensions import db
+from loyalty.members.models import Member, MemberIdentity
+from loyalty.points.models import Account
+
+# Unambiguous characters for codes people read aloud or type: no 0/O, 1/I/L.
+CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+PHONE_PATTERN = re.compile(r"^\+?[0-9]{6,15}$")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    birthday: object = None
+    channel: str | None = None
+
+
+def normalise_phone(phone):
+    """Strip the spaces, dashes and brackets people type; keep a leading +."""
+    if phone is None:
+        return None
+    cleaned = re.sub(r"[\s\-().]", "", phone)
+    if not PHONE_PATTERN.match(cleaned):
+        raise ValidationFailed(
+            "The phone number is not valid: use 6 to 15 digits, optionally starting with +.",
+            errors={"phone": ["Use 6 to 15 digits, optionally starting with +."]},
+        )
+    return cleaned
+
+
+def normalise_email(email):
+    return email.strip().lower() if email else email
+
+
+def new_code(length=8):
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
+
+
+def member_number(member_id):
+    """A printable member number: 8, the id in nine digits, and a Luhn check digit."""
+    digits = f"8{member_id:09d}"
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = int(char)
+        if position % 2 == 0:
+            value *= 2
+            value -= 9 if value > 9 else 0
+        total += value
+    return digits + str((10 - total % 10) % 10)
+
+
+def register_member(name, phone=None, email=None, birthday=None, channel=None,
+                    external_ids=(), referral_code=None, now=None):
+    """Create a member and its empty account. Each identity may belong to one member only.
+
+    A `referral_code` names the member who invited this one (the referrals issue rewards it)."""
+    now = now or clock.now()
+    phone, email = normalise_phone(phone), normalise_email(email)
+    _check_birthday(birthday, now)
+    identities = [(i["channel"].strip().lower(), i["id"].strip()) for i in external_ids or ()]
+    if len(set(identities)) != len(identities):
+        raise ValidationFailed("The same channel identity is listed twice.",
+                               errors={"external_ids": ["Each channel identity may appear once."]})
+    with transaction():
+        _check_identities_free(phone, email, identities)
+        referrer_id = _referrer_for(referral_code)
+        member = Member(name=name.strip(), phone=phone, email=email, birthday=birthday,
+                        channel=channel, referred_by_id=referrer_id, card_token=secrets.token_urlsafe(18),
+                        referral_code=new_code(), joined_at=now, updated_at=now)
+        member.identities = [MemberIdentity(channel=c, external_id=x) for c, x in identities]
+        db.session.add(member)
+        db.session.flush()
+        member.member_no = member_number(member.id)
+        member.account = Account(member_id=member.id, updated_at=now)
+    return member
+
+
+def update_member(member_id, changes: dict, now=None):
+    """Change profile fields (name, phone, email, birthday, channel)."""
+    now = now or clock.now()
+    if "phone" in changes:
+        changes["phone"] = normalise_phone(changes["phone"])
+    if "email" in changes:
+        changes["email"] = normalise_email(changes["email"])
+    if "birthday" in changes:
+        _check_birthday(changes["birthday"], now)
+    with transaction():
+        member = get_member(member_id, for_update=True)
+        _check_identities_free(changes.get("phone"), changes.get("email"), (), exclude=member.id)
+        for field, value in changes.items():
+            setattr(member, field, value.strip() if field == "name" else value)
+        member.updated_at = now
+    return member
+
+
+def get_member(member_id, for_update=False):
+    query = sa.select(Member).where(Member.id == member_id)
+    if for_update:
+        query = query.with_for_update()
+    member = db.session.execute(query).unique().scalar_one_or_none()
+    if member is None:
+        raise NotFound(f"No member with id {member_id}.")
+    return member
+
+
+def find_members(phone=None, email=None, channel=None, external_id=None, card=None):
+    """Members matching one identity (a list, empty when nobody matches)."""
+    query = sa.select(Member)
+    if phone is not None:
+        query = query.where(Member.phone == normalise_phone(phone))
+    elif email is not None:
+        query = query.where(Member.email == normalise_email(email))
+    elif card is not None:
+        query = query.where(Member.card_token == card.strip())
+    elif channel is not None and external_id is not None:
+        query = query.join(MemberIdentity).where(
+            MemberIdentity.channel == channel.strip().lower(),
+            MemberIdentity.external_id == external_id.strip())
+    else:
+        raise ValidationFailed(
+            "Look a member up by one of: phone, email, card, or channel together with external_id."
+        )
+    return db.session.execute(query.order_by(Member.id)).unique().scalars().all()
+
+
+def member_id_for(member_id=None, card=None):
+    """Resolve a POS's member reference: an id, or the token read from the member's card QR."""
+    if member_id is not None:
+        return member_id
+    found = db.session.scalar(sa.select(Member.id).where(Member.card_token == card))
+    if found is None:
+        raise NotFound("No member has this card; scan the member's card QR again.")
+    return found
+
+
+def _referrer_for(referral_code):
+    if not referral_code:
+        return None
+    referrer_id = db.session.scalar(
+        sa.select(Member.id).where(Member.referral_code == referral_code.strip().upper()))
+    if referrer_id is None:
+        raise ValidationFailed("This referral code belongs to nobody; check it and try again.",
+                               errors={"referral_code": ["Unknown referral code."]})
+    return referrer_id
+
+
+def _check_birthday(birthday, now):
+    if birthday is not None and birthday >= clock.local_date(now, "UTC"):
+        raise ValidationFailed("The birthday must be a date in the past.",
+                               errors={"birthday": ["Must be a date in the past."]})
+
+
+def _check_identities_free(phone, email, identities, exclude=None):
+    def owner(query, what):
+        found = db.session.scalar(query)
+        if found is not None and found != exclude:
+            raise Conflict(f"This {what} already belongs to member {found}.", member_id=found)
+
+    if phone:
+        owner(sa.select(Member.id).where(Member.phone == phone), "phone number")
+    if email:
+        owner(sa.select(Member.id).where(Member.email == email), "email address")
+    for channel, external_id in identities:
+        owner(sa.select(MemberIdentity.member_id).where(
+            MemberIdentity.channel == channel, MemberIdentity.external_id == external_id),
+            f"{channel} identity")

@@ -1,0 +1,7 @@
+"""Every model, imported in one place so the metadata is complete (Alembic, tests, verify)."""
+from loyalty.audit import AuditEntry  # noqa: F401
+from loyalty.auth import ApiKey  # noqa: F401
+from loyalty.idempotency import IdempotencyRecord  # noqa: F401
+from loyalty.members.models import Member, MemberIdentity  # noqa: F401
+from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot,  # noqa: F401
+                                   LotAllocation, PointsPayment, Purchase, Refund)

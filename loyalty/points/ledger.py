@@ -1,0 +1,200 @@
+"""The ledger's mechanics on one locked account. Every balance change in the system goes through
+these functions, inside the caller's transaction; they keep the invariants of DESIGN.md:
+
+    available == sum(remaining of available lots) - debt
+    pending   == sum(remaining of pending lots)
+    sum(entries) == available + pending
+"""
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from loyalty.errors import InsufficientPoints, NotFound
+from loyalty.extensions import db
+from loyalty.points.models import Account, Entry, Lot, LotAllocation
+
+ZERO = Decimal("0.00")
+SPEND_ORDER = (sa.nulls_last(Lot.expires_at.asc()), Lot.id.asc())  # earliest expiry first
+
+
+def lock_account(member_id, now):
+    """Lock the member's account row for this transaction, then bring it up to `now`.
+
+    PostgreSQL takes a row lock (FOR UPDATE); SQLite already holds the database's write lock
+    from BEGIN IMMEDIATE. Every check that follows sees a balance no one else can change.
+    """
+    account = db.session.execute(
+        sa.select(Account).where(Account.member_id == member_id)
+        .with_for_update().execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if account is None:
+        raise NotFound(f"No member with id {member_id}.")
+    settle(account, now)
+    return account
+
+
+def settle(account, now):
+    """Release pending lots whose time has come, expire lots past their expiry, pay debt.
+
+    The nightly jobs do the same for everyone in bulk; doing it here as well means a write never
+    spends an expired point or misses one that became available a minute ago.
+    """
+    due = db.session.scalars(
+        sa.select(Lot).where(
+            Lot.member_id == account.member_id,
+            sa.or_(
+                sa.and_(Lot.status == "pending", Lot.available_at <= now),
+                sa.and_(Lot.status == "available", Lot.remaining > 0, Lot.expires_at <= now),
+            ),
+        ).order_by(Lot.id)
+    ).all()
+    for lot in due:
+        if lot.status == "pending":
+            lot.status = "available"
+            account.pending -= lot.remaining
+            account.available += lot.remaining
+    for lot in due:
+        if lot.expires_at is not None and lot.expires_at <= now and lot.remaining > 0:
+            expire_lot(account, lot, now)
+    if account.debt > 0:
+        pay_debt(account, now)
+    account.updated_at = now
+
+
+def expire_lot(account, lot, now):
+    points = lot.remaining
+    lot.remaining = ZERO
+    lot.status = "expired"
+    account.available -= points
+    return add_entry(account, "expire", -points, f"{points} points expired", ("lot", lot.id), now)
+
+
+def pay_debt(account, now):
+    """Debt is paid from available lots, earliest expiry first. No entry: the balance is unchanged."""
+    for lot in _open_lots(account.member_id):
+        if account.debt == 0:
+            break
+        taken = min(lot.remaining, account.debt)
+        lot.remaining -= taken
+        account.debt -= taken
+
+
+def add_entry(account, type_, points, description, reference, now, expires_at=None):
+    reference_type, reference_id = reference if reference else (None, None)
+    entry = Entry(
+        member_id=account.member_id, type=type_, points=points,
+        balance_after=account.available + account.pending, description=description[:200],
+        reference_type=reference_type, reference_id=None if reference_id is None else str(reference_id),
+        expires_at=expires_at, created_at=now,
+    )
+    db.session.add(entry)
+    return entry
+
+
+def credit(account, type_, points, description, reference, now, *, available_at=None,
+           expires_at=None, earned=True):
+    """Add points as a new lot. Pending until `available_at`; debt is paid from it first."""
+    available_at = available_at or now
+    pending = available_at > now
+    if pending:
+        account.pending += points
+    else:
+        account.available += points
+    if earned:
+        account.lifetime_earned += points
+    entry = add_entry(account, type_, points, description, reference, now, expires_at=expires_at)
+    lot = Lot(member_id=account.member_id, entry=entry, points=points, remaining=points,
+              status="pending" if pending else "available", available_at=available_at,
+              expires_at=expires_at, created_at=now)
+    db.session.add(lot)
+    if not pending and account.debt > 0:
+        paid = min(points, account.debt)
+        lot.remaining -= paid
+        account.debt -= paid
+    return entry, lot
+
+
+def debit(account, type_, points, description, reference, now):
+    """Spend available points, earliest-expiring lots first. Never below zero, never against debt."""
+    if account.available < points:
+        raise InsufficientPoints(
+            f"The member has {max(account.available, ZERO)} points available; {points} are needed.",
+            available=max(account.available, ZERO), needed=points,
+        )
+    account.available -= points
+    account.updated_at = now
+    entry = add_entry(account, type_, -points, description, reference, now)
+    _take_from_lots(account.member_id, points, entry)
+    return entry
+
+
+def claw_back(account, points, description, reference, now, first_lot=None, type_="reverse",
+              unearned=True):
+    """Take back points: those of a refunded purchase, or an admin's negative adjustment.
+
+    They come from `first_lot` (the purchase's own lot, pending or not) first, then from
+    available lots; what was already spent becomes debt, which later credits pay first.
+    `unearned` points also leave `lifetime_earned`."""
+    left = points
+    taken_pending = ZERO
+    if first_lot is not None and first_lot.remaining > 0 and first_lot.status in ("pending", "available"):
+        taken = min(left, first_lot.remaining)
+        first_lot.remaining -= taken
+        left -= taken
+        if first_lot.status == "pending":
+            taken_pending = taken
+    taken_available = points - left - taken_pending
+    if left > 0:
+        for lot in _open_lots(account.member_id):
+            taken = min(lot.remaining, left)
+            lot.remaining -= taken
+            left -= taken
+            taken_available += taken
+            if left == 0:
+                break
+    account.debt += left
+    account.pending -= taken_pending
+    account.available -= taken_available + left
+    if unearned:
+        account.lifetime_earned -= points
+    account.updated_at = now
+    return add_entry(account, type_, -points, description, reference, now)
+
+
+def restore(account, debit_entry, description, reference, now):
+    """Undo a debit: its points go back to the lots they came from, with those lots' expiry.
+
+    Points returned to a lot that has expired meanwhile expire again at once (with an entry)."""
+    allocations = db.session.execute(
+        sa.select(LotAllocation, Lot).join(Lot, Lot.id == LotAllocation.lot_id)
+        .where(LotAllocation.entry_id == debit_entry.id).order_by(LotAllocation.id)
+    ).all()
+    total = sum((allocation.points for allocation, _ in allocations), ZERO)
+    account.available += total
+    entry = add_entry(account, "reverse", total, description, reference, now)
+    for allocation, lot in allocations:
+        lot.remaining += allocation.points
+        if lot.status == "expired":
+            lot.status = "available"
+    settle(account, now)
+    return entry
+
+
+def _open_lots(member_id):
+    return db.session.scalars(
+        sa.select(Lot).where(Lot.member_id == member_id, Lot.status == "available", Lot.remaining > 0)
+        .order_by(*SPEND_ORDER)
+    )
+
+
+def _take_from_lots(member_id, points, entry):
+    left = points
+    for lot in _open_lots(member_id):
+        taken = min(lot.remaining, left)
+        lot.remaining -= taken
+        left -= taken
+        db.session.add(LotAllocation(entry=entry, lot_id=lot.id, points=taken))
+        if left == 0:
+            return
+    # The account said the points were there; the lots disagree. Never paper over that.
+    raise RuntimeError(f"ledger inconsistency: member {member_id} lots short by {left}")

@@ -1,0 +1,184 @@
+"""The ledger's tables: accounts (cached balances), entries (append-only), lots, and the
+records that give each entry its natural key (purchases, refunds, activities, payments)."""
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from loyalty.database import BigId, Money, Points, UTCDateTime
+from loyalty.extensions import db
+
+ZERO = sa.text("0")
+
+
+class Account(db.Model):
+    """A member's balances. Changed only in the transaction that writes the entries behind it."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (sa.CheckConstraint("debt >= 0", name="debt_not_negative"),
+                      sa.CheckConstraint("pending >= 0", name="pending_not_negative"))
+
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), primary_key=True,
+                                           autoincrement=False)
+    available = mapped_column(Points(), nullable=False, server_default=ZERO)
+    pending = mapped_column(Points(), nullable=False, server_default=ZERO)
+    lifetime_earned = mapped_column(Points(), nullable=False, server_default=ZERO)
+    debt = mapped_column(Points(), nullable=False, server_default=ZERO)
+    updated_at = mapped_column(UTCDateTime, nullable=False)
+
+    member = relationship("Member", back_populates="account")
+
+    @property
+    def balance(self):
+        """What the entries add up to: available (net of debt) plus pending."""
+        return self.available + self.pending
+
+
+class Entry(db.Model):
+    """One change of a member's points. Never updated, never deleted."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (sa.Index("ix_ledger_entries_member_history", "member_id", "id"),
+                      sa.Index("ix_ledger_entries_member_type", "member_id", "type", "id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    type: Mapped[str] = mapped_column(sa.String(20))
+    points = mapped_column(Points(), nullable=False)
+    balance_after = mapped_column(Points(), nullable=False)
+    description: Mapped[str] = mapped_column(sa.String(200))
+    reference_type: Mapped[str | None] = mapped_column(sa.String(30))
+    reference_id: Mapped[str | None] = mapped_column(sa.String(64))
+    expires_at = mapped_column(UTCDateTime)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+    @property
+    def reference(self):
+        if self.reference_type is None:
+            return None
+        return {"type": self.reference_type, "id": self.reference_id}
+
+
+class Lot(db.Model):
+    """The points of one credit: pending until `available_at`, spendable until `expires_at`."""
+
+    __tablename__ = "lots"
+    __table_args__ = (
+        sa.CheckConstraint("remaining >= 0 AND remaining <= points", name="remaining_in_range"),
+        sa.Index("ix_lots_member_status", "member_id", "status", "expires_at"),
+        sa.Index("ix_lots_status_available_at", "status", "available_at"),
+        sa.Index("ix_lots_status_expires_at", "status", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    entry_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    points = mapped_column(Points(), nullable=False)
+    remaining = mapped_column(Points(), nullable=False)
+    # pending -> available -> expired; a lot spent to zero stays available with nothing remaining
+    status: Mapped[str] = mapped_column(sa.String(10))
+    available_at = mapped_column(UTCDateTime, nullable=False)
+    expires_at = mapped_column(UTCDateTime)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+    entry = relationship("Entry")
+
+
+class LotAllocation(db.Model):
+    """How many points a debit took from which lot, so a reversal can put them back."""
+
+    __tablename__ = "lot_allocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_entries.id"), index=True)
+    lot_id: Mapped[int] = mapped_column(sa.ForeignKey("lots.id"), index=True)
+    points = mapped_column(Points(), nullable=False)
+
+    entry = relationship("Entry")
+
+
+class Purchase(db.Model):
+    __tablename__ = "purchases"
+    __table_args__ = (sa.UniqueConstraint("store_id", "receipt_no"),
+                      sa.Index("ix_purchases_member_occurred", "member_id", "occurred_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    store_id: Mapped[str] = mapped_column(sa.String(40))
+    receipt_no: Mapped[str] = mapped_column(sa.String(64))
+    amount = mapped_column(Money(), nullable=False)
+    eligible_amount = mapped_column(Money(), nullable=False)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    refunded_amount = mapped_column(Money(), nullable=False, server_default=ZERO)
+    points_earned = mapped_column(Points(), nullable=False)
+    points_reversed = mapped_column(Points(), nullable=False, server_default=ZERO)
+    available_at = mapped_column(UTCDateTime, nullable=False)
+    items = mapped_column(sa.JSON)
+    lot_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lots.id"))
+    occurred_at = mapped_column(UTCDateTime, nullable=False)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+    lot = relationship("Lot")
+
+
+class Refund(db.Model):
+    __tablename__ = "refunds"
+    __table_args__ = (sa.UniqueConstraint("purchase_id", "refund_no"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    purchase_id: Mapped[int] = mapped_column(sa.ForeignKey("purchases.id"))
+    refund_no: Mapped[str] = mapped_column(sa.String(64))
+    amount = mapped_column(Money(), nullable=False)
+    points_reversed = mapped_column(Points(), nullable=False)
+    entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+
+class Activity(db.Model):
+    """A behaviour event (sign-in, share, review...). `period` is the cap window it counts in."""
+
+    __tablename__ = "activities"
+    __table_args__ = (sa.UniqueConstraint("member_id", "type", "event_id"),
+                      sa.Index("ix_activities_member_type_period", "member_id", "type", "period"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    type: Mapped[str] = mapped_column(sa.String(30))
+    event_id: Mapped[str] = mapped_column(sa.String(100))
+    period: Mapped[str] = mapped_column(sa.String(10))
+    points_awarded = mapped_column(Points(), nullable=False)
+    capped: Mapped[bool] = mapped_column(sa.Boolean)
+    occurred_at = mapped_column(UTCDateTime, nullable=False)
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+
+class PointsPayment(db.Model):
+    """Points taken as money at the till."""
+
+    __tablename__ = "points_payments"
+    __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    store_id: Mapped[str] = mapped_column(sa.String(40))
+    payment_no: Mapped[str] = mapped_column(sa.String(64))
+    points = mapped_column(Points(), nullable=False)
+    money_amount = mapped_column(Money(), nullable=False)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    status: Mapped[str] = mapped_column(sa.String(10))  # completed | reversed
+    entry_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    reversal_entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    created_at = mapped_column(UTCDateTime, nullable=False)
+    reversed_at = mapped_column(UTCDateTime)
+
+    entry = relationship("Entry", foreign_keys=[entry_id])
+    reversal_entry = relationship("Entry", foreign_keys=[reversal_entry_id])
+
+
+class EarningRulesRow(db.Model):
+    """The programme's earning rules: one row, a validated document (see points/rules.py)."""
+
+    __tablename__ = "earning_rules"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    settings = mapped_column(sa.JSON, nullable=False)
+    version: Mapped[int] = mapped_column(sa.Integer)
+    updated_at = mapped_column(UTCDateTime, nullable=False)

@@ -1,0 +1,372 @@
+"""The ledger's use cases: each one validates, locks the member's account, writes, commits.
+
+Every write has a natural key (store + receipt, purchase + refund number, member + activity
+event, store + payment number); repeating one returns the first result with `replayed=True`.
+"""
+import base64
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from flask import current_app
+
+from loyalty import audit, clock
+from loyalty.database import transaction
+from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from loyalty.extensions import db
+from loyalty.members.models import Member
+from loyalty.points import ledger
+from loyalty.points import rules as rules_mod
+from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot, Purchase,
+                                   PointsPayment, Refund)
+from loyalty.points.rules import EarningRules
+
+ZERO = Decimal("0.00")
+ENTRY_TYPES = ("earn_purchase", "earn_activity", "bonus", "redeem", "payment", "reverse", "expire", "adjust")
+CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a till's clock may run
+ACTIVITY_BACKDATE_LIMIT = timedelta(days=7)
+
+
+@dataclass
+class Outcome:
+    """What a write use case returns: its record, the member after it, and whether it is a replay."""
+
+    record: object
+    member: Member
+    replayed: bool = False
+
+
+def settings():
+    config = current_app.config
+    return config["LOYALTY_CURRENCY"], config["LOYALTY_TIMEZONE"]
+
+
+# --- earning rules ------------------------------------------------------------------------------
+
+def current_rules():
+    row = db.session.get(EarningRulesRow, 1)
+    return EarningRules() if row is None else EarningRules.from_document(row.settings)
+
+
+def seed_rules(now=None):
+    """Store the default rules if none are stored yet. Safe to run on every start."""
+    now = now or clock.now()
+    with transaction():
+        if db.session.get(EarningRulesRow, 1) is None:
+            db.session.add(EarningRulesRow(id=1, settings=EarningRules().to_document(), version=1,
+                                           updated_at=now))
+
+
+def update_rules(new_rules: EarningRules, actor, now=None):
+    """Replace the earning rules; the change is audit-logged with before and after."""
+    now = now or clock.now()
+    with transaction():
+        row = db.session.get(EarningRulesRow, 1, with_for_update=True)
+        before = None if row is None else row.settings
+        after = new_rules.to_document()
+        if row is None:
+            row = EarningRulesRow(id=1, settings=after, version=1, updated_at=now)
+            db.session.add(row)
+        else:
+            row.settings, row.version, row.updated_at = after, row.version + 1, now
+        audit.record(actor, "earning_rules.update", "earning_rules", 1, before, after, now)
+    return new_rules
+
+
+# --- purchases and refunds ----------------------------------------------------------------------
+
+def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occurred_at=None,
+                    items=None, now=None):
+    """Record a purchase and credit its points (pending for the return window, if one is set)."""
+    now = now or clock.now()
+    home_currency, tz = settings()
+    currency = (currency or home_currency).upper()
+    occurred_at = clock.as_utc(occurred_at) if occurred_at else now
+    if currency != home_currency:
+        raise ValidationFailed(f"This programme earns on {home_currency} only; convert the amount first.",
+                               errors={"currency": [f"Must be {home_currency}."]})
+    if occurred_at > now + CLOCK_SKEW:
+        raise ValidationFailed("The purchase time is in the future; check the till's clock.",
+                               errors={"occurred_at": ["Must not be in the future."]})
+    _check_items(amount, items)
+    with transaction():
+        existing = _purchase_by_receipt(store_id, receipt_no)
+        if existing is None:
+            account = ledger.lock_account(member_id, now)
+            existing = _purchase_by_receipt(store_id, receipt_no)  # a twin may have won the lock
+        if existing is not None:
+            if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
+                raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
+                               "different member or amount; use a new receipt number.")
+            return Outcome(existing, _member(existing.member_id), replayed=True)
+        rules = current_rules()
+        eligible, points = rules_mod.purchase_points(amount, items, rules, multiplier=earn_multiplier(account))
+        available_at = max(rules_mod.available_at(occurred_at, rules), now) \
+            if rules.pending_days else now
+        purchase = Purchase(member_id=member_id, store_id=store_id, receipt_no=receipt_no,
+                            amount=amount, eligible_amount=eligible, currency=currency,
+                            points_earned=points, available_at=available_at, items=_items_json(items),
+                            occurred_at=occurred_at, created_at=now)
+        db.session.add(purchase)
+        db.session.flush()
+        if points > 0:
+            _, purchase.lot = ledger.credit(
+                account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
+                ("purchase", purchase.id), now, available_at=available_at,
+                expires_at=rules_mod.expires_at(available_at, occurred_at, rules, tz))
+    return Outcome(purchase, account.member)
+
+
+def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
+    """Refund part or all of a purchase and claw back its points pro rata (into debt if spent)."""
+    now = now or clock.now()
+    with transaction():
+        purchase = db.session.get(Purchase, purchase_id)
+        if purchase is None:
+            raise NotFound(f"No purchase with id {purchase_id}.")
+        if store_id is not None and purchase.store_id != store_id:
+            raise Forbidden(f"Purchase {purchase_id} was made at another store; refund it there.")
+        account = ledger.lock_account(purchase.member_id, now)
+        db.session.refresh(purchase)
+        existing = db.session.scalar(sa.select(Refund).where(
+            Refund.purchase_id == purchase.id, Refund.refund_no == refund_no))
+        if existing is not None:
+            if existing.amount != amount:
+                raise Conflict(f"Refund {refund_no} of this purchase was already recorded with "
+                               f"amount {existing.amount}; use a new refund number.")
+            return Outcome(existing, account.member, replayed=True)
+        refundable = purchase.amount - purchase.refunded_amount
+        if amount > refundable:
+            raise ValidationFailed(
+                f"Refunds cannot exceed the purchase: {purchase.refunded_amount} of {purchase.amount} "
+                f"is already refunded, so at most {refundable} can be refunded now.",
+                errors={"amount": [f"Must be at most {refundable}."]})
+        points = rules_mod.reversal_points(purchase.points_earned, purchase.amount,
+                                           purchase.refunded_amount, amount, purchase.points_reversed)
+        refund = Refund(purchase_id=purchase.id, refund_no=refund_no, amount=amount,
+                        points_reversed=points, created_at=now)
+        db.session.add(refund)
+        db.session.flush()
+        if points > 0:
+            entry = ledger.claw_back(account, points,
+                                     f"Refund {refund_no} of purchase {purchase.receipt_no}",
+                                     ("refund", refund.id), now, first_lot=purchase.lot)
+            db.session.flush()
+            refund.entry_id = entry.id
+        purchase.refunded_amount += amount
+        purchase.points_reversed += points
+    return Outcome(refund, account.member)
+
+
+# --- behaviour ------------------------------------------------------------------------------------
+
+def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
+    """Award behaviour points for one event, within the type's cap for its period."""
+    now = now or clock.now()
+    _, tz = settings()
+    occurred_at = clock.as_utc(occurred_at) if occurred_at else now
+    if occurred_at > now + CLOCK_SKEW or occurred_at < now - ACTIVITY_BACKDATE_LIMIT:
+        raise ValidationFailed("The activity time must be within the last 7 days and not in the future.",
+                               errors={"occurred_at": ["Must be within the last 7 days."]})
+    rules = current_rules()
+    kind = rules.activity(type_)
+    if kind is None:
+        known = ", ".join(a.type for a in rules.activities) or "none"
+        raise ValidationFailed(f"Unknown activity type {type_!r}; configured types: {known}.",
+                               errors={"type": [f"Must be one of: {known}."]})
+    with transaction():
+        account = ledger.lock_account(member_id, now)
+        existing = db.session.scalar(sa.select(Activity).where(
+            Activity.member_id == member_id, Activity.type == type_, Activity.event_id == event_id))
+        if existing is not None:
+            return Outcome(existing, account.member, replayed=True)
+        period = rules_mod.cap_period_key(occurred_at, kind.cap_period, tz)
+        capped = kind.cap is not None and db.session.scalar(
+            sa.select(sa.func.count()).select_from(Activity).where(
+                Activity.member_id == member_id, Activity.type == type_, Activity.period == period,
+                Activity.points_awarded > 0)
+        ) >= kind.cap
+        points = ZERO if capped else kind.points
+        activity = Activity(member_id=member_id, type=type_, event_id=event_id, period=period,
+                            points_awarded=points, capped=capped, occurred_at=occurred_at, created_at=now)
+        db.session.add(activity)
+        db.session.flush()
+        if points > 0:
+            ledger.credit(account, "earn_activity", points, kind.description or type_.replace("_", " "),
+                          ("activity", activity.id), now,
+                          expires_at=rules_mod.expires_at(now, occurred_at, rules, tz))
+    return Outcome(activity, account.member)
+
+
+# --- manual adjustments -------------------------------------------------------------------------
+
+def adjust_points(member_id, points, reason, actor, now=None):
+    """An admin's correction: a credit (a new lot) or a debit (available first, then debt)."""
+    now = now or clock.now()
+    _, tz = settings()
+    if points == 0:
+        raise ValidationFailed("An adjustment must add or remove points; 0 changes nothing.",
+                               errors={"points": ["Must not be 0."]})
+    with transaction():
+        account = ledger.lock_account(member_id, now)
+        description = f"Adjustment: {reason}"
+        if points > 0:
+            entry, _ = ledger.credit(account, "adjust", points, description, None, now,
+                                     expires_at=rules_mod.expires_at(now, now, current_rules(), tz))
+        else:
+            entry = ledger.claw_back(account, -points, description, None, now, type_="adjust",
+                                     unearned=False)
+        db.session.flush()
+        audit.record(actor, "points.adjust", "member", member_id, None,
+                     {"points": str(points), "reason": reason, "entry_id": entry.id}, now)
+    return entry
+
+
+# --- points as payment ----------------------------------------------------------------------------
+
+def pay_with_points(member_id, store_id, payment_no, points, now=None):
+    """Take points as money at the till. Never below zero: `insufficient_points` otherwise."""
+    now = now or clock.now()
+    currency, _ = settings()
+    rules = current_rules()
+    value = rules_mod.payment_money_value(points, rules)
+    if value is None or value <= 0:
+        step = (rules.payment_points_per_unit / 100).normalize()
+        raise ValidationFailed(
+            f"Points pay in whole cents: {rules.payment_points_per_unit.normalize()} points are 1 "
+            f"{currency}, so pay a multiple of {step} points.",
+            errors={"points": [f"Must be a multiple of {step}."]})
+    with transaction():
+        existing = _payment_by_number(store_id, payment_no)
+        if existing is None:
+            account = ledger.lock_account(member_id, now)
+            existing = _payment_by_number(store_id, payment_no)
+        if existing is not None:
+            if (existing.member_id, existing.points) != (member_id, points):
+                raise Conflict(f"Payment {payment_no} of store {store_id} was already recorded with a "
+                               "different member or points; use a new payment number.")
+            return Outcome(existing, _member(existing.member_id), replayed=True)
+        entry = ledger.debit(account, "payment", points, f"Paid {value} {currency} at store {store_id}",
+                             ("payment", payment_no), now)
+        payment = PointsPayment(member_id=member_id, store_id=store_id, payment_no=payment_no,
+                                points=points, money_amount=value, currency=currency,
+                                status="completed", entry=entry, created_at=now)
+        db.session.add(payment)
+    return Outcome(payment, account.member)
+
+
+def reverse_payment(payment_id, store_id, now=None):
+    """Give back the points of a payment (the sale was voided); they return to their lots."""
+    now = now or clock.now()
+    with transaction():
+        payment = db.session.get(PointsPayment, payment_id)
+        if payment is None:
+            raise NotFound(f"No points payment with id {payment_id}.")
+        if store_id is not None and payment.store_id != store_id:
+            raise Forbidden(f"Payment {payment_id} was taken at another store; reverse it there.")
+        account = ledger.lock_account(payment.member_id, now)
+        db.session.refresh(payment)
+        if payment.status == "reversed":
+            return Outcome(payment, account.member, replayed=True)
+        entry = ledger.restore(account, payment.entry, f"Reversal of payment {payment.payment_no}",
+                               ("payment", payment.payment_no), now)
+        payment.status, payment.reversal_entry, payment.reversed_at = "reversed", entry, now
+    return Outcome(payment, account.member)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+def points_summary(member_id, now=None):
+    """Balances, and what expires when (lots grouped by expiry), and what is still pending."""
+    _member(member_id)
+    account = db.session.get(Account, member_id, populate_existing=True)
+    remaining = sa.func.sum(Lot.remaining)
+    expiring = db.session.execute(
+        sa.select(Lot.expires_at, remaining).where(
+            Lot.member_id == member_id, Lot.status == "available", Lot.remaining > 0,
+            Lot.expires_at.is_not(None)).group_by(Lot.expires_at).order_by(Lot.expires_at).limit(100)
+    ).all()
+    pending = db.session.execute(
+        sa.select(Lot.available_at, remaining).where(
+            Lot.member_id == member_id, Lot.status == "pending", Lot.remaining > 0)
+        .group_by(Lot.available_at).order_by(Lot.available_at).limit(100)
+    ).all()
+    return {
+        "available": account.available, "pending": account.pending,
+        "lifetime_earned": account.lifetime_earned, "debt": account.debt,
+        "expiring": [{"points": p, "expires_at": at} for at, p in expiring],
+        "pending_lots": [{"points": p, "available_at": at} for at, p in pending],
+    }
+
+
+def history(member_id, types=None, limit=50, cursor=None):
+    """Entries newest first, keyset-paginated on the entry id."""
+    _member(member_id)
+    query = sa.select(Entry).where(Entry.member_id == member_id)
+    if types:
+        unknown = set(types) - set(ENTRY_TYPES)
+        if unknown:
+            raise ValidationFailed(f"Unknown entry type {sorted(unknown)[0]!r}; use one of: "
+                                   f"{', '.join(ENTRY_TYPES)}.", errors={"type": ["Unknown entry type."]})
+        query = query.where(Entry.type.in_(types))
+    if cursor:
+        query = query.where(Entry.id < decode_cursor(cursor))
+    entries = db.session.scalars(query.order_by(Entry.id.desc()).limit(limit + 1)).all()
+    next_cursor = encode_cursor(entries[limit - 1].id) if len(entries) > limit else None
+    return entries[:limit], next_cursor
+
+
+def get_purchase(purchase_id):
+    purchase = db.session.get(Purchase, purchase_id)
+    if purchase is None:
+        raise NotFound(f"No purchase with id {purchase_id}.")
+    return purchase
+
+
+def encode_cursor(last_id):
+    return base64.urlsafe_b64encode(str(last_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor):
+    try:
+        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("The cursor is not one this service gave out; start again without it.",
+                               errors={"cursor": ["Invalid cursor."]}) from None
+
+
+def earn_multiplier(account):
+    """The member's tier multiplier. Tiers come later; until then everyone earns at 1."""
+    return Decimal("1")
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+def _member(member_id):
+    member = db.session.get(Member, member_id)
+    if member is None:
+        raise NotFound(f"No member with id {member_id}.")
+    return member
+
+
+def _purchase_by_receipt(store_id, receipt_no):
+    return db.session.scalar(sa.select(Purchase).where(
+        Purchase.store_id == store_id, Purchase.receipt_no == receipt_no))
+
+
+def _payment_by_number(store_id, payment_no):
+    return db.session.scalar(sa.select(PointsPayment).where(
+        PointsPayment.store_id == store_id, PointsPayment.payment_no == payment_no))
+
+
+def _check_items(amount, items):
+    if items and sum((Decimal(i["amount"]) for i in items), ZERO) > amount:
+        raise ValidationFailed("The items add up to more than the purchase amount; check the receipt.",
+                               errors={"items": ["Item amounts must not exceed the purchase amount."]})
+
+
+def _items_json(items):
+    if not items:
+        return None
+    return [{**item, "amount": str(item["amount"])} for item in items]

@@ -1,0 +1,151 @@
+"""Fixtures: the app on SQLite (a temp file) or on LOYALTY_TEST_DATABASE_URL, migrated to head
+once per session; every test starts from empty tables with the default earning rules."""
+import os
+
+import pytest
+import sqlalchemy as sa
+from flask_migrate import upgrade
+
+from loyalty import auth, create_app
+from loyalty.extensions import db
+from loyalty.points.service import seed_rules
+
+TEST_DATABASE_URL = os.environ.get("LOYALTY_TEST_DATABASE_URL")
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_DATABASE_URL and TEST_DATABASE_URL.startswith("postgresql"):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set LOYALTY_TEST_DATABASE_URL")
+    for item in items:
+        if "postgres_only" in item.keywords:
+            item.add_marker(skip)
+
+
+def database_url(tmp_path_factory):
+    return TEST_DATABASE_URL or "sqlite:///" + str(tmp_path_factory.mktemp("db") / "test.sqlite")
+
+
+def reset_schema(engine):
+    """Start from an empty database (PostgreSQL's test database outlives a run)."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory):
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url(tmp_path_factory),
+                      "LOYALTY_LOG_LEVEL": "WARNING"})
+    with app.app_context():
+        reset_schema(db.engine)
+        upgrade()
+        db.session.remove()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def empty_tables():
+    tables = [table.name for table in reversed(db.metadata.sorted_tables)]
+    with db.engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        else:
+            for table in tables:
+                connection.exec_driver_sql(f"DELETE FROM {table}")
+
+
+@pytest.fixture(autouse=True)
+def clean_database(app):
+    with app.app_context():
+        empty_tables()
+        seed_rules()
+        db.session.remove()
+    yield
+
+
+@pytest.fixture
+def ctx(app):
+    """An application context for service tests."""
+    with app.app_context():
+        yield
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def keys(app):
+    """A plaintext key per role: admin, marketing, pos (store S1), pos_other (store S2), app."""
+    with app.app_context():
+        made = {
+            "admin": auth.create_key("admin", "test admin")[1],
+            "marketing": auth.create_key("marketing", "test marketing")[1],
+            "pos": auth.create_key("pos", "till 1", store_id="S1")[1],
+            "pos_other": auth.create_key("pos", "till 9", store_id="S2")[1],
+            "app": auth.create_key("app", "member app")[1],
+        }
+        db.session.remove()
+    return made
+
+
+@pytest.fixture
+def headers(keys):
+    return {role: {"Authorization": f"Bearer {key}"} for role, key in keys.items()}
+
+
+@pytest.fixture
+def api(client, headers):
+    """A tiny client that speaks as a role: api.post("pos", "/purchases", json=...)."""
+    return Api(client, headers)
+
+
+class Api:
+    def __init__(self, client, headers):
+        self.client, self.headers = client, headers
+
+    def _call(self, method, role, path, extra_headers=None, **kwargs):
+        request_headers = dict(self.headers[role]) if role else {}
+        request_headers.update(extra_headers or {})
+        return getattr(self.client, method)("/api/v1" + path, headers=request_headers, **kwargs)
+
+    def get(self, role, path, **kwargs):
+        return self._call("get", role, path, **kwargs)
+
+    def post(self, role, path, **kwargs):
+        return self._call("post", role, path, **kwargs)
+
+    def put(self, role, path, **kwargs):
+        return self._call("put", role, path, **kwargs)
+
+    def patch(self, role, path, **kwargs):
+        return self._call("patch", role, path, **kwargs)
+
+
+def verify_ledger():
+    from loyalty.points.verify import broken_accounts
+
+    return broken_accounts()
+
+
+@pytest.fixture
+def assert_ledger_ok(app):
+    def check():
+        with app.app_context():
+            broken = verify_ledger()
+            db.session.remove()
+        assert broken == []
+    return check
+
+
+__all__ = ["sa"]
