@@ -49,7 +49,14 @@ def prepare_database():
 def serve(host, port, debug):
     """Run the development server (SQLite: migrates and seeds on first start)."""
     prepare_database()
-    current_app.run(host=host, port=port, debug=debug, use_reloader=False)
+    click.echo(f"Serving on http://{host}:{port}/api/v1/docs (development server; use gunicorn in production)")
+    run_server(host, port, current_app._get_current_object(), debug)
+
+
+def run_server(host, port, app, debug):
+    from werkzeug.serving import run_simple
+
+    run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=debug)
 
 
 @click.group("api-keys")
