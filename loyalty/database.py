@@ -118,15 +118,17 @@ def transaction():
         finally:
             session.info["transaction_depth"] -= 1
         return
-    if session.in_transaction():
-        # A read-only transaction (the API key lookup, say) is open: end it so that the write
-        # transaction starts fresh and, on SQLite, takes the write lock at BEGIN.
-        session.commit()
     token = _write_transaction.set(True)
     session.info["transaction_depth"] = 1
     try:
-        session.begin()
-        session.connection()  # BEGIN now, under the write flag
+        if session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+            # A read transaction (the API key lookup, say) is open: end it, so that the write
+            # transaction begins afresh and takes SQLite's write lock at BEGIN IMMEDIATE.
+            # PostgreSQL simply goes on in the same transaction: its row locks do the work.
+            session.commit()
+        if not session.in_transaction():
+            session.begin()
+            session.connection()  # BEGIN now, under the write flag
         yield session
         session.commit()
     except BaseException:
