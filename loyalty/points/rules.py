@@ -125,7 +125,9 @@ def expires_at(available, earned_at, rules, tz_name):
     if policy == "days_after_available":
         last_day = clock.local_date(available, tz_name) + timedelta(days=rules.expiry_days)
         return clock.end_of_local_day(last_day, tz_name)
-    earned = clock.local_date(earned_at, tz_name)
+    # The period of earning, but never one that has ended before the points are available: a
+    # till syncing late, a backdated sign-in or a return window must not credit expired points.
+    earned = clock.local_date(max(earned_at, available), tz_name)
     if policy == "end_of_month":
         first_of_next = date(earned.year + earned.month // 12, earned.month % 12 + 1, 1)
         return clock.start_of_local_day(first_of_next, tz_name)
