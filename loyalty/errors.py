@@ -103,21 +103,23 @@ def handle_loyalty_error(error):
 
 
 def handle_http_exception(error):
-    """Werkzeug's errors, and webargs' validation errors (which carry `data.messages`)."""
+    """Werkzeug's errors, and webargs' validation errors (422, which carry `data.messages`)."""
     status = error.code or 500
-    code, default_message = HTTP_CODES.get(status, ("error", error.description or "Request failed."))
+    code, message = HTTP_CODES.get(status, ("error", error.description or "Request failed."))
+    if error.description and error.description != type(error).description:
+        message = error.description  # a sentence of ours: abort(415, "...")
     errors = None
     data = getattr(error, "data", None) or {}
-    messages = data.get("messages")
+    messages = data.get("messages") if status == 422 else None
     if messages:
         # webargs nests field errors by location (json, query, headers): flatten to field -> list.
         errors = {}
         for location_errors in messages.values():
-            errors.update(location_errors if isinstance(location_errors, dict) else {"_": location_errors})
+            errors.update(location_errors if isinstance(location_errors, dict) else {"_schema": location_errors})
         if "_schema" in errors and len(errors) == 1:
-            default_message = "; ".join(str(m) for m in errors["_schema"])
-        status, code = 422, "validation_error"
-    message = data.get("message") if isinstance(data.get("message"), str) else default_message
+            message = "; ".join(str(m) for m in errors["_schema"])
+    if isinstance(data.get("message"), str):
+        message = data["message"]
     response = error_response(status, code, message, errors)
     for name, value in (data.get("headers") or {}).items():
         response.headers[name] = value

@@ -1,34 +1,58 @@
 """The HTTP API: one flask-smorest Blueprint per resource group under /api/v1."""
 import flask_smorest
-from flask import Response, current_app
+import marshmallow as ma
+from flask import Response, abort, current_app
 from flask_smorest import Api
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.routing import IntegerConverter
 
 from loyalty import qr
+from loyalty.api.schemas.common import MAX_ID
 
 api = Api()
 
 
 class ExactJSONParser(FlaskParser):
-    """webargs parses JSON bodies itself, with floats; ours keeps every number a Decimal."""
+    """webargs parses JSON bodies itself, with floats; ours keeps every number a Decimal.
+
+    A body that is not JSON is refused (415) rather than read as missing, so a client sending
+    form data learns why instead of being told every field is missing; a typo in a query
+    parameter (`?typ=`) is refused rather than silently ignored."""
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+                                   "query": ma.RAISE, "querystring": ma.RAISE}
 
     def _raw_load_json(self, req):
-        if not is_json_request(req):
+        raw = req.get_data(cache=True)
+        if not raw:
             return core.missing
+        if not is_json_request(req):
+            abort(415)
         try:
-            return current_app.json.loads(req.get_data(cache=True))
+            return current_app.json.loads(raw)
         except ValueError as error:
             return self._handle_invalid_json_error(error, req)
+
+    def _handle_invalid_json_error(self, error, req, *args, **kwargs):
+        abort(400, f"The body is not valid JSON ({error}); send a JSON object with the documented fields.")
 
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = ExactJSONParser()
 
 
+class IdConverter(IntegerConverter):
+    """`<id:member_id>`: a record id, 1 to 2**63 - 1; anything else is a 404, not a database error."""
+
+    def __init__(self, url_map):
+        super().__init__(url_map, min=1, max=MAX_ID)
+
+
 def register_blueprints(app):
     from loyalty.api import health, members, points, rules
 
+    app.url_map.converters["id"] = IdConverter
     api.init_app(app)
     for module in (members, points, rules):
         api.register_blueprint(module.blp, url_prefix="/api/v1")

@@ -28,7 +28,7 @@ class Members(MethodView):
         return {"items": service.find_members(**query)}
 
 
-@blp.route("/members/<int:member_id>")
+@blp.route("/members/<id:member_id>")
 class MemberById(MethodView):
     @roles("app", "pos", "marketing")
     @blp.response(200, MemberSchema)
@@ -44,7 +44,9 @@ class MemberById(MethodView):
         return service.update_member(member_id, changes)
 
 
-@blp.route("/members/<int:member_id>/card.<any(png, svg):fmt>")
+# Two literal paths, as API.md names them (a `card.{fmt}` template hides them from the spec).
+@blp.route("/members/<id:member_id>/card.png", endpoint="MemberCardPng", defaults={"fmt": "png"})
+@blp.route("/members/<id:member_id>/card.svg", endpoint="MemberCardSvg", defaults={"fmt": "svg"})
 class MemberCard(MethodView):
     @roles("app", "pos")
     @blp.doc(responses=QR_RESPONSES)

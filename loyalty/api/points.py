@@ -34,7 +34,7 @@ class Purchases(MethodView):
             store_for(g.principal, data.pop("store_id", None)), **data))
 
 
-@blp.route("/purchases/<int:purchase_id>/refunds")
+@blp.route("/purchases/<id:purchase_id>/refunds")
 class PurchaseRefunds(MethodView):
     @roles("pos")
     @idempotent
@@ -46,7 +46,7 @@ class PurchaseRefunds(MethodView):
         return answer(service.refund_purchase(purchase_id, store, **data))
 
 
-@blp.route("/members/<int:member_id>/activities")
+@blp.route("/members/<id:member_id>/activities")
 class MemberActivities(MethodView):
     @roles("app")
     @idempotent
@@ -58,7 +58,7 @@ class MemberActivities(MethodView):
                                               data.get("occurred_at")))
 
 
-@blp.route("/members/<int:member_id>/adjustments")
+@blp.route("/members/<id:member_id>/adjustments")
 class MemberAdjustments(MethodView):
     @roles("admin")
     @idempotent
@@ -69,7 +69,7 @@ class MemberAdjustments(MethodView):
         return service.adjust_points(member_id, data["points"], data["reason"], g.principal.actor)
 
 
-@blp.route("/members/<int:member_id>/points")
+@blp.route("/members/<id:member_id>/points")
 class MemberPoints(MethodView):
     @roles("app", "pos", "marketing")
     @blp.response(200, PointsSummarySchema)
@@ -78,7 +78,7 @@ class MemberPoints(MethodView):
         return service.points_summary(member_id)
 
 
-@blp.route("/members/<int:member_id>/points/history")
+@blp.route("/members/<id:member_id>/points/history")
 class MemberPointsHistory(MethodView):
     @roles("app", "pos", "marketing")
     @blp.arguments(HistoryQuerySchema, location="query")
@@ -103,7 +103,7 @@ class PointsPayments(MethodView):
             store_for(g.principal, data.pop("store_id", None)), data["payment_no"], data["points"]))
 
 
-@blp.route("/points-payments/<int:payment_id>/reversal")
+@blp.route("/points-payments/<id:payment_id>/reversal")
 class PointsPaymentReversal(MethodView):
     @roles("pos")
     @idempotent

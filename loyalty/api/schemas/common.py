@@ -4,6 +4,8 @@ from decimal import Decimal, InvalidOperation
 
 from marshmallow import Schema, ValidationError, fields, validate
 
+MAX_ID = 2**63 - 1  # ids are 64-bit; a larger one names nothing and must not reach the database
+
 
 class PointsField(fields.Decimal):
     """Points: a JSON number with at most 2 decimal places, kept as a Decimal end to end."""
@@ -83,6 +85,11 @@ def Identifier(**kwargs):
     return fields.String(validate=[validate.Length(min=1, max=64),
                                    validate.Regexp(r"^[\x21-\x7e]+$", error="Use printable characters without spaces.")],
                          **kwargs)
+
+
+def RecordId(**kwargs):
+    """The id of a record (member, purchase...) in a request body."""
+    return fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ID), **kwargs)
 
 
 class MoneyValueSchema(Schema):

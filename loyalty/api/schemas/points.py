@@ -1,6 +1,7 @@
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from loyalty.api.schemas.common import Identifier, MoneyField, MoneyValueSchema, PointsField, Timestamp
+from loyalty.api.schemas.common import (Identifier, MoneyField, MoneyValueSchema, PointsField, RecordId,
+                                       Timestamp)
 from loyalty.api.schemas.members import MemberSchema
 from loyalty.points.rules import CAP_PERIODS, EXPIRY_POLICIES
 
@@ -10,7 +11,7 @@ STORE = validate.Length(min=1, max=40)
 class MemberReference(Schema):
     """A POS names the member by id, or by the token it scanned from the member's card QR."""
 
-    member_id = fields.Integer(validate=validate.Range(min=1))
+    member_id = RecordId()
     card = fields.String(validate=validate.Length(min=1, max=64))
 
     @validates_schema
