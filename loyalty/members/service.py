@@ -4,6 +4,7 @@ import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from flask import current_app
 
 from loyalty import clock
 from loyalty.database import transaction
@@ -156,7 +157,8 @@ def _referrer_for(referral_code):
 
 
 def _check_birthday(birthday, now):
-    if birthday is not None and birthday >= clock.local_date(now, "UTC"):
+    """A birthday is a day in the past where the member lives (the deployment's time zone)."""
+    if birthday is not None and birthday >= clock.local_date(now, current_app.config["LOYALTY_TIMEZONE"]):
         raise ValidationFailed("The birthday must be a date in the past.",
                                errors={"birthday": ["Must be a date in the past."]})
 

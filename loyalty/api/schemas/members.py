@@ -1,21 +1,34 @@
-from datetime import date
-
 from marshmallow import Schema, fields, validate, validates_schema, ValidationError
 
 from loyalty.api.schemas.common import PointsField, Timestamp
+from loyalty.errors import ValidationFailed
+from loyalty.members import service
 
-NAME = validate.Length(min=1, max=100)
-CHANNEL = validate.Length(min=1, max=30)
+NOT_BLANK = validate.Regexp(r"\s*\S", error="Must not be blank.")
+NAME = [validate.Length(min=1, max=100), NOT_BLANK]
+CHANNEL = [validate.Length(min=1, max=30), NOT_BLANK]
+
+
+class PhoneField(fields.String):
+    """A phone number as people type it ("138 0000-0001"), checked and normalised here so that
+    every invalid field of a request is reported at once."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return service.normalise_phone(text)
+        except ValidationFailed as error:
+            raise ValidationError(error.errors["phone"]) from None
 
 
 class ExternalIdSchema(Schema):
     channel = fields.String(required=True, validate=CHANNEL)
-    id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    id = fields.String(required=True, validate=[validate.Length(min=1, max=100), NOT_BLANK])
 
 
 class MemberCreateSchema(Schema):
     name = fields.String(required=True, validate=NAME)
-    phone = fields.String(validate=validate.Length(max=30))
+    phone = PhoneField(validate=validate.Length(max=30))
     email = fields.Email(validate=validate.Length(max=254))
     birthday = fields.Date()
     channel = fields.String(validate=CHANNEL)
@@ -25,7 +38,7 @@ class MemberCreateSchema(Schema):
 
 class MemberUpdateSchema(Schema):
     name = fields.String(validate=NAME)
-    phone = fields.String(validate=validate.Length(max=30), allow_none=True)
+    phone = PhoneField(validate=validate.Length(max=30), allow_none=True)
     email = fields.Email(validate=validate.Length(max=254), allow_none=True)
     birthday = fields.Date(allow_none=True)
     channel = fields.String(validate=CHANNEL, allow_none=True)
