@@ -89,6 +89,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
     if occurred_at > now + CLOCK_SKEW:
         raise ValidationFailed("The purchase time is in the future; check the till's clock.",
                                errors={"occurred_at": ["Must not be in the future."]})
+    _check_positive(amount, "A purchase")
     _check_items(amount, items)
     with transaction():
         existing = _purchase_by_receipt(store_id, receipt_no)
@@ -121,6 +122,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
 def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
     """Refund part or all of a purchase and claw back its points pro rata (into debt if spent)."""
     now = now or clock.now()
+    _check_positive(amount, "A refund")
     with transaction():
         purchase = db.session.get(Purchase, purchase_id)
         if purchase is None:
@@ -358,6 +360,13 @@ def _purchase_by_receipt(store_id, receipt_no):
 def _payment_by_number(store_id, payment_no):
     return db.session.scalar(sa.select(PointsPayment).where(
         PointsPayment.store_id == store_id, PointsPayment.payment_no == payment_no))
+
+
+def _check_positive(amount, what):
+    """Money written to the ledger is positive: a negative refund would un-refund a purchase."""
+    if amount <= 0:
+        raise ValidationFailed(f"{what} must be for an amount greater than 0.",
+                               errors={"amount": ["Must be greater than 0."]})
 
 
 def _check_items(amount, items):
