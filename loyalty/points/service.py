@@ -210,6 +210,10 @@ def adjust_points(member_id, points, reason, actor, now=None):
     if points == 0:
         raise ValidationFailed("An adjustment must add or remove points; 0 changes nothing.",
                                errors={"points": ["Must not be 0."]})
+    if points != points.quantize(rules_mod.CENT):
+        raise ValidationFailed("Points have at most 2 decimal places; round the adjustment.",
+                               errors={"points": ["Must have at most 2 decimal places."]})
+    points = points.quantize(rules_mod.CENT)
     with transaction():
         account = ledger.lock_account(member_id, now)
         description = f"Adjustment: {reason}"
