@@ -7,10 +7,15 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.routing import IntegerConverter
 
-from loyalty import qr
-from loyalty.api.schemas.common import MAX_ID
+from loyalty import idempotency, qr
+from loyalty.api.schemas.common import MAX_ID, ErrorSchema
 
-api = Api()
+
+class LoyaltyApi(Api):
+    ERROR_SCHEMA = ErrorSchema  # document the error body we send, not flask-smorest's own
+
+
+api = LoyaltyApi()
 
 
 class ExactJSONParser(FlaskParser):
@@ -38,8 +43,21 @@ class ExactJSONParser(FlaskParser):
         abort(400, f"The body is not valid JSON ({error}); send a JSON object with the documented fields.")
 
 
+IDEMPOTENCY_KEY = {
+    "in": "header", "name": "Idempotency-Key", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Any unique string. Sending the same key and body again returns the first answer "
+                   f"(with `{idempotency.REPLAY_HEADER}: true`) and changes nothing; the same key with "
+                   "another body is 409 idempotency_conflict.",
+}
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = ExactJSONParser()
+
+    def idempotent(self, view):
+        """Accept an `Idempotency-Key` on this view (loyalty.idempotency), and document it."""
+        return self.doc(parameters=[IDEMPOTENCY_KEY])(idempotency.idempotent(view))
 
 
 class IdConverter(IntegerConverter):

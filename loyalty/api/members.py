@@ -4,7 +4,6 @@ from loyalty.api import QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
                                          MemberSchema, MemberUpdateSchema)
 from loyalty.auth import roles
-from loyalty.idempotency import idempotent
 from loyalty.members import service
 
 blp = Blueprint("members", __name__, description="Members: registration, lookup, profile, card")
@@ -13,7 +12,7 @@ blp = Blueprint("members", __name__, description="Members: registration, lookup,
 @blp.route("/members")
 class Members(MethodView):
     @roles("app", "pos")
-    @idempotent
+    @blp.idempotent
     @blp.arguments(MemberCreateSchema)
     @blp.response(201, MemberSchema)
     def post(self, data):

@@ -7,7 +7,7 @@ from loyalty.api.schemas.points import (ActivityCreateSchema, ActivityResultSche
                                         PointsSummarySchema, PurchaseCreateSchema, PurchaseResultSchema,
                                         RefundCreateSchema, RefundResultSchema)
 from loyalty.auth import roles, store_for
-from loyalty.idempotency import REPLAY_HEADER, idempotent
+from loyalty.idempotency import REPLAY_HEADER
 from loyalty.members.service import member_id_for
 from loyalty.points import service
 
@@ -24,7 +24,7 @@ def answer(outcome):
 @blp.route("/purchases")
 class Purchases(MethodView):
     @roles("pos")
-    @idempotent
+    @blp.idempotent
     @blp.arguments(PurchaseCreateSchema)
     @blp.response(201, PurchaseResultSchema)
     def post(self, data):
@@ -37,7 +37,7 @@ class Purchases(MethodView):
 @blp.route("/purchases/<id:purchase_id>/refunds")
 class PurchaseRefunds(MethodView):
     @roles("pos")
-    @idempotent
+    @blp.idempotent
     @blp.arguments(RefundCreateSchema)
     @blp.response(201, RefundResultSchema)
     def post(self, data, purchase_id):
@@ -49,7 +49,7 @@ class PurchaseRefunds(MethodView):
 @blp.route("/members/<id:member_id>/activities")
 class MemberActivities(MethodView):
     @roles("app")
-    @idempotent
+    @blp.idempotent
     @blp.arguments(ActivityCreateSchema)
     @blp.response(201, ActivityResultSchema)
     def post(self, data, member_id):
@@ -61,7 +61,7 @@ class MemberActivities(MethodView):
 @blp.route("/members/<id:member_id>/adjustments")
 class MemberAdjustments(MethodView):
     @roles("admin")
-    @idempotent
+    @blp.idempotent
     @blp.arguments(AdjustmentCreateSchema)
     @blp.response(201, EntrySchema)
     def post(self, data, member_id):
@@ -93,7 +93,7 @@ class MemberPointsHistory(MethodView):
 @blp.route("/points-payments")
 class PointsPayments(MethodView):
     @roles("pos")
-    @idempotent
+    @blp.idempotent
     @blp.arguments(PaymentCreateSchema)
     @blp.response(201, PaymentResultSchema)
     def post(self, data):
@@ -106,7 +106,7 @@ class PointsPayments(MethodView):
 @blp.route("/points-payments/<id:payment_id>/reversal")
 class PointsPaymentReversal(MethodView):
     @roles("pos")
-    @idempotent
+    @blp.idempotent
     @blp.response(201, PaymentResultSchema)
     def post(self, payment_id):
         """Reverse a points payment: the points return to the lots they came from"""

@@ -2,7 +2,7 @@
 from datetime import timezone
 from decimal import Decimal, InvalidOperation
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 MAX_ID = 2**63 - 1  # ids are 64-bit; a larger one names nothing and must not reach the database
 
@@ -100,3 +100,21 @@ class MoneyValueSchema(Schema):
 class ListQuerySchema(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.String()
+
+
+class ErrorSchema(Schema):
+    """The body of every error (API.md); some errors add facts, such as the owner's `member_id`."""
+
+    class Meta:
+        unknown = INCLUDE  # documented as additionalProperties: member_id, available, needed...
+
+    code = fields.Integer(required=True, metadata={"description": "The HTTP status code", "example": 422})
+    status = fields.String(required=True, metadata={"description": "The HTTP status phrase", "example": "Unprocessable Entity"})
+    error = fields.String(required=True, metadata={
+        "description": "What went wrong, for programs: validation_error, unauthorized, forbidden, not_found, "
+                       "conflict, idempotency_conflict, insufficient_points, ...",
+        "example": "validation_error"})
+    message = fields.String(required=True, metadata={"description": "A sentence a person can act on"})
+    errors = fields.Dict(keys=fields.String(), metadata={
+        "description": "Only for field problems: each field with its messages",
+        "example": {"amount": ["Must be greater than 0."]}})
