@@ -1,0 +1,150 @@
+"""The OpenAPI document describes every path of the contract; the docs page and health check answer."""
+import pytest
+import sqlalchemy as sa
+
+from loyalty.extensions import db
+
+# Every path of issue 2 (API.md's members and points sections, earning rules), with its methods.
+CONTRACT = {
+    "/api/v1/members": {"get", "post"},
+    "/api/v1/members/{member_id}": {"get", "patch"},
+    "/api/v1/members/{member_id}/card.png": {"get"},
+    "/api/v1/members/{member_id}/card.svg": {"get"},
+    "/api/v1/purchases": {"post"},
+    "/api/v1/purchases/{purchase_id}/refunds": {"post"},
+    "/api/v1/members/{member_id}/activities": {"post"},
+    "/api/v1/members/{member_id}/adjustments": {"post"},
+    "/api/v1/members/{member_id}/points": {"get"},
+    "/api/v1/members/{member_id}/points/history": {"get"},
+    "/api/v1/points-payments": {"post"},
+    "/api/v1/points-payments/{payment_id}/reversal": {"post"},
+    "/api/v1/earning-rules": {"get", "put"},
+    "/healthz": {"get"},
+}
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture
+def spec(client):
+    response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    return response.json
+
+
+def operations(spec):
+    return [(path, method, operation) for path, item in spec["paths"].items()
+            for method, operation in item.items() if method in METHODS]
+
+
+def test_the_document_is_openapi_3_and_needs_no_key(spec):
+    assert spec["openapi"].startswith("3.")
+    assert spec["info"]["title"] and spec["info"]["version"] == "v1"
+
+
+@pytest.mark.parametrize("path", sorted(CONTRACT))
+def test_every_path_of_the_contract_is_described_with_its_methods(spec, path):
+    assert path in spec["paths"]
+    assert CONTRACT[path] <= set(spec["paths"][path])
+
+
+def test_every_operation_has_a_summary_and_a_success_answer(spec):
+    for path, method, operation in operations(spec):
+        assert operation.get("summary"), (method, path)
+        assert any(code.startswith("2") for code in operation["responses"]), (method, path)
+
+
+def test_api_keys_are_the_security_scheme_and_the_health_check_is_open(spec):
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": "An API key."}
+    assert spec["security"] == [{"bearerAuth": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_success_statuses_are_those_of_the_contract(spec):
+    created = {("post", p) for p in ["/api/v1/members", "/api/v1/purchases", "/api/v1/points-payments",
+                                     "/api/v1/purchases/{purchase_id}/refunds",
+                                     "/api/v1/members/{member_id}/activities",
+                                     "/api/v1/members/{member_id}/adjustments",
+                                     "/api/v1/points-payments/{payment_id}/reversal"]}
+
+    for path, method, operation in operations(spec):
+        success = {code for code in operation["responses"] if code.startswith("2")}
+        assert success == ({"201"} if (method, path) in created else {"200"}), (method, path)
+
+
+def test_request_bodies_name_their_required_fields(spec):
+    def body_schema(path, method):
+        schema = spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        return spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+
+    assert {"receipt_no", "amount"} <= set(body_schema("/api/v1/purchases", "post")["required"])
+    assert body_schema("/api/v1/members", "post")["required"] == ["name"]
+    assert {"payment_no", "points"} <= set(body_schema("/api/v1/points-payments", "post")["required"])
+
+
+def test_member_answers_describe_every_member_field(spec):
+    member = spec["components"]["schemas"]["Member"]["properties"]
+
+    assert {"id", "member_no", "name", "phone", "email", "birthday", "tier", "points", "lifecycle_stage",
+            "referral_code", "joined_at", "status"} <= set(member)
+
+
+def test_every_post_documents_the_idempotency_key_header(spec):
+    for path, method, operation in operations(spec):
+        if method == "post":
+            headers = [p["name"] for p in operation.get("parameters", []) if p["in"] == "header"]
+            assert headers == ["Idempotency-Key"], path
+
+
+def test_errors_are_documented_as_the_body_the_service_sends(spec, api):
+    documented = spec["components"]["schemas"]["Error"]
+    sent = api.get("app", "/members/999").json
+
+    assert set(documented["required"]) == {"code", "status", "error", "message"} == set(sent)
+    assert documented["additionalProperties"] is True  # e.g. the owner's member_id of a conflict
+    assert "errors" in documented["properties"]
+    assert spec["paths"]["/api/v1/purchases"]["post"]["responses"]["default"] == {
+        "$ref": "#/components/responses/DEFAULT_ERROR"}
+
+
+def test_qr_cards_are_described_as_binary_images(spec):
+    png = spec["paths"]["/api/v1/members/{member_id}/card.png"]["get"]["responses"]["200"]["content"]
+
+    assert png["image/png"]["schema"] == {"type": "string", "format": "binary"}
+
+
+def test_ids_in_paths_are_positive_64_bit_integers(spec):
+    parameters = spec["paths"]["/api/v1/members/{member_id}"]["parameters"]
+
+    assert parameters == [{"in": "path", "name": "member_id", "required": True,
+                           "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}]
+
+
+def test_the_docs_page_is_html(client):
+    response = client.get("/api/v1/docs")
+
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert b"openapi.json" in response.data
+
+
+def test_the_health_check_answers_without_a_key(client):
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "database": "ok"}
+
+
+def test_the_health_check_answers_503_when_the_database_is_unreachable(client, monkeypatch):
+    def unreachable(*args, **kwargs):
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(db.session, "execute", unreachable)
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json["error"] == "unavailable"
+    assert response.json["database"] == "unreachable"
+    assert response.json["code"] == 503
