@@ -108,7 +108,9 @@ def update_member(member_id, changes: dict, now=None):
 def get_member(member_id, for_update=False):
     query = sa.select(Member).where(Member.id == member_id)
     if for_update:
-        query = query.with_for_update()
+        # Lock the member row only: its account is eagerly outer-joined, and PostgreSQL refuses
+        # FOR UPDATE on the nullable side of an outer join.
+        query = query.with_for_update(of=Member)
     member = db.session.execute(query).unique().scalar_one_or_none()
     if member is None:
         raise NotFound(f"No member with id {member_id}.")
