@@ -17,6 +17,7 @@ class LoyaltyError(Exception):
 
     status = 400
     code = "bad_request"
+    headers = {}
 
     def __init__(self, message, errors=None, **extra):
         super().__init__(message)
@@ -31,6 +32,7 @@ class ValidationFailed(LoyaltyError):
 
 class Unauthorized(LoyaltyError):
     status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="loyalty"'}  # RFC 9110: a 401 names its scheme
 
 
 class Forbidden(LoyaltyError):
@@ -99,7 +101,9 @@ def error_response(status, code, message, errors=None, **extra):
 
 
 def handle_loyalty_error(error):
-    return error_response(error.status, error.code, error.message, error.errors, **error.extra)
+    response = error_response(error.status, error.code, error.message, error.errors, **error.extra)
+    response.headers.extend(error.headers)
+    return response
 
 
 def handle_http_exception(error):
@@ -121,6 +125,9 @@ def handle_http_exception(error):
     if isinstance(data.get("message"), str):
         message = data["message"]
     response = error_response(status, code, message, errors)
+    for name, value in error.get_headers():  # e.g. the Allow header of a 405
+        if name.lower() != "content-type":
+            response.headers[name] = value
     for name, value in (data.get("headers") or {}).items():
         response.headers[name] = value
     return response
