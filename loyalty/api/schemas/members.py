@@ -56,6 +56,15 @@ class MemberLookupSchema(Schema):
     external_id = fields.String()
     card = fields.String()
 
+    @validates_schema
+    def one_identity(self, data, **kwargs):
+        given = {"phone", "email", "card"} & set(data)
+        if {"channel", "external_id"} & set(data):
+            given.add("channel and external_id")
+        if len(given) > 1:
+            raise ValidationError("Look a member up by one identity at a time: phone, email, card, "
+                                  "or channel together with external_id.")
+
 
 class TierRefSchema(Schema):
     code = fields.String()
