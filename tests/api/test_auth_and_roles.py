@@ -56,6 +56,7 @@ def test_every_endpoint_refuses_a_request_without_a_key(client, method, path):
     assert response.status_code == 401
     assert response.json["error"] == "unauthorized"
     assert "Authorization: Bearer" in response.json["message"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("header", ["Bearer lk_not-a-key", "Bearer ", "Basic dXNlcjpwYXNz", "lk_no-scheme"])

@@ -82,6 +82,19 @@ def test_a_problem_with_the_request_as_a_whole_is_the_message(api, member_id):
     assert body["message"] == "Name the member by exactly one of member_id or card."
 
 
+def test_a_wrong_method_says_which_methods_the_address_takes(api):
+    response = api.post("app", "/members/1")
+
+    assert_error_body(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "PATCH"}
+
+
+def test_a_body_over_a_megabyte_is_refused_as_too_large(api):
+    response = api.post("app", "/members", json={"name": "Li Lei", "padding": "x" * (1024 * 1024)})
+
+    assert_error_body(response, 413, "payload_too_large")
+
+
 def test_an_unexpected_failure_is_a_json_500_without_details(api, member_id, monkeypatch):
     def broken(member_id, for_update=False):
         raise RuntimeError("secret internals")

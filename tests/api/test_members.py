@@ -59,6 +59,13 @@ def test_registering_a_member_answers_201_with_every_member_field(api):
     assert member["external_ids"] == [{"channel": "wechat", "id": "wx-1"}]
 
 
+def test_names_in_any_script_come_back_as_utf8(api):
+    member = register(api, name="李雷")
+
+    assert member["name"] == "李雷"
+    assert "李雷".encode() in api.get("app", f"/members/{member['id']}").data
+
+
 def test_a_member_needs_only_a_name(api):
     member = register(api, name="  Han Meimei  ")
 
@@ -234,6 +241,15 @@ def test_a_lookup_needs_a_complete_identity(api, query):
 
     assert response.status_code == 422
     assert "phone" in response.json["message"]
+
+
+def test_a_lookup_by_two_identities_at_once_is_refused(api):
+    register(api, phone="13800000001", email="li@example.com")
+
+    response = api.get("pos", "/members", query_string={"phone": "13800000001", "email": "han@example.com"})
+
+    assert response.status_code == 422
+    assert "one identity at a time" in response.json["message"]
 
 
 def test_a_lookup_with_a_misspelt_parameter_is_refused(api):
