@@ -4,6 +4,7 @@ from decimal import Decimal, InvalidOperation
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
+LIMIT = Decimal("1e13")  # points and money: far beyond any real amount, well within a BIGINT of cents
 MAX_ID = 2**63 - 1  # ids are 64-bit; a larger one names nothing and must not reach the database
 
 
@@ -21,6 +22,8 @@ class PointsField(fields.Decimal):
         if value is None:
             return None
         value = Decimal(value)
+        if value == 0:
+            return Decimal(0)  # never "-0"
         return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -29,8 +32,6 @@ class PointsField(fields.Decimal):
         number = _exact_decimal(value)
         if not self.signed and number <= 0:
             raise ValidationError("Must be greater than 0.")
-        if abs(number) >= Decimal("1e13"):
-            raise ValidationError("Must be less than 10 000 000 000 000.")
         return number
 
 
@@ -51,8 +52,6 @@ class MoneyField(fields.String):
         number = _exact_decimal(value)
         if number < 0 or (number == 0 and not self.allow_zero):
             raise ValidationError("Must be greater than 0." if not self.allow_zero else "Must not be negative.")
-        if number >= Decimal("1e13"):
-            raise ValidationError("Must be less than 10 000 000 000 000.")
         return number
 
 
@@ -63,6 +62,8 @@ def _exact_decimal(value):
         raise ValidationError('Must be a decimal number such as 120.5.') from None
     if not number.is_finite():
         raise ValidationError("Must be a finite number.")
+    if abs(number) >= LIMIT:  # checked first: quantizing 1e30 to cents would overflow the context
+        raise ValidationError("Must be less than 10 000 000 000 000.")
     if number.as_tuple().exponent < -2 and number != number.quantize(Decimal("0.01")):
         raise ValidationError("Must have at most 2 decimal places.")
     return number.quantize(Decimal("0.01"))
