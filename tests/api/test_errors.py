@@ -181,6 +181,21 @@ def test_points_with_more_than_two_decimal_places_are_refused(api, member_id, po
     assert response.json["errors"] == {"points": ["Must have at most 2 decimal places."]}
 
 
+@pytest.mark.parametrize("path, field, value", [
+    ("/purchases", "amount", "1e30"), ("/purchases", "amount", "1e999999"), ("/purchases", "amount", 1e30),
+    ("/purchases", "amount", "10000000000000.00"), ("/adjustments", "points", "-1e30"),
+    ("/adjustments", "points", 10**20),
+])
+def test_absurdly_large_numbers_are_refused_not_a_server_error(api, member_id, path, field, value):
+    if path == "/purchases":
+        response = api.post("pos", path, json={"member_id": member_id, "receipt_no": "R1", "amount": value})
+    else:
+        response = api.post("admin", f"/members/{member_id}{path}", json={"points": value, "reason": "typo"})
+
+    assert_error_body(response, 422, "validation_error")
+    assert response.json["errors"] == {field: ["Must be less than 10 000 000 000 000."]}
+
+
 @pytest.mark.parametrize("raw_amount", [b"true", b"null", b'"abc"', b'"NaN"', b'"Infinity"', b"[1]", b"{}"])
 def test_money_that_is_not_a_number_is_refused(api, member_id, raw_amount):
     raw = b'{"member_id": %d, "receipt_no": "R1", "amount": %s}' % (member_id, raw_amount)
