@@ -144,8 +144,10 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
                 f"Refunds cannot exceed the purchase: {purchase.refunded_amount} of {purchase.amount} "
                 f"is already refunded, so at most {refundable} can be refunded now.",
                 errors={"amount": [f"Must be at most {refundable}."]})
-        points = rules_mod.reversal_points(purchase.points_earned, purchase.amount,
-                                           purchase.refunded_amount, amount, purchase.points_reversed)
+        due = rules_mod.reversal_points(purchase.points_earned, purchase.amount,
+                                        purchase.refunded_amount, amount, purchase.points_reversed)
+        # Points of this purchase that expired are gone already: they count as reversed first.
+        points = due - min(due, _expired_not_yet_reversed(purchase))
         refund = Refund(purchase_id=purchase.id, refund_no=refund_no, amount=amount,
                         points_reversed=points, created_at=now)
         db.session.add(refund)
@@ -156,9 +158,28 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
                                      ("refund", refund.id), now, first_lot=purchase.lot)
             db.session.flush()
             refund.entry_id = entry.id
+        account.lifetime_earned -= due - points  # the expired part was not earned either
         purchase.refunded_amount += amount
-        purchase.points_reversed += points
+        purchase.points_reversed += due
     return Outcome(refund, account.member)
+
+
+def _expired_not_yet_reversed(purchase):
+    """Points of the purchase's lot that expired and that no refund has counted yet.
+
+    A purchase's `points_reversed` is what its refunds reversed in all; each refund's own
+    `points_reversed` is what it took from the member. The difference is the expired points
+    earlier refunds already counted."""
+    if purchase.lot_id is None:
+        return ZERO
+    expired = -db.session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Entry.points), 0)).where(
+            Entry.member_id == purchase.member_id, Entry.type == "expire",
+            Entry.reference_type == "lot", Entry.reference_id == str(purchase.lot_id)))
+    taken = db.session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Refund.points_reversed), 0))
+        .where(Refund.purchase_id == purchase.id))
+    return max(expired - (purchase.points_reversed - taken), ZERO)
 
 
 # --- behaviour ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from loyalty.points import service
 from tests import factories
 from tests.factories import D
 from tests.service.ledger_helpers import (T0, assert_ledger_ok, balances, entries, entry_count, lots,
-                                          use_rules)
+                                          use_rules, utc)
 
 pytestmark = pytest.mark.usefixtures("ctx")
 
@@ -289,3 +289,38 @@ def test_an_admin_refund_without_a_store_is_allowed(ctx):
 def test_a_refund_of_an_unknown_purchase_is_not_found(ctx):
     with pytest.raises(NotFound):
         service.refund_purchase(999_999, "S1", "F1", D("1.00"), now=T0)
+
+
+def test_refunding_a_purchase_whose_points_expired_does_not_take_them_twice(ctx):
+    use_rules(expiry_policy="end_of_month")
+    member = factories.member(now=T0)
+    purchase = factories.purchase(member.id, "100.00", now=utc(2026, 3, 30, 4)).record
+    factories.purchase(member.id, "50.00", now=utc(2026, 4, 1, 4))  # the 100 expire first
+
+    outcome = refund(purchase, "F1", "100.00", now=utc(2026, 4, 2, 4))
+
+    # The member already lost these points to expiry; the refund takes nothing more.
+    assert outcome.record.points_reversed == D("0.00")
+    assert entries(member.id) == [("earn_purchase", D("100.00")), ("expire", D("-100.00")),
+                                  ("earn_purchase", D("50.00"))]
+    assert balances(member.id) == (D("50.00"), D("0.00"), D("50.00"), D("0.00"))
+    assert service.get_purchase(purchase.id).points_reversed == D("100.00")
+    assert_ledger_ok()
+
+
+def test_refunding_a_partly_spent_then_expired_purchase_takes_back_only_what_was_spent(ctx):
+    use_rules(expiry_policy="end_of_month")
+    member = factories.member(now=T0)
+    purchase = factories.purchase(member.id, "100.00", now=utc(2026, 3, 30, 4)).record
+    service.pay_with_points(member.id, "S1", "P1", D("30"), now=utc(2026, 3, 30, 5))
+    factories.purchase(member.id, "50.00", now=utc(2026, 4, 1, 4))  # the 70 left expire
+
+    first = refund(purchase, "F1", "50.00", now=utc(2026, 4, 2, 4))  # 50 due: all expired already
+    second = refund(purchase, "F2", "50.00", now=utc(2026, 4, 3, 4))  # 50 due: 20 expired, 30 spent
+
+    assert (first.record.points_reversed, second.record.points_reversed) == (D("0.00"), D("30.00"))
+    # Earned 150, of which the refunded purchase's 100 no longer count; 30 spent; 20 left.
+    assert balances(member.id) == (D("20.00"), D("0.00"), D("50.00"), D("0.00"))
+    assert sum(points for _, points in entries(member.id)) == D("20.00")
+    assert service.get_purchase(purchase.id).points_reversed == D("100.00")
+    assert_ledger_ok()
