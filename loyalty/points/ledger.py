@@ -34,10 +34,13 @@ def lock_account(member_id, now):
 
 
 def settle(account, now):
-    """Release pending lots whose time has come, expire lots past their expiry, pay debt.
+    """Bring the account up to `now` as if it had been watched all along: release pending lots
+    whose time has come (each pays any debt the moment it is released), expire lots past their
+    expiry, then pay what debt is left from what is still available.
 
     The nightly jobs do the same for everyone in bulk; doing it here as well means a write never
-    spends an expired point or misses one that became available a minute ago.
+    spends an expired point or misses one that became available a minute ago, and when an account
+    is settled never changes what it ends up holding.
     """
     due = db.session.scalars(
         sa.select(Lot).where(
@@ -48,12 +51,12 @@ def settle(account, now):
             ),
         ).order_by(Lot.id)
     ).all()
-    for lot in due:
-        if lot.status == "pending":
-            lot.status = "available"
-            account.pending -= lot.remaining
-            account.available += lot.remaining
-    for lot in due:
+    for lot in sorted((lot for lot in due if lot.status == "pending"), key=lambda lot: lot.available_at):
+        lot.status = "available"
+        account.pending -= lot.remaining
+        account.available += lot.remaining
+        _pay_debt_from(account, lot)
+    for lot in sorted(due, key=lambda lot: lot.expires_at or now):
         if lot.expires_at is not None and lot.expires_at <= now and lot.remaining > 0:
             expire_lot(account, lot, now)
     if account.debt > 0:
@@ -74,9 +77,7 @@ def pay_debt(account, now):
     for lot in _open_lots(account.member_id):
         if account.debt == 0:
             break
-        taken = min(lot.remaining, account.debt)
-        lot.remaining -= taken
-        account.debt -= taken
+        _pay_debt_from(account, lot)
 
 
 def add_entry(account, type_, points, description, reference, now, expires_at=None):
@@ -107,10 +108,8 @@ def credit(account, type_, points, description, reference, now, *, available_at=
               status="pending" if pending else "available", available_at=available_at,
               expires_at=expires_at, created_at=now)
     db.session.add(lot)
-    if not pending and account.debt > 0:
-        paid = min(points, account.debt)
-        lot.remaining -= paid
-        account.debt -= paid
+    if not pending:
+        _pay_debt_from(account, lot)
     return entry, lot
 
 
@@ -178,6 +177,13 @@ def restore(account, debit_entry, description, reference, now):
             lot.status = "available"
     settle(account, now)
     return entry
+
+
+def _pay_debt_from(account, lot):
+    """Points that become available pay the debt first. No entry: the balance is unchanged."""
+    paid = min(lot.remaining, account.debt)
+    lot.remaining -= paid
+    account.debt -= paid
 
 
 def _open_lots(member_id):

@@ -219,3 +219,35 @@ def test_released_pending_points_are_spendable_in_the_same_write(ctx):
     assert outcome.record.points == D("100.00")
     assert balances(member.id) == (D("0.00"), D("0.00"), D("100.00"), D("0.00"))
     assert_ledger_ok()
+
+
+def test_pending_points_pay_a_debt_when_they_become_available_even_if_settled_after_expiry(ctx):
+    use_rules(pending_days=1, expiry_days=0)
+    member = factories.member(now=T0)
+    service.adjust_points(member.id, D("-10"), "correction", "admin", now=T0)  # 10 owed
+    factories.purchase(member.id, "50.00", now=T0)  # available 11 March 12:00, expires that midnight
+
+    # Nobody writes for this member until the points have expired.
+    sign_in(member.id, utc(2026, 3, 13, 4))
+
+    # The 50 paid the 10 owed the moment they became available; only 40 expired.
+    assert balances(member.id) == (D("0.50"), D("0.00"), D("50.50"), D("0.00"))
+    assert entries(member.id)[-2:] == [("expire", D("-40.00")), ("earn_activity", D("0.50"))]
+    assert_ledger_ok()
+
+
+def test_when_an_account_is_settled_does_not_change_what_it_holds(ctx):
+    use_rules(pending_days=1, expiry_days=0)
+    seen_often, seen_late = factories.member(now=T0), factories.member(now=T0)
+    for member in (seen_often, seen_late):
+        sign_in(member.id, T0, event_id="e1")
+        service.adjust_points(member.id, D("-10.5"), "correction", "admin", now=T0)  # 10 owed
+        factories.purchase(member.id, "50.00", now=T0)
+
+    # The app re-sends the sign-in just after the 50 points are released: a replay that settles.
+    assert sign_in(seen_often.id, utc(2026, 3, 11, 5), event_id="e1").replayed
+    for member in (seen_often, seen_late):
+        service.record_activity(member.id, "share", "s1", now=utc(2026, 3, 13, 4))
+
+    assert balances(seen_often.id) == balances(seen_late.id) == (D("0.50"), D("0.00"), D("51.00"), D("0.00"))
+    assert_ledger_ok()
