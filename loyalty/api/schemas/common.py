@@ -110,7 +110,8 @@ class ErrorSchema(Schema):
         unknown = INCLUDE  # documented as additionalProperties: member_id, available, needed...
 
     code = fields.Integer(required=True, metadata={"description": "The HTTP status code", "example": 422})
-    status = fields.String(required=True, metadata={"description": "The HTTP status phrase", "example": "Unprocessable Entity"})
+    status = fields.String(required=True, metadata={"description": "The HTTP status phrase",
+                                                     "example": "Unprocessable Entity"})
     error = fields.String(required=True, metadata={
         "description": "What went wrong, for programs: validation_error, unauthorized, forbidden, not_found, "
                        "conflict, idempotency_conflict, insufficient_points, ...",

@@ -13,6 +13,11 @@ class PhoneField(fields.String):
     """A phone number as people type it ("138 0000-0001"), checked and normalised here so that
     every invalid field of a request is reported at once."""
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("metadata", {}).setdefault(
+            "description", "6 to 15 digits, optionally starting with +; spaces, dashes and brackets are ignored")
+        super().__init__(**kwargs)
+
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)
         try:
@@ -28,7 +33,7 @@ class ExternalIdSchema(Schema):
 
 class MemberCreateSchema(Schema):
     name = fields.String(required=True, validate=NAME)
-    phone = PhoneField(validate=validate.Length(max=30))
+    phone = PhoneField()
     email = fields.Email(validate=validate.Length(max=254))
     birthday = fields.Date()
     channel = fields.String(validate=CHANNEL)
@@ -38,7 +43,7 @@ class MemberCreateSchema(Schema):
 
 class MemberUpdateSchema(Schema):
     name = fields.String(validate=NAME)
-    phone = PhoneField(validate=validate.Length(max=30), allow_none=True)
+    phone = PhoneField(allow_none=True)
     email = fields.Email(validate=validate.Length(max=254), allow_none=True)
     birthday = fields.Date(allow_none=True)
     channel = fields.String(validate=CHANNEL, allow_none=True)
