@@ -43,13 +43,7 @@ def settle(account, now):
     is settled never changes what it ends up holding.
     """
     due = db.session.scalars(
-        sa.select(Lot).where(
-            Lot.member_id == account.member_id,
-            sa.or_(
-                sa.and_(Lot.status == "pending", Lot.available_at <= now),
-                sa.and_(Lot.status == "available", Lot.remaining > 0, Lot.expires_at <= now),
-            ),
-        ).order_by(Lot.id)
+        sa.select(Lot).where(Lot.member_id == account.member_id, _due(now)).order_by(Lot.id)
     ).all()
     for lot in sorted((lot for lot in due if lot.status == "pending"), key=lambda lot: lot.available_at):
         lot.status = "available"
@@ -62,6 +56,19 @@ def settle(account, now):
     if account.debt > 0:
         pay_debt(account, now)
     account.updated_at = now
+
+
+def has_due_lots(member_id, now):
+    """Would settling this member's account change anything now? One indexed EXISTS query."""
+    return db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, _due(now))))
+
+
+def _due(now):
+    """Lots whose time has come: pending ones now available, available ones now expired."""
+    return sa.or_(
+        sa.and_(Lot.status == "pending", Lot.available_at <= now),
+        sa.and_(Lot.status == "available", Lot.remaining > 0, Lot.expires_at <= now),
+    )
 
 
 def expire_lot(account, lot, now):

@@ -164,7 +164,7 @@ class PointsPayment(db.Model):
     money_amount = mapped_column(Money(), nullable=False)
     currency: Mapped[str] = mapped_column(sa.String(3))
     status: Mapped[str] = mapped_column(sa.String(10))  # completed | reversed
-    entry_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
     reversal_entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
     created_at = mapped_column(UTCDateTime, nullable=False)
     reversed_at = mapped_column(UTCDateTime)

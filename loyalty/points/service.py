@@ -274,12 +274,15 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
                 raise Conflict(f"Payment {payment_no} of store {store_id} was already recorded with a "
                                "different member or points; use a new payment number.")
             return Outcome(existing, _member(existing.member_id), replayed=True)
-        entry = ledger.debit(account, "payment", points, f"Paid {value} {currency} at store {store_id}",
-                             ("payment", payment_no), now)
         payment = PointsPayment(member_id=member_id, store_id=store_id, payment_no=payment_no,
                                 points=points, money_amount=value, currency=currency,
-                                status="completed", entry=entry, created_at=now)
+                                status="completed", created_at=now)
         db.session.add(payment)
+        db.session.flush()
+        payment.entry = ledger.debit(
+            account, "payment", points,
+            f"Paid {value} {currency} at store {store_id} (payment {payment_no})",
+            ("payment", payment.id), now)
     return Outcome(payment, account.member)
 
 
@@ -297,7 +300,7 @@ def reverse_payment(payment_id, store_id, now=None):
         if payment.status == "reversed":
             return Outcome(payment, account.member, replayed=True)
         entry = ledger.restore(account, payment.entry, f"Reversal of payment {payment.payment_no}",
-                               ("payment", payment.payment_no), now)
+                               ("payment", payment.id), now)
         payment.status, payment.reversal_entry, payment.reversed_at = "reversed", entry, now
     return Outcome(payment, account.member)
 
@@ -305,8 +308,15 @@ def reverse_payment(payment_id, store_id, now=None):
 # --- reading --------------------------------------------------------------------------------------
 
 def points_summary(member_id, now=None):
-    """Balances, and what expires when (lots grouped by expiry), and what is still pending."""
+    """Balances, and what expires when (lots grouped by expiry), and what is still pending.
+
+    If lots have become available or expired since the account was last settled, it is settled
+    now, so a member never sees points that are gone or misses points that have arrived."""
+    now = now or clock.now()
     _member(member_id)
+    if ledger.has_due_lots(member_id, now):
+        with transaction():
+            ledger.lock_account(member_id, now)
     account = db.session.get(Account, member_id, populate_existing=True)
     remaining = sa.func.sum(Lot.remaining)
     expiring = db.session.execute(

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from loyalty.extensions import db
 from loyalty.points import service
-from loyalty.points.models import Entry, Lot
+from loyalty.points.models import Account, Entry, Lot
 from loyalty.points.verify import broken_accounts
 from tests.factories import D
 
@@ -24,9 +24,10 @@ def use_rules(**changes):
 
 
 def balances(member_id):
-    """(available, pending, lifetime_earned, debt) as the member's account holds them."""
-    summary = service.points_summary(member_id)
-    return summary["available"], summary["pending"], summary["lifetime_earned"], summary["debt"]
+    """(available, pending, lifetime_earned, debt) as the member's account row holds them now
+    (read without settling, so tests see exactly what the last write left)."""
+    account = db.session.get(Account, member_id, populate_existing=True)
+    return account.available, account.pending, account.lifetime_earned, account.debt
 
 
 def entries(member_id):

@@ -145,7 +145,7 @@ def test_points_under_the_never_policy_do_not_expire(ctx):
     assert lot_rows(member.id)[0].expires_at is None
     assert "expire" not in [t for t, _ in entries(member.id)]
     assert balances(member.id)[0] == D("100.50")
-    assert service.points_summary(member.id)["expiring"] == []
+    assert service.points_summary(member.id, now=T0 + timedelta(days=3650))["expiring"] == []
     assert_ledger_ok()
 
 
@@ -171,7 +171,7 @@ def test_the_summary_lists_what_expires_when_earliest_first(ctx):
     use_rules(expiry_days=30)
     factories.purchase(member.id, "5.00", now=T0)
 
-    summary = service.points_summary(member.id)
+    summary = service.points_summary(member.id, now=T0 + timedelta(hours=2))
 
     assert summary["expiring"] == [{"points": D("5.00"), "expires_at": EXPIRY_30},
                                    {"points": D("120.00"), "expires_at": utc(2027, 3, 10, 16)}]
@@ -250,4 +250,20 @@ def test_when_an_account_is_settled_does_not_change_what_it_holds(ctx):
         service.record_activity(member.id, "share", "s1", now=utc(2026, 3, 13, 4))
 
     assert balances(seen_often.id) == balances(seen_late.id) == (D("0.50"), D("0.00"), D("51.00"), D("0.00"))
+    assert_ledger_ok()
+
+
+def test_reading_the_points_shows_released_and_expired_lots_without_waiting_for_a_write(ctx):
+    use_rules(pending_days=7, expiry_policy="days_after_available", expiry_days=30)
+    member = factories.member(now=T0)
+    factories.purchase(member.id, "100.00", now=T0)
+    assert service.points_summary(member.id, now=T0)["pending"] == D("100.00")
+
+    released = service.points_summary(member.id, now=T0 + timedelta(days=8))
+    assert (released["available"], released["pending"]) == (D("100.00"), D("0.00"))
+    assert [item["points"] for item in released["expiring"]] == [D("100.00")]
+
+    expired = service.points_summary(member.id, now=T0 + timedelta(days=60))
+    assert (expired["available"], expired["expiring"]) == (D("0.00"), [])
+    assert entries(member.id)[-1] == ("expire", D("-100.00"))
     assert_ledger_ok()

@@ -34,7 +34,7 @@ def test_one_hundred_points_pay_one_yuan(ctx):
     assert payment.status == "completed"
     assert balances(member.id) == (D("250.00"), D("0.00"), D("500.00"), D("0.00"))
     assert entries(member.id)[-1] == ("payment", D("-250.00"))
-    assert service.history(member.id)[0][0].description == "Paid 2.50 CNY at store S1"
+    assert service.history(member.id)[0][0].description == "Paid 2.50 CNY at store S1 (payment P1)"
     assert_ledger_ok()
 
 
@@ -81,7 +81,7 @@ def test_spending_takes_the_earliest_expiring_points_first(ctx):
     assert lots(member.id) == [("available", D("100.00"), D("50.00")),
                                ("available", D("100.00"), D("0.00")),
                                ("available", D("100.00"), D("100.00"))]
-    assert service.points_summary(member.id)["expiring"] == [
+    assert service.points_summary(member.id, now=T0)["expiring"] == [
         {"points": D("50.00"), "expires_at": utc(2027, 3, 10, 16)}]
     pay(member.id, "100", payment_no="P2")
     assert lots(member.id)[0] == ("available", D("100.00"), D("0.00"))
@@ -146,7 +146,7 @@ def test_a_reversal_returns_the_points_to_their_lots_with_their_expiry(ctx):
     assert lots(member.id) == [("available", D("60.00"), D("60.00")),
                                ("available", D("100.00"), D("100.00")),
                                ("available", D("10.00"), D("10.00"))]
-    assert service.points_summary(member.id)["expiring"][0] == {
+    assert service.points_summary(member.id, now=T0 + timedelta(days=2))["expiring"][0] == {
         "points": D("60.00"), "expires_at": utc(2026, 4, 9, 16)}
     assert balances(member.id) == (D("170.00"), D("0.00"), D("170.00"), D("0.00"))
     assert entries(member.id)[-1] == ("reverse", D("100.00"))

@@ -106,7 +106,7 @@ def test_purchase_with_a_return_window_is_pending_until_it_passes(ctx):
     assert outcome.record.lot.status == "pending"
     assert outcome.record.available_at == T0 + timedelta(days=7)
     assert balances(member.id) == (D("0.00"), D("100.00"), D("100.00"), D("0.00"))
-    assert service.points_summary(member.id)["pending_lots"] == [
+    assert service.points_summary(member.id, now=T0)["pending_lots"] == [
         {"points": D("100.00"), "available_at": T0 + timedelta(days=7)}]
     # Pending points cannot be spent.
     with pytest.raises(InsufficientPoints):
