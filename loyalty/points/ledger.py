@@ -8,6 +8,7 @@ these functions, inside the caller's transaction; they keep the invariants of DE
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
 from loyalty.errors import InsufficientPoints, NotFound
 from loyalty.extensions import db
@@ -25,10 +26,13 @@ def lock_account(member_id, now):
     """
     account = db.session.execute(
         sa.select(Account).where(Account.member_id == member_id)
-        .with_for_update().execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+        # The member comes along (its row is not locked): every answer shows it.
+        .options(orm.joinedload(Account.member, innerjoin=True))
+        .with_for_update(of=Account).execution_options(populate_existing=True)
+    ).unique().scalar_one_or_none()
     if account is None:
         raise NotFound(f"No member with id {member_id}.")
+    orm.attributes.set_committed_value(account.member, "account", account)  # no second load
     settle(account, now)
     return account
 
@@ -55,7 +59,8 @@ def settle(account, now):
             expire_lot(account, lot, now)
     if account.debt > 0:
         pay_debt(account, now)
-    account.updated_at = now
+    if due:
+        account.updated_at = now
 
 
 def has_due_lots(member_id, now):
@@ -89,6 +94,7 @@ def pay_debt(account, now):
 
 def add_entry(account, type_, points, description, reference, now, expires_at=None):
     reference_type, reference_id = reference if reference else (None, None)
+    account.updated_at = now
     entry = Entry(
         member_id=account.member_id, type=type_, points=points,
         balance_after=account.available + account.pending, description=description[:200],

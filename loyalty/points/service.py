@@ -92,10 +92,9 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
     _check_positive(amount, "A purchase")
     _check_items(amount, items)
     with transaction():
+        # Looked up under the account's lock, so a retry racing its first attempt waits and replays.
+        account = ledger.lock_account(member_id, now)
         existing = _purchase_by_receipt(store_id, receipt_no)
-        if existing is None:
-            account = ledger.lock_account(member_id, now)
-            existing = _purchase_by_receipt(store_id, receipt_no)  # a twin may have won the lock
         if existing is not None:
             if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
                 raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
@@ -367,7 +366,10 @@ def encode_cursor(last_id):
 
 def decode_cursor(cursor):
     try:
-        return int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        if not 0 < value < 2**63:
+            raise ValueError(value)
+        return value
     except (ValueError, UnicodeDecodeError):
         raise ValidationFailed("The cursor is not one this service gave out; start again without it.",
                                errors={"cursor": ["Invalid cursor."]}) from None

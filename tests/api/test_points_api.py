@@ -425,7 +425,10 @@ def test_a_filtered_history_paginates_within_the_filter(api, member_id):
 
 
 @pytest.mark.parametrize("query, field", [
-    ({"cursor": "!!!not-a-cursor"}, "cursor"), ({"cursor": "abc"}, "cursor"), ({"type": "gift"}, "type"),
+    ({"cursor": "!!!not-a-cursor"}, "cursor"), ({"cursor": "abc"}, "cursor"),
+    # Numbers no entry id can be: past a BIGINT (the database would fail) or not positive.
+    ({"cursor": "OTIyMzM3MjAzNjg1NDc3NTgwOA"}, "cursor"), ({"cursor": "MA"}, "cursor"),
+    ({"cursor": "LTU"}, "cursor"), ({"type": "gift"}, "type"),
     ({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"limit": "ten"}, "limit"),
 ])
 def test_a_bad_history_query_is_refused(api, member_id, query, field):

@@ -315,10 +315,13 @@ class LedgerMachine(RuleBasedStateMachine):
         amount = purchase.amount if same else purchase.amount + CENT
         member_id = self.member_ids[purchase.member]
         if same:
+            model = self.trial(member_id)
+            model.settle(self.now)  # the retry locks the account, which brings it up to date
             outcome = self.call(service.credit_purchase, member_id, STORE, purchase.receipt_no, amount,
                                 now=self.now)
             assert outcome.replayed and outcome.record.id == purchase_id
-        else:
+            self.accounts[member_id] = model
+        else:  # refused inside the transaction: rolled back, the account is not settled
             with pytest.raises(Conflict):
                 self.call(service.credit_purchase, member_id, STORE, purchase.receipt_no, amount,
                           now=self.now)
