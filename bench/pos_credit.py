@@ -206,12 +206,12 @@ def insert_members(args):
     with psycopg.connect(bench_dsn(args)) as conn:
         with conn.cursor() as cur:
             with cur.copy("COPY members (id, member_no, name, phone, channel, card_token, referral_code, "
-                          "tier_code, status, joined_at, updated_at) FROM STDIN") as copy:
+                          "tier_code, status, joined_at, tier_since, updated_at) FROM STDIN") as copy:
                 for i in range(1, args.members + 1):
                     joined = now - timedelta(days=i % 700)
                     copy.write_row((i, luhn_member_no(i), f"Bench Member {i}", f"139{i:08d}", "store",
                                     secrets.token_urlsafe(18), codes[i - 1], "ordinary", "active",
-                                    joined, now))
+                                    joined, joined, now))
             with cur.copy("COPY accounts (member_id, available, pending, lifetime_earned, debt, updated_at) "
                           "FROM STDIN") as copy:
                 for i in range(1, args.members + 1):

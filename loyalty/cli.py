@@ -31,10 +31,12 @@ def prepare_database():
 
     from loyalty.extensions import db
     from loyalty.points.service import seed_rules
+    from loyalty.tiers.service import seed_tiers
 
     if db.engine.dialect.name == "sqlite":
         upgrade()
     seed_rules()
+    seed_tiers()
     if not auth.has_active_admin_key():
         _, plaintext = auth.create_key("admin", name="first admin key", actor="loyalty serve")
         click.echo("Created the first admin API key. It is shown only this once; keep it safe:")

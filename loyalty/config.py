@@ -13,6 +13,11 @@ def from_environment(instance_path):
         "LOYALTY_CURRENCY": os.environ.get("LOYALTY_CURRENCY", "CNY").upper(),
         "LOYALTY_TIMEZONE": os.environ.get("LOYALTY_TIMEZONE", "Asia/Shanghai"),
         "LOYALTY_LOG_LEVEL": os.environ.get("LOYALTY_LOG_LEVEL", "INFO"),
+        # Tiers: the qualification window, how long a reached tier is protected from downgrades,
+        # and how many tiers one nightly recompute may take a member down.
+        "LOYALTY_TIER_WINDOW_MONTHS": int(os.environ.get("LOYALTY_TIER_WINDOW_MONTHS", "12")),
+        "LOYALTY_TIER_PROTECTION_MONTHS": int(os.environ.get("LOYALTY_TIER_PROTECTION_MONTHS", "12")),
+        "LOYALTY_TIER_MAX_DROP": int(os.environ.get("LOYALTY_TIER_MAX_DROP", "1")),
     }
 
 

@@ -9,6 +9,7 @@ from flask_migrate import upgrade
 from loyalty import auth, create_app
 from loyalty.extensions import db
 from loyalty.points.service import seed_rules
+from loyalty.tiers.service import seed_tiers
 
 TEST_DATABASE_URL = os.environ.get("LOYALTY_TEST_DATABASE_URL")
 
@@ -62,6 +63,7 @@ def clean_database(app):
     with app.app_context():
         empty_tables()
         seed_rules()
+        seed_tiers()
         db.session.remove()
     yield
 

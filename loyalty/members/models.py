@@ -18,7 +18,11 @@ class Member(db.Model):
     card_token: Mapped[str] = mapped_column(sa.String(40), unique=True)
     referral_code: Mapped[str] = mapped_column(sa.String(16), unique=True)
     referred_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))
-    tier_code: Mapped[str] = mapped_column(sa.String(20), default="ordinary", server_default="ordinary")
+    tier_code: Mapped[str] = mapped_column(sa.ForeignKey("tiers.code"), default="ordinary",
+                                           server_default="ordinary")
+    tier_since = mapped_column(UTCDateTime, nullable=False)  # when the current tier was reached
+    tier_held_until = mapped_column(UTCDateTime)  # protection: no downgrade before this
+    tier_guaranteed_until = mapped_column(UTCDateTime)  # an admin's guarantee, same effect
     lifecycle_stage: Mapped[str | None] = mapped_column(sa.String(20))
     status: Mapped[str] = mapped_column(sa.String(10), default="active", server_default="active")
     joined_at = mapped_column(UTCDateTime, nullable=False)
@@ -43,11 +47,12 @@ class MemberIdentity(db.Model):
     member = relationship("Member", back_populates="identities")
 
 
-TIER_NAMES = {"ordinary": "Ordinary", "silver": "Silver", "gold": "Gold", "diamond": "Diamond"}
-
-
 def _tier(member):
-    return {"code": member.tier_code, "name": TIER_NAMES.get(member.tier_code, member.tier_code)}
+    """The member's tier as answers show it. The tiers are a handful of rows: the session's
+    identity map answers this without a query once they are loaded."""
+    from loyalty.tiers.models import Tier
+    tier = db.session.get(Tier, member.tier_code)
+    return {"code": member.tier_code, "name": tier.name if tier is not None else member.tier_code}
 
 
 Member.tier = property(_tier)

@@ -78,7 +78,7 @@ def register_member(name, phone=None, email=None, birthday=None, channel=None,
         referrer_id = _referrer_for(referral_code)
         member = Member(name=name.strip(), phone=phone, email=email, birthday=birthday,
                         channel=channel, referred_by_id=referrer_id, card_token=secrets.token_urlsafe(18),
-                        referral_code=new_code(), joined_at=now, updated_at=now)
+                        referral_code=new_code(), joined_at=now, tier_since=now, updated_at=now)
         member.identities = [MemberIdentity(channel=c, external_id=x) for c, x in identities]
         db.session.add(member)
         db.session.flush()

@@ -137,7 +137,8 @@ class Activity(db.Model):
 
     __tablename__ = "activities"
     __table_args__ = (sa.UniqueConstraint("member_id", "type", "event_id"),
-                      sa.Index("ix_activities_member_type_period", "member_id", "type", "period"))
+                      sa.Index("ix_activities_member_type_period", "member_id", "type", "period"),
+                      sa.Index("ix_activities_member_occurred", "member_id", "occurred_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))

@@ -21,6 +21,7 @@ from loyalty.points import rules as rules_mod
 from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot, Purchase,
                                    PointsPayment, Refund)
 from loyalty.points.rules import EarningRules
+from loyalty.tiers import service as tiers
 
 ZERO = Decimal("0.00")
 ENTRY_TYPES = ("earn_purchase", "earn_activity", "bonus", "redeem", "payment", "reverse", "expire", "adjust")
@@ -115,6 +116,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
                 ("purchase", purchase.id), now, available_at=available_at,
                 expires_at=rules_mod.expires_at(available_at, occurred_at, rules, tz))
+        tiers.upgrade_if_qualified(account.member, now)
     return Outcome(purchase, account.member)
 
 
@@ -218,6 +220,8 @@ def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
             ledger.credit(account, "earn_activity", points, kind.description or type_.replace("_", " "),
                           ("activity", activity.id), now,
                           expires_at=rules_mod.expires_at(now, occurred_at, rules, tz))
+        if not capped:
+            tiers.upgrade_if_qualified(account.member, now)
     return Outcome(activity, account.member)
 
 
@@ -376,8 +380,9 @@ def decode_cursor(cursor):
 
 
 def earn_multiplier(account):
-    """The member's tier multiplier. Tiers come later; until then everyone earns at 1."""
-    return Decimal("1")
+    """The multiplier of the member's tier as the purchase starts: an upgrade the purchase itself
+    earns applies from the next one."""
+    return tiers.earn_multiplier(account.member)
 
 
 # --- helpers --------------------------------------------------------------------------------------

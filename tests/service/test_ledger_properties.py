@@ -45,6 +45,8 @@ from loyalty.points import service
 from loyalty.points.models import Account, Entry, Lot, Purchase
 from loyalty.points.rules import EarningRules
 from loyalty.points.verify import broken_accounts
+from loyalty.tiers.models import Tier
+from loyalty.tiers.service import seed_tiers
 from tests.conftest import empty_tables
 
 ZERO = Decimal("0.00")
@@ -248,6 +250,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.context.push()
         empty_tables()
         service.seed_rules(now=T0)
+        tiers_out_of_reach()
         self.now = T0
         self.rules = service.update_rules(SHORT_RULES, actor="property test", now=T0)
         self.tz = self.app.config["LOYALTY_TIMEZONE"]
@@ -526,6 +529,13 @@ class LedgerMachine(RuleBasedStateMachine):
             assert (refunded, reversed_) == (model.refunded, model.reversed)
 
 
+def tiers_out_of_reach():
+    """The model knows nothing of tiers: keep every member at the lowest one, earning at 1."""
+    seed_tiers(now=T0)
+    db.session.execute(sa.update(Tier).where(Tier.rank > 0).values(qualify_spend=Decimal(10**9) * Tier.rank))
+    db.session.commit()
+
+
 def machine_settings(examples, steps, shrink=True):
     phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target] + ([Phase.shrink] if shrink else [])
     return settings(max_examples=examples, stateful_step_count=steps, deadline=None, phases=phases,
@@ -557,6 +567,7 @@ class TwinMachine(RuleBasedStateMachine):
         self.context.push()
         empty_tables()
         service.seed_rules(now=T0)
+        tiers_out_of_reach()
         self.now = T0
         # Points expire at the end of the day they become available: little time to pay a debt.
         self.rules = service.update_rules(replace(SHORT_RULES, expiry_days=0), actor="property test", now=T0)

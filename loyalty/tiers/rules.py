@@ -1,0 +1,127 @@
+"""Which tier a member's window qualifies for, and what is still needed: pure functions."""
+import calendar
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+ZERO_MONEY = Decimal("0.00")
+MODES = ("all", "any")
+
+
+@dataclass(frozen=True)
+class TierRule:
+    code: str
+    rank: int
+    spend: Decimal = ZERO_MONEY  # qualifying spend over the window
+    activities: int = 0  # activity count over the window
+    mode: str = "all"  # "all": both thresholds; "any": either one
+    earn_multiplier: Decimal = Decimal("1")
+    name: str = ""
+    birthday_points: Decimal = Decimal("0")
+    service_level: str = ""
+    perks: tuple = field(default=(), compare=False)
+
+    def met_by(self, spend, activities):
+        spend_met, activities_met = spend >= self.spend, activities >= self.activities
+        if self.mode == "any" and (self.spend > 0 or self.activities > 0):
+            return (self.spend > 0 and spend_met) or (self.activities > 0 and activities_met)
+        return spend_met and activities_met
+
+
+# The programme's default ladder (DESIGN.md): spend over the window. Marketing can add activity
+# thresholds (interaction frequency) with mode "all" (both) or "any" (either).
+DEFAULT_LADDER = (
+    TierRule("ordinary", 0, Decimal("0.00"), 0, "all", Decimal("1"), "普通", Decimal("0"),
+             "Standard service", ()),
+    TierRule("silver", 1, Decimal("3000.00"), 0, "all", Decimal("1.2"), "白银", Decimal("20"),
+             "Priority queue at the service desk", ("free gift wrapping",)),
+    TierRule("gold", 2, Decimal("10000.00"), 0, "all", Decimal("1.5"), "黄金", Decimal("50"),
+             "After-sales answered within 4 hours", ("free gift wrapping", "free delivery")),
+    TierRule("diamond", 3, Decimal("30000.00"), 0, "all", Decimal("2"), "钻石", Decimal("100"),
+             "After-sales answered within 1 hour",
+             ("free gift wrapping", "free delivery", "dedicated adviser")),
+)
+
+
+def ranked(tiers):
+    return sorted(tiers, key=lambda tier: tier.rank)
+
+
+def tier_for(spend, activities, tiers):
+    """The highest-ranked tier whose qualification the window meets (the lowest tier always)."""
+    ordered = ranked(tiers)
+    best = ordered[0]
+    for tier in ordered[1:]:
+        if tier.met_by(spend, activities):
+            best = tier
+    return best
+
+
+def next_tier(current_code, tiers):
+    ordered = ranked(tiers)
+    codes = [tier.code for tier in ordered]
+    position = codes.index(current_code) if current_code in codes else 0
+    return ordered[position + 1] if position + 1 < len(ordered) else None
+
+
+def shortfall(tier, spend, activities):
+    """What is still missing to meet `tier`: (spend needed, activities needed); zeros once met.
+
+    With mode "any" either figure alone would do, so both are reported as alternatives."""
+    if tier.met_by(spend, activities):
+        return ZERO_MONEY, 0
+    spend_needed = max(tier.spend - spend, ZERO_MONEY)
+    activities_needed = max(tier.activities - activities, 0)
+    if tier.mode == "any":  # a threshold of 0 is not one of the ways in
+        spend_needed = spend_needed if tier.spend > 0 else None
+        activities_needed = activities_needed if tier.activities > 0 else None
+    return spend_needed, activities_needed
+
+
+def target_rank(current, qualified, protected, max_drop):
+    """The recompute's rule: up to what the window earns at once; down only when the tier is no
+    longer protected, and by at most `max_drop` ranks per recompute."""
+    if qualified >= current or protected:
+        return max(qualified, current)
+    return max(qualified, current - max_drop)
+
+
+def validate_ladder(tiers):
+    """Problems with a tier ladder, as sentences: ranks unique, thresholds rising, multipliers ≥ 1."""
+    problems = []
+    ordered = ranked(tiers)
+    ranks = [tier.rank for tier in ordered]
+    if len(set(ranks)) != len(ranks):
+        problems.append("Two tiers share a rank; each tier needs its own.")
+    lowest = ordered[0]
+    if lowest.spend != 0 or lowest.activities != 0:
+        problems.append(f"The {lowest.code} tier is where every member starts: its spend and "
+                        "activities must both be 0.")
+    for lower, higher in zip(ordered[1:], ordered[2:]):
+        if higher.spend < lower.spend or higher.activities < lower.activities:
+            problems.append(f"The {higher.code} thresholds must not be below the {lower.code} ones.")
+        elif (higher.spend, higher.activities) == (lower.spend, lower.activities):
+            problems.append(f"The {higher.code} thresholds must be above the {lower.code} ones.")
+    for tier in ordered[1:]:
+        if tier.spend == 0 and tier.activities == 0:
+            problems.append(f"The {tier.code} tier needs a spend or an activity threshold above 0.")
+    for lower, higher in zip(ordered, ordered[1:]):
+        if higher.earn_multiplier < lower.earn_multiplier:
+            problems.append(f"The {higher.code} earn multiplier must not be below the {lower.code} one.")
+    for tier in ordered:
+        if tier.earn_multiplier < 1:
+            problems.append(f"The {tier.code} earn multiplier must be at least 1.")
+        if tier.mode not in MODES:
+            problems.append(f"The {tier.code} qualification mode must be 'all' or 'any'.")
+    return problems
+
+
+def months_before(day, months):
+    """The same day `months` calendar months earlier (the month's last day if it is shorter)."""
+    month_index = day.year * 12 + day.month - 1 - months
+    year, month = divmod(month_index, 12)
+    month += 1
+    return day.replace(year=year, month=month, day=min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def months_after(day, months):
+    return months_before(day, -months)

@@ -1,0 +1,352 @@
+"""Membership tiers: the ladder marketing edits, upgrades at once, the nightly recompute, and an
+admin's manual tier. See DESIGN.md "Tiers".
+
+Dates: a member's qualification window is the `LOYALTY_TIER_WINDOW_MONTHS` months that end with
+today (local time). A tier reached on day R is protected from downgrades through the same day
+`LOYALTY_TIER_PROTECTION_MONTHS` months later. The recompute "as of D" judges everyone at the end
+of local day D.
+"""
+from datetime import date, timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from flask import current_app
+
+from loyalty import audit, clock
+from loyalty.database import Money, transaction
+from loyalty.errors import NotFound, ValidationFailed
+from loyalty.extensions import db
+from loyalty.members.models import Member
+from loyalty.points.models import Activity, Purchase
+from loyalty.tiers import rules
+from loyalty.tiers.models import Tier, TierChange
+from loyalty.tiers.rules import TierRule
+
+HISTORY_LIMIT = 100
+
+
+def settings():
+    config = current_app.config
+    return (config["LOYALTY_TIER_WINDOW_MONTHS"], config["LOYALTY_TIER_PROTECTION_MONTHS"],
+            config["LOYALTY_TIER_MAX_DROP"], config["LOYALTY_TIMEZONE"])
+
+
+# --- the ladder ---------------------------------------------------------------------------------
+
+def seed_tiers(now=None):
+    """Store the default ladder if there is none (the migration does this on a new database)."""
+    now = now or clock.now()
+    with transaction():
+        if db.session.scalar(sa.select(sa.func.count()).select_from(Tier)) == 0:
+            for rule in rules.DEFAULT_LADDER:
+                db.session.add(_row_from_rule(rule, now))
+
+
+def tiers():
+    """The ladder, lowest rank first (a handful of rows; the session keeps them)."""
+    return db.session.scalars(sa.select(Tier).order_by(Tier.rank)).all()
+
+
+def ladder():
+    return [rule_of(tier) for tier in tiers()]
+
+
+def rule_of(tier: Tier) -> TierRule:
+    return TierRule(code=tier.code, rank=tier.rank, spend=tier.qualify_spend,
+                    activities=tier.qualify_activities, mode=tier.qualify_mode,
+                    earn_multiplier=tier.earn_multiplier, name=tier.name,
+                    birthday_points=tier.birthday_points, service_level=tier.service_level,
+                    perks=tuple(tier.perks))
+
+
+def _row_from_rule(rule, now):
+    return Tier(code=rule.code, name=rule.name, rank=rule.rank, qualify_spend=rule.spend,
+                qualify_activities=rule.activities, qualify_mode=rule.mode,
+                earn_multiplier=rule.earn_multiplier, birthday_points=rule.birthday_points,
+                service_level=rule.service_level, perks=list(rule.perks), updated_at=now)
+
+
+def tier_document(tier: Tier):
+    return {"code": tier.code, "name": tier.name, "rank": tier.rank,
+            "qualification": {"spend": str(tier.qualify_spend), "activities": tier.qualify_activities,
+                              "mode": tier.qualify_mode},
+            "benefits": {"earn_multiplier": str(tier.earn_multiplier),
+                         "birthday_points": str(tier.birthday_points),
+                         "service_level": tier.service_level, "perks": list(tier.perks)}}
+
+
+def update_tier(code, name, qualification, benefits, actor, now=None):
+    """Change one tier's name, qualification and benefits. The whole ladder must still make sense
+    (ranks in order, thresholds rising with rank, multipliers ≥ 1); the change is audit-logged."""
+    now = now or clock.now()
+    with transaction():
+        rows = {tier.code: tier for tier in db.session.scalars(
+            sa.select(Tier).order_by(Tier.rank).with_for_update()).all()}
+        tier = rows.get(code)
+        if tier is None:
+            raise NotFound(f"No tier {code!r}; the tiers are {', '.join(rows)}.")
+        before = tier_document(tier)
+        tier.name = name
+        tier.qualify_spend = qualification["spend"]
+        tier.qualify_activities = qualification["activities"]
+        tier.qualify_mode = qualification["mode"]
+        tier.earn_multiplier = benefits["earn_multiplier"]
+        tier.birthday_points = benefits["birthday_points"]
+        tier.service_level = benefits["service_level"]
+        tier.perks = list(benefits["perks"])
+        tier.updated_at = now
+        problems = rules.validate_ladder([rule_of(row) for row in rows.values()])
+        if problems:
+            raise ValidationFailed(" ".join(problems), errors={"tier": problems})
+        audit.record(actor, "tier.update", "tier", code, before, tier_document(tier), now)
+    return tier
+
+
+def earn_multiplier(member):
+    tier = db.session.get(Tier, member.tier_code)
+    return tier.earn_multiplier if tier is not None else Decimal("1")
+
+
+# --- one member -----------------------------------------------------------------------------------
+
+def window_start(day: date):
+    """The first instant of the qualification window that ends with local `day`."""
+    window_months, _, _, tz = settings()
+    return clock.start_of_local_day(rules.months_before(day, window_months) + timedelta(days=1), tz)
+
+
+def protected_until(day: date):
+    """A tier reached on local `day` is held through this instant (the end of its anniversary)."""
+    _, protection_months, _, tz = settings()
+    return clock.end_of_local_day(rules.months_after(day, protection_months), tz)
+
+
+def qualifying(member_id, now):
+    """(spend net of refunds, activities not stopped by a cap, window start) as of `now`."""
+    _, _, _, tz = settings()
+    start = window_start(clock.local_date(now, tz))
+    spend = sa.select(sa.type_coerce(
+        sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0), Money())
+    ).where(Purchase.member_id == member_id, Purchase.occurred_at >= start,
+            Purchase.occurred_at <= now).scalar_subquery()
+    activities = sa.select(sa.func.count()).select_from(Activity).where(
+        Activity.member_id == member_id, Activity.occurred_at >= start, Activity.occurred_at <= now,
+        Activity.capped.is_(False)).scalar_subquery()
+    row = db.session.execute(sa.select(spend, activities)).one()
+    return row[0], row[1], start
+
+
+def upgrade_if_qualified(member, now):
+    """Inside a purchase's or activity's transaction (the account is locked): if the window now
+    qualifies the member for a higher tier, move them up at once (skipping tiers if need be)."""
+    ladder_now = ladder()
+    current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
+    if current.rank == ladder_now[-1].rank:
+        return None
+    spend, activities, _ = qualifying(member.id, now)
+    reached = rules.tier_for(spend, activities, ladder_now)
+    if reached.rank <= current.rank:
+        return None
+    _, _, _, tz = settings()
+    return _move(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
+                 note=f"Qualifying spend {spend}, {activities} activities")
+
+
+def _move(member, to_code, reason, now, held_until, note=None, actor=None, guaranteed_until=None):
+    change = TierChange(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason,
+                        note=note, actor=actor, created_at=now)
+    db.session.add(change)
+    member.tier_code = to_code
+    member.tier_since = now
+    member.tier_held_until = held_until
+    member.tier_guaranteed_until = guaranteed_until
+    member.updated_at = now
+    return change
+
+
+def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=None):
+    """An admin puts a member in a tier by hand. With `guaranteed_until` (a local date) the
+    recompute will not move them down before the end of that day."""
+    now = now or clock.now()
+    _, _, _, tz = settings()
+    if guaranteed_until is not None and guaranteed_until < clock.local_date(now, tz):
+        raise ValidationFailed("The guarantee must end today or later.",
+                               errors={"guaranteed_until": ["Must not be in the past."]})
+    with transaction():
+        member = db.session.get(Member, member_id, with_for_update=True)
+        if member is None:
+            raise NotFound(f"No member with id {member_id}.")
+        if db.session.get(Tier, code) is None:
+            known = ", ".join(tier.code for tier in tiers())
+            raise ValidationFailed(f"No tier {code!r}; choose one of: {known}.",
+                                   errors={"tier": [f"Must be one of: {known}."]})
+        before = {"tier": member.tier_code, "guaranteed_until": _iso(member.tier_guaranteed_until)}
+        guarantee = clock.end_of_local_day(guaranteed_until, tz) if guaranteed_until else None
+        _move(member, code, "manual", now, held_until=protected_until(clock.local_date(now, tz)),
+              note=reason, actor=actor, guaranteed_until=guarantee)
+        audit.record(actor, "member.tier.set", "member", member_id, before,
+                     {"tier": code, "guaranteed_until": _iso(guarantee), "reason": reason}, now)
+    return member
+
+
+def member_tier(member_id, now=None):
+    """Everything the app shows about a member's tier: where they are, since when, until when at
+    least, the window's figures, what the next tier needs, what keeping this one needs, history."""
+    now = now or clock.now()
+    member = db.session.get(Member, member_id)
+    if member is None:
+        raise NotFound(f"No member with id {member_id}.")
+    ladder_now = ladder()
+    current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
+    spend, activities, start = qualifying(member_id, now)
+    upcoming = rules.next_tier(current.code, ladder_now)
+    history = db.session.scalars(sa.select(TierChange).where(TierChange.member_id == member_id)
+                                 .order_by(TierChange.id.desc()).limit(HISTORY_LIMIT)).all()
+    valid_until = max((at for at in (member.tier_held_until, member.tier_guaranteed_until) if at),
+                      default=None)
+    keep_spend, keep_activities = rules.shortfall(current, spend, activities)
+    document = {
+        "tier": {"code": current.code, "name": current.name, "rank": current.rank,
+                 "benefits": {"earn_multiplier": current.earn_multiplier,
+                              "birthday_points": current.birthday_points,
+                              "service_level": current.service_level, "perks": list(current.perks)}},
+        "since": member.tier_since,
+        "valid_until": valid_until,
+        "guaranteed_until": member.tier_guaranteed_until,
+        "qualifying": {"spend": spend, "activities": activities, "window_start": start},
+        "keep": {"spend_needed": keep_spend, "activities_needed": keep_activities},
+        "next": None,
+        "history": [{"from": change.from_code, "to": change.to_code, "reason": change.reason,
+                     "note": change.note, "at": change.created_at} for change in history],
+    }
+    if upcoming is not None:
+        spend_needed, activities_needed = rules.shortfall(upcoming, spend, activities)
+        document["next"] = {"code": upcoming.code, "name": upcoming.name,
+                            "spend_needed": spend_needed, "activities_needed": activities_needed,
+                            "mode": upcoming.mode}
+    return document
+
+
+def _iso(value):
+    return None if value is None else value.isoformat()
+
+
+# --- the recompute: everyone, set-based ------------------------------------------------------------
+
+RECOMPUTE_ACTOR = "job:tiers.recompute"
+
+
+def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
+    """Put every member in the tier their window earns, as of the end of local day `as_of`.
+
+    Upgrades apply at once (a member whose purchase did not upgrade them, say because marketing
+    lowered a threshold since). Downgrades only once the tier's protection and any admin guarantee
+    have run out, and by at most LOYALTY_TIER_MAX_DROP tiers. A member moved down is protected for
+    the rest of `as_of`, so a second run for the same day changes nothing.
+
+    SQL over members in id ranges of `batch_size`, one transaction per range: an INSERT of the
+    moves into tier history, selected from the window's aggregates, then one UPDATE of the members
+    from those rows. No query per member. Returns {"members", "upgraded", "downgraded"}."""
+    now = now or clock.now()
+    _, _, max_drop, tz = settings()
+    judged_at = clock.end_of_local_day(as_of, tz)
+    start = window_start(as_of)
+    since = min(now, judged_at)
+    held_after_upgrade = protected_until(as_of)
+    ordered = tiers()
+    first, last = db.session.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
+    db.session.rollback()
+    totals = {"members": 0, "upgraded": 0, "downgraded": 0}
+    if first is None:
+        return totals
+    for low in range(first, last + 1, batch_size):
+        high = min(low + batch_size - 1, last)
+        with transaction():
+            _recompute_range(low, high, ordered, start, judged_at, max_drop, now)
+            _apply_moves(low, high, now, since, judged_at, held_after_upgrade)
+            moved = _moves_counted(low, high, now)
+            counted = db.session.scalar(sa.select(sa.func.count()).select_from(Member)
+                                        .where(Member.id.between(low, high)))
+        totals["members"] += counted
+        totals["upgraded"] += moved.get("upgrade", 0)
+        totals["downgraded"] += moved.get("downgrade", 0)
+        if progress:
+            progress(counted)
+    return totals
+
+
+def _recompute_range(low, high, ordered, start, judged_at, max_drop, now):
+    spend = (sa.select(Purchase.member_id.label("member_id"),
+                       sa.func.sum(Purchase.amount - Purchase.refunded_amount).label("spend"))
+             .where(Purchase.member_id.between(low, high), Purchase.occurred_at >= start,
+                    Purchase.occurred_at < judged_at)
+             .group_by(Purchase.member_id).subquery("window_spend"))
+    acts = (sa.select(Activity.member_id.label("member_id"), sa.func.count().label("activities"))
+            .where(Activity.member_id.between(low, high), Activity.occurred_at >= start,
+                   Activity.occurred_at < judged_at, Activity.capped.is_(False))
+            .group_by(Activity.member_id).subquery("window_activities"))
+    member_spend = sa.func.coalesce(spend.c.spend, sa.literal(Decimal("0"), Money()))
+    member_acts = sa.func.coalesce(acts.c.activities, 0)
+
+    def met(tier):
+        spend_met = member_spend >= sa.literal(tier.qualify_spend, Money())
+        acts_met = member_acts >= tier.qualify_activities
+        if tier.qualify_mode == "any" and (tier.qualify_spend > 0 or tier.qualify_activities > 0):
+            ways = ([spend_met] if tier.qualify_spend > 0 else []) + \
+                   ([acts_met] if tier.qualify_activities > 0 else [])
+            return sa.or_(*ways)
+        return sa.and_(spend_met, acts_met)
+
+    # Positions on the ladder (0 = lowest), so "down one tier" is position - 1 whatever the ranks.
+    qualified = sa.case(*[(met(tier), position) for position, tier in reversed(list(enumerate(ordered)))
+                          if position > 0], else_=0)
+    current = sa.case({tier.code: position for position, tier in enumerate(ordered)},
+                      value=Member.tier_code, else_=0)
+    protected = sa.or_(Member.tier_held_until >= judged_at, Member.tier_guaranteed_until >= judged_at)
+    floor = sa.case((current - max_drop > qualified, current - max_drop), else_=qualified)
+    target = sa.case((qualified >= current, qualified), (protected, current), else_=floor)
+    targets = (sa.select(Member.id.label("member_id"), Member.tier_code.label("from_code"),
+                         target.label("target"), qualified.label("qualified"), current.label("current"),
+                         member_spend.label("spend"), member_acts.label("activities"))
+               .select_from(Member)
+               .outerjoin(spend, spend.c.member_id == Member.id)
+               .outerjoin(acts, acts.c.member_id == Member.id)
+               .where(Member.id.between(low, high), Member.status == "active")
+               .subquery("targets"))
+    to_code = sa.case({position: tier.code for position, tier in enumerate(ordered)},
+                      value=targets.c.target)
+    reason = sa.case((targets.c.target > targets.c.current, "upgrade"), else_="downgrade")
+    insert = sa.insert(TierChange).from_select(
+        ["member_id", "from_code", "to_code", "reason", "note", "actor", "created_at"],
+        sa.select(targets.c.member_id, targets.c.from_code, to_code, reason,
+                  sa.literal("Nightly recompute"), sa.literal(RECOMPUTE_ACTOR),
+                  sa.literal(now, TierChange.created_at.type))
+        .where(targets.c.target != targets.c.current))
+    db.session.execute(insert)
+
+
+def _moves_counted(low, high, now):
+    return dict(db.session.execute(
+        sa.select(TierChange.reason, sa.func.count()).where(
+            TierChange.member_id.between(low, high), TierChange.actor == RECOMPUTE_ACTOR,
+            TierChange.created_at == now).group_by(TierChange.reason)).all())
+
+
+def _apply_moves(low, high, now, since, judged_at, held_after_upgrade):
+    """Members take the tier of this run's history rows. Only if their tier is still the one the
+    move started from: a purchase that upgraded them meanwhile wins, and its move is dropped."""
+    when = Member.tier_held_until.type
+    moves = sa.and_(TierChange.member_id == Member.id, TierChange.member_id.between(low, high),
+                    TierChange.actor == RECOMPUTE_ACTOR, TierChange.created_at == now)
+    db.session.execute(
+        sa.update(Member).where(moves, Member.tier_code == TierChange.from_code)
+        .values(tier_code=TierChange.to_code, tier_since=since, updated_at=now,
+                tier_held_until=sa.case((TierChange.reason == "upgrade", sa.literal(held_after_upgrade, when)),
+                                        else_=sa.literal(judged_at, when)))
+        .execution_options(synchronize_session=False))
+    db.session.execute(
+        sa.delete(TierChange).where(
+            TierChange.member_id.between(low, high), TierChange.actor == RECOMPUTE_ACTOR,
+            TierChange.created_at == now,
+            ~sa.exists().where(Member.id == TierChange.member_id, Member.tier_code == TierChange.to_code))
+        .execution_options(synchronize_session=False))
