@@ -23,6 +23,7 @@ def register(app):
     app.cli.add_command(serve)
     app.cli.add_command(api_keys)
     app.cli.add_command(ledger)
+    app.cli.add_command(jobs)
 
 
 def prepare_database():
@@ -120,3 +121,45 @@ def verify():
     if broken:
         raise SystemExit(1)
     click.echo("Ledger OK: every account agrees with its lots and entries.")
+
+
+@click.group()
+def jobs():
+    """Run the scheduled jobs by hand."""
+
+
+@jobs.command("list")
+def list_jobs():
+    """The jobs, with when they run (cron, in the deployment's time zone)."""
+    from loyalty.jobs.registry import JOBS
+
+    for job in JOBS:
+        click.echo(f"{job.id}\t{job.cron}\t{job.description}")
+
+
+@jobs.command("run")
+@click.argument("job_id")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="The local day to run for (default: today in LOYALTY_TIMEZONE).")
+@with_appcontext
+def run_job(job_id, as_of):
+    """Run one job once, as of a day; a progress bar on a terminal, a summary line at the end."""
+    import sys
+    import time
+
+    from loyalty import clock
+    from loyalty.jobs import registry
+
+    job = registry.get(job_id)
+    if job is None:
+        known = ", ".join(j.id for j in registry.JOBS)
+        raise click.ClickException(f"No job {job_id!r}; the jobs are: {known}.")
+    day = as_of.date() if as_of else clock.local_date(clock.now(), current_app.config["LOYALTY_TIMEZONE"])
+    started = time.monotonic()
+    if sys.stdout.isatty():
+        with click.progressbar(length=job.total() or 1, label=f"{job.id} as of {day}") as bar:
+            result = job.run(day, progress=bar.update)
+    else:
+        result = job.run(day)
+    counts = ", ".join(f"{key} {value}" for key, value in result.items())
+    click.echo(f"{job.id} as of {day}: {counts} in {time.monotonic() - started:.1f} s")
