@@ -26,9 +26,11 @@ def lock_account(member_id, now):
     """
     account = db.session.execute(
         sa.select(Account).where(Account.member_id == member_id)
-        # The member comes along (its row is not locked): every answer shows it.
+        # The member comes along, locked too: every answer shows it, and an upgrade changes it.
+        # (Locked rather than merely joined: after waiting for a lock, PostgreSQL re-reads only
+        # the rows it locks, so an unlocked member row could be one a twin has since upgraded.)
         .options(orm.joinedload(Account.member, innerjoin=True))
-        .with_for_update(of=Account).execution_options(populate_existing=True)
+        .with_for_update().execution_options(populate_existing=True)
     ).unique().scalar_one_or_none()
     if account is None:
         raise NotFound(f"No member with id {member_id}.")

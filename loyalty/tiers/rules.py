@@ -97,9 +97,12 @@ def validate_ladder(tiers):
         problems.append(f"The {lowest.code} tier is where every member starts: its spend and "
                         "activities must both be 0.")
     for lower, higher in zip(ordered[1:], ordered[2:]):
-        if higher.spend < lower.spend or higher.activities < lower.activities:
+        # A threshold of 0 means the tier does not ask for that figure.
+        pairs = [(low, high) for low, high in ((lower.spend, higher.spend),
+                                               (lower.activities, higher.activities)) if high > 0]
+        if any(0 < high < low for low, high in pairs):
             problems.append(f"The {higher.code} thresholds must not be below the {lower.code} ones.")
-        elif (higher.spend, higher.activities) == (lower.spend, lower.activities):
+        elif not any(high > low for low, high in pairs):
             problems.append(f"The {higher.code} thresholds must be above the {lower.code} ones.")
     for tier in ordered[1:]:
         if tier.spend == 0 and tier.activities == 0:

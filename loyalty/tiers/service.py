@@ -17,6 +17,7 @@ from loyalty.database import Money, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
+from loyalty.points import ledger
 from loyalty.points.models import Activity, Purchase
 from loyalty.tiers import rules
 from loyalty.tiers.models import Tier, TierChange
@@ -122,15 +123,17 @@ def protected_until(day: date):
 
 
 def qualifying(member_id, now):
-    """(spend net of refunds, activities not stopped by a cap, window start) as of `now`."""
+    """(spend net of refunds, activities not stopped by a cap, window start) as of `now`.
+
+    No upper bound: a request that waited for the account's lock counts what the requests
+    before it recorded, even if their clocks read a little later than its own."""
     _, _, _, tz = settings()
     start = window_start(clock.local_date(now, tz))
     spend = sa.select(sa.type_coerce(
         sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0), Money())
-    ).where(Purchase.member_id == member_id, Purchase.occurred_at >= start,
-            Purchase.occurred_at <= now).scalar_subquery()
+    ).where(Purchase.member_id == member_id, Purchase.occurred_at >= start).scalar_subquery()
     activities = sa.select(sa.func.count()).select_from(Activity).where(
-        Activity.member_id == member_id, Activity.occurred_at >= start, Activity.occurred_at <= now,
+        Activity.member_id == member_id, Activity.occurred_at >= start,
         Activity.capped.is_(False)).scalar_subquery()
     row = db.session.execute(sa.select(spend, activities)).one()
     return row[0], row[1], start
@@ -173,9 +176,9 @@ def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=N
         raise ValidationFailed("The guarantee must end today or later.",
                                errors={"guaranteed_until": ["Must not be in the past."]})
     with transaction():
-        member = db.session.get(Member, member_id, with_for_update=True)
-        if member is None:
-            raise NotFound(f"No member with id {member_id}.")
+        # The account's lock, like every write about this member: a purchase upgrading them at
+        # the same moment waits, then sees the new tier.
+        member = ledger.lock_account(member_id, now).member
         if db.session.get(Tier, code) is None:
             known = ", ".join(tier.code for tier in tiers())
             raise ValidationFailed(f"No tier {code!r}; choose one of: {known}.",

@@ -396,3 +396,27 @@ def test_a_storm_of_mixed_writes_on_one_member_keeps_the_ledger_exact(database, 
         if type_ == "payment":
             assert balance_after >= 0
     assert_ledger_exact(app)
+
+
+@on_both_databases
+def test_purchases_crossing_a_tier_together_upgrade_once(app, headers, database):
+    """Ten tills credit 400.00 each for one member at once: together they cross silver (3000.00)
+    and gold is far away. One of them upgrades; the others see silver; history says so once."""
+    from loyalty.tiers.models import TierChange
+    from loyalty.members.models import Member
+
+    member_id = setup(app, lambda: factories.member().id)
+    requests = [post("/purchases", headers["pos"], {"member_id": member_id, "receipt_no": f"T{n}",
+                                                     "amount": "400.00"}) for n in range(10)]
+    results = race(app, requests)
+
+    assert outcomes(results) == [(201, None)] * 10
+    assert read(app, lambda: db.session.get(Member, member_id).tier_code) == "silver"
+    changes = read(app, lambda: [(c.from_code, c.to_code) for c in db.session.scalars(
+        sa.select(TierChange).where(TierChange.member_id == member_id))])
+    assert changes == [("ordinary", "silver")]
+    # Those credited after the upgrade earned at silver's 1.2: 400 * 1.2 = 480.
+    earned = sorted(read(app, lambda: [p.points_earned for p in db.session.scalars(
+        sa.select(Purchase).where(Purchase.member_id == member_id))]))
+    assert earned == [D("400.00")] * 8 + [D("480.00")] * 2
+    assert_ledger_exact(app)
