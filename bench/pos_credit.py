@@ -510,10 +510,21 @@ SQL_PURCHASE_BY_RECEIPT = (f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purc
                            "AND purchases.receipt_no = %s::VARCHAR")
 SQL_LOCK_ACCOUNT_WITH_MEMBER = (
     "SELECT accounts.member_id, accounts.available, accounts.pending, accounts.lifetime_earned, "
-    "accounts.debt, accounts.updated_at, members.member_no, members.name, members.phone, members.email, "
-    "members.birthday, members.channel, members.referral_code, members.tier_code, "
-    "members.lifecycle_stage, members.status, members.joined_at FROM accounts JOIN members "
-    "ON members.id = accounts.member_id WHERE accounts.member_id = %s::BIGINT FOR UPDATE OF accounts")
+    "accounts.debt, accounts.updated_at, members_1.id, members_1.member_no, members_1.name, members_1.phone, "
+    "members_1.email, members_1.birthday, members_1.channel, members_1.card_token, members_1.referral_code, "
+    "members_1.referred_by_id, members_1.tier_code, members_1.tier_since, members_1.tier_held_until, "
+    "members_1.tier_guaranteed_until, members_1.lifecycle_stage, members_1.status, members_1.joined_at, "
+    "members_1.updated_at AS updated_at_1 FROM accounts JOIN members AS members_1 "
+    "ON members_1.id = accounts.member_id WHERE accounts.member_id = %s::BIGINT FOR UPDATE")
+SQL_TIERS = ("SELECT tiers.code, tiers.name, tiers.rank, tiers.qualify_spend, tiers.qualify_activities, "
+             "tiers.qualify_mode, tiers.earn_multiplier, tiers.birthday_points, tiers.service_level, "
+             "tiers.perks, tiers.updated_at FROM tiers ORDER BY tiers.rank")
+SQL_TIER_WINDOW = (
+    "SELECT (SELECT coalesce(sum(purchases.amount - purchases.refunded_amount), %s::INTEGER) AS coalesce_1 "
+    "FROM purchases WHERE purchases.member_id = %s::BIGINT AND purchases.occurred_at >= "
+    "%s::TIMESTAMP WITH TIME ZONE) AS anon_1, (SELECT count(*) AS count_1 FROM activities "
+    "WHERE activities.member_id = %s::BIGINT AND activities.occurred_at >= %s::TIMESTAMP WITH TIME ZONE "
+    "AND activities.capped IS false) AS anon_2")
 SQL_SETTLE = ("SELECT lots.id, lots.member_id, lots.entry_id, lots.points, lots.remaining, lots.status, "
               "lots.available_at, lots.expires_at, lots.created_at FROM lots WHERE lots.member_id = %s::BIGINT "
               "AND (lots.status = %s::VARCHAR AND lots.available_at <= %s::TIMESTAMP WITH TIME ZONE "
@@ -546,8 +557,9 @@ SQL_IDENTITIES = ("SELECT member_identities.member_id, member_identities.id, mem
 # What each variant sends per purchase (BEGIN is sent by psycopg before the first statement).
 SQL_VARIANTS = {
     "service": "what the service sends today: BEGIN, api key, account + member FOR UPDATE, identities, "
-               "settle lots, purchase by receipt, earning rules, INSERT purchase, INSERT entry, "
-               "UPDATE account, INSERT lot, UPDATE purchase.lot_id, COMMIT: 13 round trips",
+               "settle lots, purchase by receipt, earning rules, tier ladder, INSERT purchase, INSERT entry, "
+               "UPDATE account, INSERT lot, UPDATE purchase.lot_id, the member's tier window, COMMIT: "
+               "15 round trips",
     "minimal": "the necessary ones: BEGIN, api key, account (+member) FOR UPDATE, settle lots, earning rules, "
                "purchase by receipt, INSERT purchase, INSERT entry, INSERT lot, UPDATE account, "
                "UPDATE purchase.lot_id, COMMIT: 12 round trips",
@@ -567,6 +579,7 @@ def one_purchase(conn, variant, key_hash, member_id, receipt):
         x(SQL_SETTLE, (member_id, "pending", now, "available", 0, now)).fetchall()
         x(SQL_PURCHASE_BY_RECEIPT, (STORE, receipt)).fetchone()
         x(SQL_RULES, (1,)).fetchone()
+        x(SQL_TIERS).fetchall()
     else:
         x(SQL_SETTLE, (member_id, "pending", now, "available", 0, now)).fetchall()
         x(SQL_RULES, (1,)).fetchone()
@@ -581,6 +594,9 @@ def one_purchase(conn, variant, key_hash, member_id, receipt):
     lot_id = x(SQL_INSERT_LOT, (member_id, entry_id, amount, amount, "available", now, expires,
                                 now)).fetchone()[0]
     x(SQL_SET_PURCHASE_LOT, (lot_id, purchase_id))
+    if variant == "service":
+        window = now - timedelta(days=365)
+        x(SQL_TIER_WINDOW, (0, member_id, window, member_id, window)).fetchone()
     conn.commit()
 
 
@@ -680,6 +696,7 @@ def pgbench_script(state, members):
         .replace("%s::TIMESTAMP WITH TIME ZONE", "now()") + ";",
         SQL_PURCHASE_BY_RECEIPT.replace("%s::VARCHAR", "{}").format(f"'{STORE}'", receipt) + ";",
         SQL_RULES.replace("%s", "1") + ";",
+        SQL_TIERS + ";",
         "INSERT INTO purchases (member_id, store_id, receipt_no, amount, eligible_amount, currency, "
         "points_earned, available_at, items, lot_id, occurred_at, created_at) VALUES "
         f"(:member, '{STORE}', {receipt}, 12345, 12345, 'CNY', 12345, now(), 'null', NULL, now(), now()) "
@@ -694,6 +711,8 @@ def pgbench_script(state, members):
         f"created_at) VALUES (:member, :eid, 12345, 12345, 'available', now(), {expires}, now()) "
         "RETURNING lots.id AS lid \\gset",
         "UPDATE purchases SET lot_id = :lid WHERE purchases.id = :pid;",
+        SQL_TIER_WINDOW.replace("%s::INTEGER", "0").replace("%s::BIGINT", ":member")
+        .replace("%s::TIMESTAMP WITH TIME ZONE", "now() - interval '365 days'") + ";",
         "END;",
     ]
     return "\n".join(lines) + "\n"
@@ -915,9 +934,12 @@ EXPECTED_SERVICE_TRIPS = [
     "SELECT member_identities WHERE member_identities.member_id",
     "SELECT lots WHERE lots.member_id, lots.status, lots.available_at, lots.remaining, lots.expires_at",
     "SELECT purchases WHERE purchases.store_id, purchases.receipt_no",
-    "SELECT earning_rules WHERE earning_rules.id", "INSERT INTO purchases", "INSERT INTO ledger_entries",
-    "UPDATE accounts SET available, lifetime_earned, updated_at", "INSERT INTO lots",
-    "UPDATE purchases SET lot_id", "COMMIT",
+    "SELECT earning_rules WHERE earning_rules.id", "SELECT tiers WHERE ", "INSERT INTO purchases",
+    "INSERT INTO ledger_entries", "UPDATE accounts SET available, lifetime_earned, updated_at",
+    "INSERT INTO lots", "UPDATE purchases SET lot_id",
+    "SELECT purchases+activities WHERE purchases.member_id, purchases.occurred_at, activities.member_id, "
+    "activities.occurred_at",
+    "COMMIT",
 ]
 
 

@@ -37,6 +37,7 @@ def settings():
 def seed_tiers(now=None):
     """Store the default ladder if there is none (the migration does this on a new database)."""
     now = now or clock.now()
+    _forget_tiers()
     with transaction():
         if db.session.scalar(sa.select(sa.func.count()).select_from(Tier)) == 0:
             for rule in rules.DEFAULT_LADDER:
@@ -44,8 +45,16 @@ def seed_tiers(now=None):
 
 
 def tiers():
-    """The ladder, lowest rank first (a handful of rows; the session keeps them)."""
-    return db.session.scalars(sa.select(Tier).order_by(Tier.rank)).all()
+    """The ladder, lowest rank first. Read once per session (a request, a job run) and kept: a
+    purchase needs it for the multiplier, the upgrade and the answer's tier name."""
+    cached = db.session.info.get("tiers")
+    if cached is None:
+        cached = db.session.info["tiers"] = db.session.scalars(sa.select(Tier).order_by(Tier.rank)).all()
+    return cached
+
+
+def _forget_tiers():
+    db.session.info.pop("tiers", None)
 
 
 def ladder():
@@ -80,6 +89,7 @@ def update_tier(code, name, qualification, benefits, actor, now=None):
     """Change one tier's name, qualification and benefits. The whole ladder must still make sense
     (ranks in order, thresholds rising with rank, multipliers ≥ 1); the change is audit-logged."""
     now = now or clock.now()
+    _forget_tiers()
     with transaction():
         rows = {tier.code: tier for tier in db.session.scalars(
             sa.select(Tier).order_by(Tier.rank).with_for_update()).all()}
@@ -104,7 +114,7 @@ def update_tier(code, name, qualification, benefits, actor, now=None):
 
 
 def earn_multiplier(member):
-    tier = db.session.get(Tier, member.tier_code)
+    tier = next((tier for tier in tiers() if tier.code == member.tier_code), None)
     return tier.earn_multiplier if tier is not None else Decimal("1")
 
 
@@ -256,6 +266,7 @@ def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
     start = window_start(as_of)
     since = min(now, judged_at)
     held_after_upgrade = protected_until(as_of)
+    _forget_tiers()  # a run reads the ladder as it is now
     ordered = tiers()
     first, last = db.session.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
     db.session.rollback()
