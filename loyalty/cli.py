@@ -156,10 +156,13 @@ def run_job(job_id, as_of):
         raise click.ClickException(f"No job {job_id!r}; the jobs are: {known}.")
     day = as_of.date() if as_of else clock.local_date(clock.now(), current_app.config["LOYALTY_TIMEZONE"])
     started = time.monotonic()
-    if sys.stdout.isatty():
-        with click.progressbar(length=job.total() or 1, label=f"{job.id} as of {day}") as bar:
-            result = job.run(day, progress=bar.update)
-    else:
-        result = job.run(day)
+    try:
+        if sys.stdout.isatty():
+            with click.progressbar(length=job.total() or 1, label=f"{job.id} as of {day}") as bar:
+                result = job.run(day, progress=bar.update)
+        else:
+            result = job.run(day)
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
     counts = ", ".join(f"{key} {value}" for key, value in result.items())
     click.echo(f"{job.id} as of {day}: {counts} in {time.monotonic() - started:.1f} s")

@@ -22,7 +22,9 @@ class Member(db.Model):
                                            server_default="ordinary")
     tier_since = mapped_column(UTCDateTime, nullable=False)  # when the current tier was reached
     tier_held_until = mapped_column(UTCDateTime)  # protection: no downgrade before this
-    tier_guaranteed_until = mapped_column(UTCDateTime)  # an admin's guarantee, same effect
+    # An admin's guarantee: not below this tier before then (a floor, not a ceiling: upgrades go on).
+    tier_guaranteed_code: Mapped[str | None] = mapped_column(sa.String(20))
+    tier_guaranteed_until = mapped_column(UTCDateTime)
     lifecycle_stage: Mapped[str | None] = mapped_column(sa.String(20))
     status: Mapped[str] = mapped_column(sa.String(10), default="active", server_default="active")
     joined_at = mapped_column(UTCDateTime, nullable=False)

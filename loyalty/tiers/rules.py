@@ -77,12 +77,13 @@ def shortfall(tier, spend, activities):
     return spend_needed, activities_needed
 
 
-def target_rank(current, qualified, protected, max_drop):
+def target_rank(current, qualified, protected, max_drop, floor=0):
     """The recompute's rule: up to what the window earns at once; down only when the tier is no
-    longer protected, and by at most `max_drop` ranks per recompute."""
+    longer protected, by at most `max_drop` ranks per recompute, and never below `floor` (the
+    tier an admin guaranteed, while the guarantee lasts)."""
     if qualified >= current or protected:
         return max(qualified, current)
-    return max(qualified, current - max_drop)
+    return max(qualified, current - max_drop, min(floor, current))
 
 
 def validate_ladder(tiers):

@@ -165,14 +165,13 @@ def upgrade_if_qualified(member, now):
                  note=f"Qualifying spend {spend}, {activities} activities")
 
 
-def _move(member, to_code, reason, now, held_until, note=None, actor=None, guaranteed_until=None):
+def _move(member, to_code, reason, now, held_until, note=None, actor=None):
     change = TierChange(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason,
                         note=note, actor=actor, created_at=now)
     db.session.add(change)
     member.tier_code = to_code
     member.tier_since = now
     member.tier_held_until = held_until
-    member.tier_guaranteed_until = guaranteed_until
     member.updated_at = now
     return change
 
@@ -193,10 +192,14 @@ def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=N
             known = ", ".join(tier.code for tier in tiers())
             raise ValidationFailed(f"No tier {code!r}; choose one of: {known}.",
                                    errors={"tier": [f"Must be one of: {known}."]})
-        before = {"tier": member.tier_code, "guaranteed_until": _iso(member.tier_guaranteed_until)}
+        before = {"tier": member.tier_code, "guaranteed_tier": member.tier_guaranteed_code,
+                  "guaranteed_until": _iso(member.tier_guaranteed_until)}
         guarantee = clock.end_of_local_day(guaranteed_until, tz) if guaranteed_until else None
         _move(member, code, "manual", now, held_until=protected_until(clock.local_date(now, tz)),
-              note=reason, actor=actor, guaranteed_until=guarantee)
+              note=reason, actor=actor)
+        # A new manual tier replaces any earlier guarantee; without a date there is none.
+        member.tier_guaranteed_code = code if guarantee else None
+        member.tier_guaranteed_until = guarantee
         audit.record(actor, "member.tier.set", "member", member_id, before,
                      {"tier": code, "guaranteed_until": _iso(guarantee), "reason": reason}, now)
     return member
@@ -215,8 +218,10 @@ def member_tier(member_id, now=None):
     upcoming = rules.next_tier(current.code, ladder_now)
     history = db.session.scalars(sa.select(TierChange).where(TierChange.member_id == member_id)
                                  .order_by(TierChange.id.desc()).limit(HISTORY_LIMIT)).all()
-    valid_until = max((at for at in (member.tier_held_until, member.tier_guaranteed_until) if at),
-                      default=None)
+    guarantee = _guarantee(member, now)
+    valid_until = max((at for at in (member.tier_held_until,
+                                     guarantee[1] if guarantee and guarantee[0] == member.tier_code else None)
+                       if at), default=None)
     keep_spend, keep_activities = rules.shortfall(current, spend, activities)
     document = {
         "tier": {"code": current.code, "name": current.name, "rank": current.rank,
@@ -225,7 +230,7 @@ def member_tier(member_id, now=None):
                               "service_level": current.service_level, "perks": list(current.perks)}},
         "since": member.tier_since,
         "valid_until": valid_until,
-        "guaranteed_until": member.tier_guaranteed_until,
+        "guaranteed": None if guarantee is None else {"tier": guarantee[0], "until": guarantee[1]},
         "qualifying": {"spend": spend, "activities": activities, "window_start": start},
         "keep": {"spend_needed": keep_spend, "activities_needed": keep_activities},
         "next": None,
@@ -238,6 +243,13 @@ def member_tier(member_id, now=None):
                             "spend_needed": spend_needed, "activities_needed": activities_needed,
                             "mode": upcoming.mode}
     return document
+
+
+def _guarantee(member, now):
+    """(tier, until) of an admin's guarantee still running, else None."""
+    if member.tier_guaranteed_code and member.tier_guaranteed_until and member.tier_guaranteed_until > now:
+        return member.tier_guaranteed_code, member.tier_guaranteed_until
+    return None
 
 
 def _iso(value):
@@ -262,6 +274,9 @@ def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
     from those rows. No query per member. Returns {"members", "upgraded", "downgraded"}."""
     now = now or clock.now()
     _, _, max_drop, tz = settings()
+    if as_of > clock.local_date(now, tz):
+        raise ValidationFailed(f"{as_of} has not come yet: a recompute judges days that have begun, "
+                               "today or earlier.", errors={"as_of": ["Must not be in the future."]})
     judged_at = clock.end_of_local_day(as_of, tz)
     start = window_start(as_of)
     since = min(now, judged_at)
@@ -316,9 +331,14 @@ def _recompute_range(low, high, ordered, start, judged_at, max_drop, now):
                           if position > 0], else_=0)
     current = sa.case({tier.code: position for position, tier in enumerate(ordered)},
                       value=Member.tier_code, else_=0)
-    protected = sa.or_(Member.tier_held_until >= judged_at, Member.tier_guaranteed_until >= judged_at)
-    floor = sa.case((current - max_drop > qualified, current - max_drop), else_=qualified)
-    target = sa.case((qualified >= current, qualified), (protected, current), else_=floor)
+    protected = Member.tier_held_until >= judged_at
+    guaranteed = sa.case((Member.tier_guaranteed_until >= judged_at, sa.case(
+        {tier.code: position for position, tier in enumerate(ordered)},
+        value=Member.tier_guaranteed_code, else_=0)), else_=0)
+    # rules.target_rank, in SQL: max(qualified, current - max_drop, min(guaranteed, current)).
+    dropped = _greatest(qualified, current - max_drop,
+                        sa.case((guaranteed < current, guaranteed), else_=current))
+    target = sa.case((qualified >= current, qualified), (protected, current), else_=dropped)
     targets = (sa.select(Member.id.label("member_id"), Member.tier_code.label("from_code"),
                          target.label("target"), qualified.label("qualified"), current.label("current"),
                          member_spend.label("spend"), member_acts.label("activities"))
@@ -337,6 +357,14 @@ def _recompute_range(low, high, ordered, start, judged_at, max_drop, now):
                   sa.literal(now, TierChange.created_at.type))
         .where(targets.c.target != targets.c.current))
     db.session.execute(insert)
+
+
+def _greatest(*values):
+    """GREATEST() of a few expressions, written as CASE so SQLite and PostgreSQL agree."""
+    result = values[0]
+    for value in values[1:]:
+        result = sa.case((value > result, value), else_=result)
+    return result
 
 
 def _moves_counted(low, high, now):

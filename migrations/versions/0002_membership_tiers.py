@@ -83,6 +83,7 @@ def upgrade():
     with op.batch_alter_table('members', schema=None) as batch_op:
         batch_op.add_column(sa.Column('tier_since', sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column('tier_held_until', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('tier_guaranteed_code', sa.String(length=20), nullable=True))
         batch_op.add_column(sa.Column('tier_guaranteed_until', sa.DateTime(timezone=True), nullable=True))
     # Members so far have been in their tier since they joined.
     op.execute("UPDATE members SET tier_since = joined_at")
@@ -98,6 +99,7 @@ def downgrade():
     with op.batch_alter_table('members', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_members_tier_code_tiers'), type_='foreignkey')
         batch_op.drop_column('tier_guaranteed_until')
+        batch_op.drop_column('tier_guaranteed_code')
         batch_op.drop_column('tier_held_until')
         batch_op.drop_column('tier_since')
 

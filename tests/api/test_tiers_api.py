@@ -464,7 +464,7 @@ def test_a_new_member_is_ordinary_and_is_told_what_silver_needs(api, member_id):
         "tier": {"code": "ordinary", "name": "普通", "rank": 0, "benefits": ORDINARY_BENEFITS},
         "since": T0_Z,
         "valid_until": None,
-        "guaranteed_until": None,
+        "guaranteed": None,
         "qualifying": {"spend": "0.00", "activities": 0, "window_start": WINDOW_START},
         "keep": {"spend_needed": "0.00", "activities_needed": 0},
         "next": {"code": "silver", "name": "白银", "mode": "all", "spend_needed": "3000.00",
@@ -556,7 +556,7 @@ def test_an_admin_puts_a_member_in_a_tier_with_a_reason_and_a_guarantee(api, app
     page = response.json
     assert page["tier"]["code"] == "gold" and page["tier"]["name"] == "黄金" and page["tier"]["rank"] == 2
     assert page["since"] == T0_Z
-    assert page["guaranteed_until"] == "2027-06-30T16:00:00Z"  # through the end of the local day
+    assert page["guaranteed"] == {"tier": "gold", "until": "2027-06-30T16:00:00Z"}  # through the local day
     assert page["valid_until"] == "2027-06-30T16:00:00Z"
     assert page["next"]["code"] == "diamond"
     assert page["history"] == [{"from": "ordinary", "to": "gold", "reason": "manual",
@@ -565,7 +565,7 @@ def test_an_admin_puts_a_member_in_a_tier_with_a_reason_and_a_guarantee(api, app
     [(actor, entity_type, entity_id, before, after)] = audit_entries(app, "member.tier.set")
     assert "test admin" in actor
     assert (entity_type, entity_id) == ("member", str(member_id))
-    assert before == {"tier": "ordinary", "guaranteed_until": None}
+    assert before == {"tier": "ordinary", "guaranteed_tier": None, "guaranteed_until": None}
     assert after["tier"] == "gold" and after["reason"] == "Compensation for a lost parcel"
 
 
@@ -574,7 +574,7 @@ def test_without_a_guarantee_a_manual_tier_holds_for_the_protection_period(api, 
         response = api.put("admin", f"/members/{member_id}/tier", json={"tier": "silver", "reason": "Staff"})
 
     assert response.status_code == 200, response.json
-    assert response.json["guaranteed_until"] is None
+    assert response.json["guaranteed"] is None
     assert response.json["valid_until"] == PROTECTED_UNTIL
 
 
@@ -595,7 +595,7 @@ def test_a_guarantee_may_end_today_in_local_time_but_not_yesterday(api, member_i
     assert yesterday.status_code == 422
     assert yesterday.json["errors"] == {"guaranteed_until": ["Must not be in the past."]}
     assert today.status_code == 200
-    assert today.json["guaranteed_until"] == "2026-03-11T16:00:00Z"
+    assert today.json["guaranteed"] == {"tier": "gold", "until": "2026-03-11T16:00:00Z"}
 
 
 REFUSED_MANUAL = [

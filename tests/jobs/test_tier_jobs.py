@@ -134,10 +134,6 @@ def test_an_admin_guarantee_holds_past_the_protection_period(app, runner):
     assert tier_page(app, member_id)["tier"]["code"] == "gold"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "An upgrade cancels an admin's guarantee: tiers.service._move sets tier_guaranteed_until=None on "
-    "every move, so once the purchase lifts the member above the guaranteed tier the guarantee is "
-    "gone and the recompute walks them below it long before guaranteed_until"))
 def test_an_upgrade_does_not_cancel_an_admins_guarantee_of_the_tier_below(app, runner):
     with app.app_context():
         with clock.frozen_at(datetime(2025, 12, 1, 2, 0, tzinfo=timezone.utc)):
@@ -201,10 +197,6 @@ def test_a_bad_as_of_day_is_refused_and_nothing_runs(app, runner, lapsed_gold, a
     assert tier_page(app, lapsed_gold)["tier"]["code"] == "gold"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A day that has not come yet is accepted: the run judges a window with purchases that have not "
-    "happened and protections that have not ended, moves members down today, and protects their new "
-    "tier until the end of that future day"))
 def test_a_day_that_has_not_come_yet_is_refused_and_nobody_moves(app, runner):
     with app.app_context(), clock.frozen_at(datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)):
         member = factories.member()

@@ -81,6 +81,16 @@ def test_where_the_recompute_puts_a_member(current, qualified, protected, max_dr
     assert target_rank(current, qualified, protected, max_drop) == expected
 
 
+@pytest.mark.parametrize("current, qualified, max_drop, floor, expected", [
+    (3, 0, 1, 2, 2),   # diamond above a gold guarantee: down to gold, as usual
+    (2, 0, 1, 2, 2),   # at the guaranteed tier: held
+    (3, 0, 3, 2, 2),   # a big drop stops at the guarantee
+    (1, 0, 1, 2, 1),   # below a guarantee already: no lower, and no upgrade either
+])
+def test_a_guaranteed_tier_is_a_floor(current, qualified, max_drop, floor, expected):
+    assert target_rank(current, qualified, False, max_drop, floor) == expected
+
+
 def test_the_default_ladder_is_valid():
     assert validate_ladder(DEFAULT_LADDER) == []
 

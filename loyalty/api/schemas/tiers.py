@@ -66,12 +66,18 @@ class TierChangeSchema(Schema):
     at = Timestamp()
 
 
+class GuaranteeSchema(Schema):
+    tier = fields.String()
+    until = Timestamp()
+
+
 class MemberTierSchema(Schema):
     tier = fields.Nested(MemberTierRefSchema)
     since = Timestamp()
     valid_until = Timestamp(allow_none=True, metadata={
         "description": "The tier is held at least until then (protection period or guarantee)"})
-    guaranteed_until = Timestamp(allow_none=True)
+    guaranteed = fields.Nested(GuaranteeSchema, allow_none=True, metadata={
+        "description": "An admin's guarantee still running: the member stays at least in this tier until then"})
     qualifying = fields.Nested(ProgressSchema)
     keep = fields.Nested(NeededSchema, metadata={
         "description": "What the window still needs for the member to keep this tier"})
@@ -82,5 +88,5 @@ class MemberTierSchema(Schema):
 class MemberTierSetSchema(Schema):
     tier = fields.String(required=True, validate=validate.Length(min=1, max=20))
     reason = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    guaranteed_until = fields.Date(metadata={
+    guaranteed_until = fields.Date(allow_none=True, metadata={
         "description": "The nightly recompute keeps the member in this tier through this local date"})
