@@ -157,3 +157,7 @@ def register_error_handlers(app):
     app.register_error_handler(IntegrityError, handle_integrity_error)
     app.register_error_handler(OperationalError, handle_operational_error)
     app.register_error_handler(Exception, handle_unexpected_error)
+
+
+class VoucherVoid(LoyaltyError):
+    status, code = 409, "voucher_void"

@@ -6,3 +6,4 @@ from loyalty.members.models import Member, MemberIdentity  # noqa: F401
 from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot,  # noqa: F401
                                    LotAllocation, PointsPayment, Purchase, Refund)
 from loyalty.tiers.models import Tier, TierChange  # noqa: F401
+from loyalty.rewards.models import Redemption, Reward, Voucher  # noqa: F401

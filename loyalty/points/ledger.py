@@ -175,19 +175,26 @@ def claw_back(account, points, description, reference, now, first_lot=None, type
     return add_entry(account, type_, -points, description, reference, now)
 
 
-def restore(account, debit_entry, description, reference, now):
+def restore(account, debit_entry, description, reference, now, points=None):
     """Undo a debit: its points go back to the lots they came from, with those lots' expiry.
 
-    Points returned to a lot that has expired meanwhile expire again at once (with an entry)."""
+    With `points`, only that many come back (part of a redemption is cancelled): to the lots the
+    debit took from last, which are the latest to expire. Points returned to a lot that has
+    expired meanwhile expire again at once (with an entry). One restore per debit."""
     allocations = db.session.execute(
         sa.select(LotAllocation, Lot).join(Lot, Lot.id == LotAllocation.lot_id)
-        .where(LotAllocation.entry_id == debit_entry.id).order_by(LotAllocation.id)
+        .where(LotAllocation.entry_id == debit_entry.id).order_by(LotAllocation.id.desc())
     ).all()
     total = sum((allocation.points for allocation, _ in allocations), ZERO)
-    account.available += total
-    entry = add_entry(account, "reverse", total, description, reference, now)
+    left = total if points is None else min(points, total)
+    account.available += left
+    entry = add_entry(account, "reverse", left, description, reference, now)
     for allocation, lot in allocations:
-        lot.remaining += allocation.points
+        back = min(allocation.points, left)
+        if back <= 0:
+            break
+        lot.remaining += back
+        left -= back
         if lot.status == "expired":
             lot.status = "available"
     settle(account, now)

@@ -4,7 +4,7 @@ import sqlalchemy as sa
 
 from loyalty.extensions import db
 
-# Every path of issue 2 (API.md's members and points sections, earning rules), with its methods.
+# Every path of API.md built so far (members, points, earning rules, tiers, rewards), with its methods.
 CONTRACT = {
     "/api/v1/members": {"get", "post"},
     "/api/v1/members/{member_id}": {"get", "patch"},
@@ -19,6 +19,16 @@ CONTRACT = {
     "/api/v1/points-payments": {"post"},
     "/api/v1/points-payments/{payment_id}/reversal": {"post"},
     "/api/v1/earning-rules": {"get", "put"},
+    "/api/v1/tiers": {"get"},
+    "/api/v1/tiers/{code}": {"put"},
+    "/api/v1/members/{member_id}/tier": {"get"},
+    "/api/v1/rewards": {"get", "post"},
+    "/api/v1/rewards/{reward_id}": {"patch"},
+    "/api/v1/members/{member_id}/redemptions": {"get", "post"},
+    "/api/v1/redemptions/{redemption_id}/cancel": {"post"},
+    "/api/v1/vouchers/{code}": {"get"},
+    "/api/v1/vouchers/{code}/qr.png": {"get"},
+    "/api/v1/vouchers/{code}/use": {"post"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -66,7 +76,8 @@ def test_success_statuses_are_those_of_the_contract(spec):
                                      "/api/v1/purchases/{purchase_id}/refunds",
                                      "/api/v1/members/{member_id}/activities",
                                      "/api/v1/members/{member_id}/adjustments",
-                                     "/api/v1/points-payments/{payment_id}/reversal"]}
+                                     "/api/v1/points-payments/{payment_id}/reversal",
+                                     "/api/v1/rewards", "/api/v1/members/{member_id}/redemptions"]}
 
     for path, method, operation in operations(spec):
         success = {code for code in operation["responses"] if code.startswith("2")}
