@@ -30,9 +30,24 @@ def _member_count():
     return db.session.scalar(sa.select(sa.func.count()).select_from(Member))
 
 
+def _expire_referrals(as_of, progress=None):
+    from loyalty.referrals.service import expire_referrals
+    return expire_referrals(as_of, progress=progress)
+
+
+def _pending_referrals():
+    import sqlalchemy as sa
+
+    from loyalty.extensions import db
+    from loyalty.referrals.models import Referral
+    return db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(Referral.status == "pending"))
+
+
 JOBS = [
     Job("tiers.recompute", "Put every member in the tier their window earns; downgrades only after "
         "protection, one tier at a time", "30 2 * * *", _recompute_tiers, _member_count),
+    Job("referrals.expire", "Pending referrals whose first-purchase deadline has passed expire",
+        "15 2 * * *", _expire_referrals, _pending_referrals),
 ]
 
 

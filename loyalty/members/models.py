@@ -26,6 +26,7 @@ class Member(db.Model):
     tier_guaranteed_code: Mapped[str | None] = mapped_column(sa.String(20))
     tier_guaranteed_until = mapped_column(UTCDateTime)
     lifecycle_stage: Mapped[str | None] = mapped_column(sa.String(20))
+    ambassador_since = mapped_column(UTCDateTime)  # 推荐大使: a badge, given once
     status: Mapped[str] = mapped_column(sa.String(10), default="active", server_default="active")
     joined_at = mapped_column(UTCDateTime, nullable=False)
     updated_at = mapped_column(UTCDateTime, nullable=False)

@@ -12,6 +12,7 @@ from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
+from loyalty.referrals import service as referrals
 
 # Unambiguous characters for codes people read aloud or type: no 0/O, 1/I/L.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -74,8 +75,10 @@ def register_member(name, phone=None, email=None, birthday=None, channel=None,
         raise ValidationFailed("The same channel identity is listed twice.",
                                errors={"external_ids": ["Each channel identity may appear once."]})
     with transaction():
+        # The code first: using one's own identities with one's own code is self-referral, said so.
+        referrer_id, campaign = (referrals.referrer_for_code(referral_code, (phone, email, identities), now)
+                                 if referral_code else (None, None))
         _check_identities_free(phone, email, identities)
-        referrer_id = _referrer_for(referral_code)
         member = Member(name=name.strip(), phone=phone, email=email, birthday=birthday,
                         channel=channel, referred_by_id=referrer_id, card_token=secrets.token_urlsafe(18),
                         referral_code=new_code(), joined_at=now, tier_since=now, updated_at=now)
@@ -84,6 +87,8 @@ def register_member(name, phone=None, email=None, birthday=None, channel=None,
         db.session.flush()
         member.member_no = member_number(member.id)
         member.account = Account(member_id=member.id, updated_at=now)
+        if referrer_id is not None:
+            referrals.start_referral(member, referrer_id, campaign, now)
     return member
 
 
@@ -145,17 +150,6 @@ def member_id_for(member_id=None, card=None):
     if found is None:
         raise NotFound("No member has this card; scan the member's card QR again.")
     return found
-
-
-def _referrer_for(referral_code):
-    if not referral_code:
-        return None
-    referrer_id = db.session.scalar(
-        sa.select(Member.id).where(Member.referral_code == referral_code.strip().upper()))
-    if referrer_id is None:
-        raise ValidationFailed("This referral code belongs to nobody; check it and try again.",
-                               errors={"referral_code": ["Unknown referral code."]})
-    return referrer_id
 
 
 def _check_birthday(birthday, now):

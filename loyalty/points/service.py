@@ -21,6 +21,7 @@ from loyalty.points import rules as rules_mod
 from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot, Purchase,
                                    PointsPayment, Refund)
 from loyalty.points.rules import EarningRules
+from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
 
 ZERO = Decimal("0.00")
@@ -116,6 +117,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
                 ("purchase", purchase.id), now, available_at=available_at,
                 expires_at=rules_mod.expires_at(available_at, occurred_at, rules, tz))
+        referrals.on_purchase(account, purchase, now)
         tiers.upgrade_if_qualified(account.member, now)
     return Outcome(purchase, account.member)
 
@@ -162,6 +164,7 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
         account.lifetime_earned -= due - points  # the expired part was not earned either
         purchase.refunded_amount += amount
         purchase.points_reversed += due
+        referrals.on_refund(account, purchase, now)
     return Outcome(refund, account.member)
 
 

@@ -143,6 +143,11 @@ def test_pos_and_admin_may_register_members_too(api):
 
 def test_a_known_referral_code_is_accepted_and_an_unknown_one_refused(api):
     referrer = register(api, phone="13800000001")
+    campaign = api.post("marketing", "/referral-campaigns", json={
+        "name": "Bring a friend", "starts_at": "2020-01-01T00:00:00Z", "referrer_points": 100,
+        "referee_points": 50, "min_first_purchase": "100.00", "qualify_within_days": 30,
+        "link_template": "https://shop.example/join?ref={code}"})
+    assert campaign.status_code == 201, campaign.json
 
     assert register(api, phone="13800000002", referral_code=referrer["referral_code"].lower())["id"]
     unknown = api.post("app", "/members", json={"name": "X", "referral_code": "ZZZZZZZZ"})

@@ -4,7 +4,7 @@ import sqlalchemy as sa
 
 from loyalty.extensions import db
 
-# Every path of API.md built so far (members, points, earning rules, tiers, rewards), with its methods.
+# Every path of API.md built so far (members, points, earning rules, tiers, rewards, referrals), with its methods.
 CONTRACT = {
     "/api/v1/members": {"get", "post"},
     "/api/v1/members/{member_id}": {"get", "patch"},
@@ -29,6 +29,12 @@ CONTRACT = {
     "/api/v1/vouchers/{code}": {"get"},
     "/api/v1/vouchers/{code}/qr.png": {"get"},
     "/api/v1/vouchers/{code}/use": {"post"},
+    "/api/v1/referral-campaigns": {"get", "post"},
+    "/api/v1/referral-campaigns/{campaign_id}": {"get", "patch"},
+    "/api/v1/referral-campaigns/{campaign_id}/stats": {"get"},
+    "/api/v1/members/{member_id}/referral": {"get"},
+    "/api/v1/members/{member_id}/referral/qr.png": {"get"},
+    "/api/v1/members/{member_id}/referral/qr.svg": {"get"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -77,7 +83,8 @@ def test_success_statuses_are_those_of_the_contract(spec):
                                      "/api/v1/members/{member_id}/activities",
                                      "/api/v1/members/{member_id}/adjustments",
                                      "/api/v1/points-payments/{payment_id}/reversal",
-                                     "/api/v1/rewards", "/api/v1/members/{member_id}/redemptions"]}
+                                     "/api/v1/rewards", "/api/v1/members/{member_id}/redemptions",
+                                     "/api/v1/referral-campaigns"]}
 
     for path, method, operation in operations(spec):
         success = {code for code in operation["responses"] if code.startswith("2")}

@@ -95,8 +95,12 @@ class MemberSchema(Schema):
     points = fields.Nested(BalanceSchema, attribute="account")
     lifecycle_stage = fields.String(allow_none=True)
     referral_code = fields.String()
+    ambassador = fields.Method("get_ambassador", metadata={"description": "推荐大使: a top referrer"})
     joined_at = Timestamp()
     status = fields.String()
+
+    def get_ambassador(self, member):
+        return member.ambassador_since is not None
 
     def get_external_ids(self, member):
         return [{"channel": i.channel, "id": i.external_id} for i in member.identities]
