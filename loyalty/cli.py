@@ -24,6 +24,7 @@ def register(app):
     app.cli.add_command(api_keys)
     app.cli.add_command(ledger)
     app.cli.add_command(jobs)
+    app.cli.add_command(scheduler)
 
 
 def prepare_database():
@@ -129,12 +130,17 @@ def jobs():
 
 
 @jobs.command("list")
+@with_appcontext
 def list_jobs():
-    """The jobs, with when they run (cron, in the deployment's time zone)."""
-    from loyalty.jobs.registry import JOBS
+    """The jobs, with when they run (cron, in the deployment's time zone) and their last run."""
+    from loyalty.jobs import registry, runner
+    from loyalty.jobs.scheduler import schedule_of
 
-    for job in JOBS:
-        click.echo(f"{job.id}\t{job.cron}\t{job.description}")
+    last = runner.last_runs()
+    for job in registry.JOBS:
+        run = last.get(job.id)
+        ran = f"last run {run.as_of} {run.outcome}" if run else "never run"
+        click.echo(f"{job.id}\t{schedule_of(current_app, job)}\t{ran}\t{job.description}")
 
 
 @jobs.command("run")
@@ -143,12 +149,14 @@ def list_jobs():
               help="The local day to run for (default: today in LOYALTY_TIMEZONE).")
 @with_appcontext
 def run_job(job_id, as_of):
-    """Run one job once, as of a day; a progress bar on a terminal, a summary line at the end."""
+    """Run one job once, as of a day; a progress bar on a terminal, a summary line at the end.
+
+    If another runner holds the job's lock, says so and exits 0 without doing anything."""
     import sys
     import time
 
     from loyalty import clock
-    from loyalty.jobs import registry
+    from loyalty.jobs import registry, runner
 
     job = registry.get(job_id)
     if job is None:
@@ -159,10 +167,26 @@ def run_job(job_id, as_of):
     try:
         if sys.stdout.isatty():
             with click.progressbar(length=job.total() or 1, label=f"{job.id} as of {day}") as bar:
-                result = job.run(day, progress=bar.update)
+                record = runner.run(job, day, progress=bar.update)
         else:
-            result = job.run(day)
+            record = runner.run(job, day)
     except LoyaltyError as error:
         raise click.ClickException(error.message) from None
-    counts = ", ".join(f"{key} {value}" for key, value in result.items())
+    if record.outcome == "skipped":
+        click.echo(f"{job.id} as of {day}: skipped, another runner holds its lock; nothing was done.")
+        return
+    counts = ", ".join(f"{key} {value}" for key, value in record.summary.items())
     click.echo(f"{job.id} as of {day}: {counts} in {time.monotonic() - started:.1f} s")
+
+
+@click.command()
+@with_appcontext
+def scheduler():
+    """Run the scheduled jobs on their cron times, in this process, until stopped."""
+    from loyalty.jobs import registry
+    from loyalty.jobs.scheduler import build, schedule_of
+
+    app = current_app._get_current_object()
+    for job in registry.JOBS:
+        click.echo(f"scheduled {job.id} at '{schedule_of(app, job)}' ({app.config['LOYALTY_TIMEZONE']})")
+    build(app).start()

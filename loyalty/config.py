@@ -1,5 +1,7 @@
 """Settings, read from the environment. SQLite in the instance folder unless told otherwise."""
+import json
 import os
+from decimal import Decimal
 
 
 def from_environment(instance_path):
@@ -15,12 +17,39 @@ def from_environment(instance_path):
         "LOYALTY_LOG_LEVEL": os.environ.get("LOYALTY_LOG_LEVEL", "INFO"),
         # Where a referral link points when no campaign names its own link template.
         "LOYALTY_REFERRAL_LINK": os.environ.get("LOYALTY_REFERRAL_LINK", "https://shop.example/join?ref={code}"),
+        # Cron times (deployment time zone) that replace a job's default, as JSON:
+        # {"points.expire": "0 1 * * *"}.
+        "LOYALTY_JOB_SCHEDULES": json.loads(os.environ.get("LOYALTY_JOB_SCHEDULES") or "{}"),
+        # The jobs' thresholds (days, shares, amounts): see loyalty/jobs/*_jobs.py.
+        **{name: _number(name, default) for name, default in JOB_SETTINGS.items()},
         # Tiers: the qualification window, how long a reached tier is protected from downgrades,
         # and how many tiers one nightly recompute may take a member down.
         "LOYALTY_TIER_WINDOW_MONTHS": int(os.environ.get("LOYALTY_TIER_WINDOW_MONTHS", "12")),
         "LOYALTY_TIER_PROTECTION_MONTHS": int(os.environ.get("LOYALTY_TIER_PROTECTION_MONTHS", "12")),
         "LOYALTY_TIER_MAX_DROP": int(os.environ.get("LOYALTY_TIER_MAX_DROP", "1")),
     }
+
+
+JOB_SETTINGS = {
+    "LOYALTY_EXPIRY_REMINDER_DAYS": 30,
+    "LOYALTY_LIFECYCLE_NEW_DAYS": 90,
+    "LOYALTY_LIFECYCLE_ACTIVE_DAYS": 30,
+    "LOYALTY_LIFECYCLE_CHURN_DAYS": 90,
+    "LOYALTY_SEGMENT_HIGH_VALUE_SHARE": "0.10",
+    "LOYALTY_SEGMENT_AT_RISK_DAYS": 90,
+    "LOYALTY_SEGMENT_POTENTIAL_MIN_PURCHASES": 4,
+    "LOYALTY_SEGMENT_POTENTIAL_MAX_AVERAGE": "300.00",
+}
+
+
+def _number(name, default):
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw) if isinstance(default, int) else str(Decimal(raw))
+    except (ValueError, ArithmeticError):
+        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give a number like {default}.") from None
 
 
 def normalise_database_url(url):

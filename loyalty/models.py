@@ -8,3 +8,4 @@ from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lo
 from loyalty.tiers.models import Tier, TierChange  # noqa: F401
 from loyalty.rewards.models import Redemption, Reward, Voucher  # noqa: F401
 from loyalty.referrals.models import Referral, ReferralCampaign  # noqa: F401
+from loyalty.jobs.models import JobLock, JobRun, Notification  # noqa: F401

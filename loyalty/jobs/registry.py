@@ -43,7 +43,25 @@ def _pending_referrals():
     return db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(Referral.status == "pending"))
 
 
+def _job(module, function):
+    """A job function imported when it runs (the registry is read by the CLI at start-up)."""
+    def run(as_of, progress=None):
+        from importlib import import_module
+        return getattr(import_module(f"loyalty.jobs.{module}"), function)(as_of, progress=progress)
+    return run
+
+
 JOBS = [
+    Job("points.release_pending", "Pending points whose time has come become available (and pay debts first)",
+        "5 0 * * *", _job("points_jobs", "release_pending"), _member_count),
+    Job("points.expire", "Points past their expiry (the end of a local day) expire, one entry per lot",
+        "10 0 * * *", _job("points_jobs", "expire_points"), _member_count),
+    Job("points.expiry_reminders", "Members with points expiring within 30 days get one reminder per expiry day",
+        "0 9 * * *", _job("points_jobs", "expiry_reminders"), _member_count),
+    Job("members.lifecycle", "Lifecycle stages: potential, new, active, dormant, churned",
+        "0 3 * * *", _job("member_jobs", "lifecycle"), _member_count),
+    Job("members.value_segments", "Value segments: high value, potential, low value, at risk",
+        "30 3 * * *", _job("member_jobs", "value_segments"), _member_count),
     Job("tiers.recompute", "Put every member in the tier their window earns; downgrades only after "
         "protection, one tier at a time", "30 2 * * *", _recompute_tiers, _member_count),
     Job("referrals.expire", "Pending referrals whose first-purchase deadline has passed expire",

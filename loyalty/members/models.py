@@ -25,7 +25,8 @@ class Member(db.Model):
     # An admin's guarantee: not below this tier before then (a floor, not a ceiling: upgrades go on).
     tier_guaranteed_code: Mapped[str | None] = mapped_column(sa.String(20))
     tier_guaranteed_until = mapped_column(UTCDateTime)
-    lifecycle_stage: Mapped[str | None] = mapped_column(sa.String(20))
+    lifecycle_stage: Mapped[str | None] = mapped_column(sa.String(20))  # members.lifecycle job
+    value_segment: Mapped[str | None] = mapped_column(sa.String(20))  # members.value_segments job
     ambassador_since = mapped_column(UTCDateTime)  # 推荐大使: a badge, given once
     status: Mapped[str] = mapped_column(sa.String(10), default="active", server_default="active")
     joined_at = mapped_column(UTCDateTime, nullable=False)

@@ -83,7 +83,8 @@ def expire_lot(account, lot, now):
     lot.remaining = ZERO
     lot.status = "expired"
     account.available -= points
-    return add_entry(account, "expire", -points, f"{points} points expired", ("lot", lot.id), now)
+    # The same words as the nightly job's (jobs.points_jobs): an entry reads the same either way.
+    return add_entry(account, "expire", -points, "Points expired", ("lot", lot.id), now)
 
 
 def pay_debt(account, now):

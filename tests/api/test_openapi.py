@@ -35,6 +35,7 @@ CONTRACT = {
     "/api/v1/members/{member_id}/referral": {"get"},
     "/api/v1/members/{member_id}/referral/qr.png": {"get"},
     "/api/v1/members/{member_id}/referral/qr.svg": {"get"},
+    "/api/v1/jobs": {"get"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}

@@ -1,0 +1,204 @@
+"""The ledger's nightly jobs, set-based: pending points become available, points past their expiry
+expire, and members are reminded of points about to expire.
+
+They do to every account at once what `ledger.settle` does to one account when it is written to,
+with the same results (the tests run both ways and compare): released points pay a debt first,
+then what is past its expiry expires with an `expire` entry per lot. SQL over members in id
+ranges, one transaction per range; each range first locks the accounts it will change, so a
+purchase for one of those members waits for the batch (and then sees its result) instead of
+settling the same lots twice. Idempotent: a second run finds nothing due. Restartable: a run
+killed half-way has committed whole ranges only, and the next run does the rest.
+"""
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+
+from loyalty import clock
+from loyalty.database import UTCDateTime, transaction
+from loyalty.extensions import db
+from loyalty.jobs.models import Notification
+from loyalty.members.models import Member
+from loyalty.points.models import Account, Lot
+
+BATCH = 50_000
+EXPIRY_DESCRIPTION = "Points expired"
+
+
+def _cutoff(as_of, now):
+    """The end of local day `as_of`, but never later than now: a job does not act ahead of time."""
+    return min(now, clock.end_of_local_day(as_of, current_app.config["LOYALTY_TIMEZONE"]))
+
+
+def _ranges(batch):
+    first, last = db.session.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
+    db.session.rollback()
+    if first is None:
+        return
+    for low in range(first, last + 1, batch):
+        yield low, min(low + batch - 1, last)
+
+
+def _t(sql):
+    """Raw SQL whose :cutoff and :now are aware datetimes (stored as the models store them)."""
+    return sa.text(sql).bindparams(*(sa.bindparam(name, type_=UTCDateTime())
+                                     for name in ("cutoff", "now") if f":{name}" in sql))
+
+
+def _lock_accounts(low, high, due_condition, params):
+    """Lock (PostgreSQL) the accounts of the range that have something due, lowest id first."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return  # SQLite: BEGIN IMMEDIATE holds the whole database already
+    db.session.execute(_t(
+        f"SELECT a.member_id FROM accounts a WHERE a.member_id BETWEEN :low AND :high AND EXISTS "
+        f"(SELECT 1 FROM lots l WHERE l.member_id = a.member_id AND {due_condition}) "
+        f"ORDER BY a.member_id FOR UPDATE"), params)
+
+
+PENDING_DUE = "l.status = 'pending' AND l.available_at <= :cutoff"
+EXPIRY_DUE = "l.status = 'available' AND l.remaining > 0 AND l.expires_at <= :cutoff"
+
+
+def release_range(low, high, cutoff, now):
+    """Pending lots whose time has come become available; each pays the account's debt first, in
+    the order the lots became available (as ledger.settle does)."""
+    params = {"low": low, "high": high, "cutoff": cutoff, "now": now}
+    _lock_accounts(low, high, PENDING_DUE, params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS release_due"))
+    db.session.execute(_t(f"""
+        CREATE TEMPORARY TABLE release_due AS
+        SELECT lot_id, member_id, remaining,
+               CASE WHEN debt - before_it <= 0 THEN 0
+                    WHEN debt - before_it >= remaining THEN remaining
+                    ELSE debt - before_it END AS paid
+        FROM (SELECT l.id AS lot_id, l.member_id, l.remaining, a.debt,
+                     COALESCE(SUM(l.remaining) OVER (PARTITION BY l.member_id ORDER BY l.available_at, l.id
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                     AS before_it
+              FROM lots l JOIN accounts a ON a.member_id = l.member_id
+              WHERE l.member_id BETWEEN :low AND :high AND {PENDING_DUE}) AS due"""), params)
+    db.session.execute(sa.text(
+        "UPDATE lots SET status = 'available', remaining = remaining - "
+        "(SELECT paid FROM release_due d WHERE d.lot_id = lots.id) "
+        "WHERE id IN (SELECT lot_id FROM release_due)"))
+    db.session.execute(_t(
+        "UPDATE accounts SET pending = pending - (SELECT SUM(remaining) FROM release_due d "
+        "WHERE d.member_id = accounts.member_id), "
+        "available = available + (SELECT SUM(remaining) FROM release_due d WHERE d.member_id = accounts.member_id), "
+        "debt = debt - (SELECT SUM(paid) FROM release_due d WHERE d.member_id = accounts.member_id), "
+        "updated_at = :now WHERE member_id IN (SELECT member_id FROM release_due)"), params)
+    released = db.session.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM release_due")).one()
+    db.session.execute(sa.text("DROP TABLE release_due"))
+    return released
+
+
+def expire_range(low, high, cutoff, now):
+    """Lots past their expiry give up what remains of them, earliest expiry first, one `expire`
+    entry per lot with the balance after it."""
+    params = {"low": low, "high": high, "cutoff": cutoff, "now": now, "description": EXPIRY_DESCRIPTION}
+    _lock_accounts(low, high, EXPIRY_DUE, params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS expire_due"))
+    db.session.execute(_t(f"""
+        CREATE TEMPORARY TABLE expire_due AS
+        SELECT l.id AS lot_id, l.member_id, l.remaining,
+               a.available + a.pending - SUM(l.remaining) OVER (
+                   PARTITION BY l.member_id ORDER BY l.expires_at, l.id ROWS UNBOUNDED PRECEDING)
+               AS balance_after
+        FROM lots l JOIN accounts a ON a.member_id = l.member_id
+        WHERE l.member_id BETWEEN :low AND :high AND {EXPIRY_DUE}"""), params)
+    db.session.execute(_t(
+        "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
+        "reference_id, expires_at, created_at) "
+        "SELECT member_id, 'expire', -remaining, balance_after, :description, 'lot', CAST(lot_id AS VARCHAR(40)), "
+        "NULL, :now FROM expire_due ORDER BY member_id, balance_after DESC"), params)
+    db.session.execute(sa.text(
+        "UPDATE lots SET remaining = 0, status = 'expired' WHERE id IN (SELECT lot_id FROM expire_due)"))
+    db.session.execute(_t(
+        "UPDATE accounts SET available = available - (SELECT SUM(remaining) FROM expire_due d "
+        "WHERE d.member_id = accounts.member_id), updated_at = :now "
+        "WHERE member_id IN (SELECT member_id FROM expire_due)"), params)
+    expired = db.session.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM expire_due")).one()
+    db.session.execute(sa.text("DROP TABLE expire_due"))
+    return expired
+
+
+def release_pending(as_of, progress=None, now=None, batch=BATCH):
+    now = now or clock.now()
+    cutoff = _cutoff(as_of, now)
+    lots = members = 0
+    for low, high in _ranges(batch):
+        with transaction():
+            count, touched = release_range(low, high, cutoff, now)
+        lots, members = lots + count, members + touched
+        if progress:
+            progress(high - low + 1)
+    return {"lots_released": lots, "members": members, "rows": lots}
+
+
+def expire_points(as_of, progress=None, now=None, batch=BATCH):
+    """Release what has become available first (a lot may have become available and expired since
+    the last run, and released points pay debts before anything expires), then expire."""
+    now = now or clock.now()
+    cutoff = _cutoff(as_of, now)
+    released = expired = members = 0
+    for low, high in _ranges(batch):
+        with transaction():
+            count, _ = release_range(low, high, cutoff, now)
+            gone, touched = expire_range(low, high, cutoff, now)
+        released, expired, members = released + count, expired + gone, members + touched
+        if progress:
+            progress(high - low + 1)
+    return {"lots_expired": expired, "lots_released": released, "members": members,
+            "rows": expired + released}
+
+
+def expiry_reminders(as_of, progress=None, now=None, days=None):
+    """One notification per member and expiry date for points expiring within `days` (default
+    LOYALTY_EXPIRY_REMINDER_DAYS, 30) after local day `as_of`: "N points expire on D". A second
+    run finds them queued already (unique member + kind + expiry) and adds nothing."""
+    now = now or clock.now()
+    days = days if days is not None else current_app.config["LOYALTY_EXPIRY_REMINDER_DAYS"]
+    tz = current_app.config["LOYALTY_TIMEZONE"]
+    start = clock.end_of_local_day(as_of, tz)
+    until = clock.end_of_local_day(as_of + timedelta(days=days), tz)
+    total = 0
+    for low, high in _ranges(BATCH):
+        with transaction():
+            rows = db.session.execute(
+                sa.select(Lot.member_id, Lot.expires_at, sa.func.sum(Lot.remaining))
+                .where(Lot.member_id.between(low, high), Lot.status == "available", Lot.remaining > 0,
+                       Lot.expires_at > start, Lot.expires_at <= until)
+                .group_by(Lot.member_id, Lot.expires_at)).all()
+            if rows:
+                before = _reminders_in(low, high)
+                # One multi-row INSERT for the range; one already queued is skipped by the
+                # database (unique member + kind + expiry day), so a second run adds nothing.
+                db.session.execute(_insert_ignoring_duplicates(), [
+                    {"member_id": member_id, "kind": "points_expiring",
+                     "dedupe_key": f"expires:{_last_day(expires_at, tz)}",
+                     "payload": {"points": str(points), "expires_at": expires_at.isoformat(),
+                                 "last_day": str(_last_day(expires_at, tz))},
+                     "created_at": now}
+                    for member_id, expires_at, points in rows])
+                total += _reminders_in(low, high) - before
+        if progress:
+            progress(high - low + 1)
+    return {"reminders": total, "rows": total}
+
+
+def _last_day(expires_at, tz):
+    """Lots expire at the end of a local day (an exclusive bound): the last day they can be used."""
+    return clock.local_date(expires_at - timedelta(microseconds=1), tz)
+
+
+def _reminders_in(low, high):
+    return db.session.scalar(sa.select(sa.func.count()).select_from(Notification).where(
+        Notification.member_id.between(low, high), Notification.kind == "points_expiring"))
+
+
+def _insert_ignoring_duplicates():
+    if db.session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(Notification).on_conflict_do_nothing()
