@@ -124,3 +124,66 @@ def _update_segment(segment, batch, progress, now):
         if progress:
             progress(high - low + 1)
     return {"changed": changed, "rows": changed}
+
+
+def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
+    """Members whose birthday is `as_of` get their tier's birthday points, once a year: a `bonus`
+    entry naming the year, and a lot (paying any debt first, like every credit). Born on 29
+    February: 28 February in other years. Set-based: per range, one INSERT of the entries, one of
+    the lots, one UPDATE of the accounts, after locking the accounts it changes."""
+    from loyalty.points import rules as rules_mod
+    from loyalty.points.service import current_rules
+
+    now = now or clock.now()
+    tz = _setting("LOYALTY_TIMEZONE")
+    expires = rules_mod.expires_at(now, now, current_rules(), tz)
+    db.session.rollback()
+    days = [as_of.strftime("%m-%d")]
+    if as_of.month == 2 and as_of.day == 28 and not _leap(as_of.year):
+        days.append("02-29")
+    dialect = db.session.get_bind().dialect.name
+    month_day = "to_char(m.birthday, 'MM-DD')" if dialect == "postgresql" else "strftime('%m-%d', m.birthday)"
+    lock = " ORDER BY a.member_id FOR UPDATE OF a" if dialect == "postgresql" else ""
+    year = str(as_of.year)
+    params = {"year": year, "now": now, "expires": expires, "d1": days[0], "d2": days[-1]}
+    when = UTCDateTime()
+    bind = [sa.bindparam("now", type_=when), sa.bindparam("expires", type_=when)]
+    given = 0
+    for low, high in _ranges(batch):
+        params.update(low=low, high=high)
+        with transaction():
+            due = (f"FROM members m JOIN tiers t ON t.code = m.tier_code JOIN accounts a ON a.member_id = m.id "
+                   f"WHERE m.id BETWEEN :low AND :high AND m.status = 'active' AND m.birthday IS NOT NULL "
+                   f"AND {month_day} IN (:d1, :d2) AND t.birthday_points > 0 AND NOT EXISTS ("
+                   f"SELECT 1 FROM ledger_entries e WHERE e.member_id = m.id AND e.type = 'bonus' "
+                   f"AND e.reference_type = 'birthday' AND e.reference_id = :year)")
+            db.session.execute(sa.text(f"SELECT a.member_id {due}{lock}"), params)
+            db.session.execute(sa.text("DROP TABLE IF EXISTS birthday_due"))
+            db.session.execute(sa.text(
+                f"CREATE TEMPORARY TABLE birthday_due AS SELECT m.id AS member_id, t.birthday_points AS points, "
+                f"CASE WHEN a.debt < t.birthday_points THEN a.debt ELSE t.birthday_points END AS paid, "
+                f"a.available + a.pending + t.birthday_points AS balance_after {due}"), params)
+            db.session.execute(sa.text(
+                "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
+                "reference_id, expires_at, created_at) SELECT member_id, 'bonus', points, balance_after, "
+                "'Birthday gift', 'birthday', :year, :expires, :now FROM birthday_due").bindparams(*bind), params)
+            db.session.execute(sa.text(
+                "INSERT INTO lots (member_id, entry_id, points, remaining, status, available_at, expires_at, "
+                "created_at) SELECT d.member_id, e.id, d.points, d.points - d.paid, 'available', :now, :expires, "
+                ":now FROM birthday_due d JOIN ledger_entries e ON e.member_id = d.member_id AND e.type = 'bonus' "
+                "AND e.reference_type = 'birthday' AND e.reference_id = :year").bindparams(*bind), params)
+            db.session.execute(sa.text(
+                "UPDATE accounts SET available = available + (SELECT points FROM birthday_due d "
+                "WHERE d.member_id = accounts.member_id), lifetime_earned = lifetime_earned + (SELECT points "
+                "FROM birthday_due d WHERE d.member_id = accounts.member_id), debt = debt - (SELECT paid "
+                "FROM birthday_due d WHERE d.member_id = accounts.member_id), updated_at = :now "
+                "WHERE member_id IN (SELECT member_id FROM birthday_due)").bindparams(bind[0]), params)
+            given += db.session.scalar(sa.text("SELECT COUNT(*) FROM birthday_due"))
+            db.session.execute(sa.text("DROP TABLE birthday_due"))
+        if progress:
+            progress(high - low + 1)
+    return {"gifts": given, "rows": given}
+
+
+def _leap(year):
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)

@@ -60,6 +60,8 @@ JOBS = [
         "0 9 * * *", _job("points_jobs", "expiry_reminders"), _member_count),
     Job("members.lifecycle", "Lifecycle stages: potential, new, active, dormant, churned",
         "0 3 * * *", _job("member_jobs", "lifecycle"), _member_count),
+    Job("members.birthday_bonus", "Members whose birthday it is get their tier's birthday points, once a year",
+        "0 8 * * *", _job("member_jobs", "birthday_bonus"), _member_count),
     Job("members.value_segments", "Value segments: high value, potential, low value, at risk",
         "30 3 * * *", _job("member_jobs", "value_segments"), _member_count),
     Job("tiers.recompute", "Put every member in the tier their window earns; downgrades only after "

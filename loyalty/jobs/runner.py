@@ -6,6 +6,7 @@ stops without doing anything ("skipped"). A runner killed half-way stops beating
 LEASE the next run takes over; jobs are idempotent, so it finishes what was left."""
 import os
 import socket
+import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -19,15 +20,19 @@ LEASE = timedelta(minutes=10)
 
 
 def runner_name():
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a lock: host, process and thread (a scheduler may run jobs on several threads)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 def acquire(job_id, holder, now):
     """True if `holder` now holds the job's lock."""
     with transaction():
-        if db.session.get(JobLock, job_id) is None:
-            db.session.add(JobLock(job_id=job_id))
-            db.session.flush()
+        # The lock's row, once per job ever; two runners creating it at once is no error.
+        if db.session.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        db.session.execute(insert(JobLock).values(job_id=job_id).on_conflict_do_nothing())
         taken = db.session.execute(
             sa.update(JobLock).where(JobLock.job_id == job_id, sa.or_(
                 JobLock.holder.is_(None), JobLock.holder == holder, JobLock.heartbeat_at < now - LEASE))

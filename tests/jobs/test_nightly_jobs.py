@@ -309,3 +309,79 @@ def test_every_account_is_untouched_when_nothing_is_due():
         runner.run(registry.get(job_id), DAY0)
     done()
     assert db.session.get(Account, member.id).updated_at == before
+
+
+# --- members.birthday_bonus ----------------------------------------------------------------------
+
+def test_a_birthday_gives_the_tiers_points_once_a_year():
+    from loyalty.tiers import service as tiers
+
+    today = new_member(birthday=date(1990, 3, 10))
+    tiers.set_member_tier(today.id, "gold", "test", "test", now=T0)  # gold: 50 birthday points
+    ordinary = new_member(birthday=date(1991, 3, 10))  # ordinary: 0 birthday points
+    tomorrow = new_member(birthday=date(1990, 3, 11))
+
+    first = member_jobs.birthday_bonus(DAY0, now=T0)
+    second = member_jobs.birthday_bonus(DAY0, now=T0 + timedelta(hours=1))
+    done()
+
+    assert (first["gifts"], second["gifts"]) == (1, 0)
+    assert entries(today.id) == [("bonus", D("50.00"))]
+    assert balances(today.id) == (D("50.00"), D("0.00"), D("50.00"), D("0.00"))
+    assert entries(ordinary.id) == [] and entries(tomorrow.id) == []
+    assert_ledger_ok()
+    next_year = member_jobs.birthday_bonus(date(2027, 3, 10), now=utc(2027, 3, 10, 1))
+    assert next_year["gifts"] == 1
+
+
+def test_a_birthday_gift_pays_a_debt_first_and_leap_day_birthdays_count_on_28_february():
+    from loyalty.tiers import service as tiers
+
+    leap = new_member(birthday=date(2000, 2, 29))
+    tiers.set_member_tier(leap.id, "silver", "test", "test", now=T0)  # 20 birthday points
+    points.adjust_points(leap.id, D("-5"), "correction", "test", now=T0)  # owes 5
+
+    member_jobs.birthday_bonus(date(2027, 2, 28), now=utc(2027, 2, 28, 1))
+    done()
+
+    assert balances(leap.id) == (D("15.00"), D("0.00"), D("20.00"), D("0.00"))
+    assert_ledger_ok()
+
+
+@pytest.mark.postgres_only
+def test_two_runners_at_once_one_runs_and_one_is_refused(app):
+    """Two scheduler processes (threads with their own connections here) start the same job at
+    the same instant: one runs it, the other records that it skipped, and nothing is done twice."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(as_of, progress=None):
+        started.set()
+        release.wait(30)
+        return {"done": 1}
+
+    job = registry.Job("test.slow", "", "* * * * *", slow, lambda: 1)
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def run():
+        with app.app_context():
+            barrier.wait(10)
+            try:
+                outcomes.append(runner.run(job, DAY0).outcome)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    started.wait(30)
+    for _ in range(100):  # the second runner gives up at once; the first is still running
+        if outcomes:
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(outcomes) == ["skipped", "succeeded"]
