@@ -27,3 +27,22 @@ def record(actor, action, entity_type, entity_id, before, after, now):
         entity_id=None if entity_id is None else str(entity_id),
         before=before, after=after, created_at=now,
     ))
+
+
+def entries(entity_type=None, action=None, actor=None, since=None, until=None, limit=50, before_id=None):
+    """Audit entries newest first, filtered; keyset-paginated on the id."""
+    query = sa.select(AuditEntry).order_by(AuditEntry.id.desc())
+    if entity_type:
+        query = query.where(AuditEntry.entity_type == entity_type)
+    if action:
+        query = query.where(AuditEntry.action == action)
+    if actor:
+        query = query.where(AuditEntry.actor.contains(actor, autoescape=True))
+    if since:
+        query = query.where(AuditEntry.created_at >= since)
+    if until:
+        query = query.where(AuditEntry.created_at < until)
+    if before_id:
+        query = query.where(AuditEntry.id < before_id)
+    rows = db.session.scalars(query.limit(limit + 1)).all()
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)

@@ -9,3 +9,4 @@ from loyalty.tiers.models import Tier, TierChange  # noqa: F401
 from loyalty.rewards.models import Redemption, Reward, Voucher  # noqa: F401
 from loyalty.referrals.models import Referral, ReferralCampaign  # noqa: F401
 from loyalty.jobs.models import JobLock, JobRun, Notification  # noqa: F401
+from loyalty.segments.models import MemberTag  # noqa: F401

@@ -133,6 +133,9 @@ class Api:
     def patch(self, role, path, **kwargs):
         return self._call("patch", role, path, **kwargs)
 
+    def delete(self, role, path, **kwargs):
+        return self._call("delete", role, path, **kwargs)
+
 
 def verify_ledger():
     from loyalty.points.verify import broken_accounts

@@ -37,7 +37,8 @@ class Entry(db.Model):
 
     __tablename__ = "ledger_entries"
     __table_args__ = (sa.Index("ix_ledger_entries_member_history", "member_id", "id"),
-                      sa.Index("ix_ledger_entries_member_type", "member_id", "type", "id"))
+                      sa.Index("ix_ledger_entries_member_type", "member_id", "type", "id"),
+                      sa.Index("ix_ledger_entries_created", "created_at"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))

@@ -36,6 +36,11 @@ CONTRACT = {
     "/api/v1/members/{member_id}/referral/qr.png": {"get"},
     "/api/v1/members/{member_id}/referral/qr.svg": {"get"},
     "/api/v1/jobs": {"get"},
+    "/api/v1/segments/{name}/members": {"get"},
+    "/api/v1/members/{member_id}/tags": {"get", "post", "delete"},
+    "/api/v1/reports/overview": {"get"},
+    "/api/v1/reports/liability": {"get"},
+    "/api/v1/audit-log": {"get"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}

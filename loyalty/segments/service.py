@@ -1,0 +1,225 @@
+"""Marketing's view of the members: segments (lifecycle stage, value segment, tier, tag), tags,
+and the programme's figures (members by tier and stage, the points liability, the flows of the
+last 30 days). Every report is a few aggregate queries, never a query per member."""
+import csv
+import io
+import re
+from collections import OrderedDict
+from datetime import timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from flask import current_app
+
+from loyalty import audit, clock
+from loyalty.database import Money, Points, transaction
+from loyalty.errors import NotFound, ValidationFailed
+from loyalty.extensions import db
+from loyalty.members.models import Member
+from loyalty.points.models import Account, Entry, Lot, Purchase
+from loyalty.segments.models import MemberTag
+
+STAGES = ("potential", "new", "active", "dormant", "churned")
+VALUE_SEGMENTS = ("high_value", "potential", "low_value", "at_risk")
+TAG = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,39}$")
+CSV_PAGE = 1000
+CSV_COLUMNS = ("member_no", "name", "phone", "tier", "lifecycle_stage", "value_segment",
+               "available_points", "spend_12_months", "last_purchase_at")
+
+
+# --- tags -----------------------------------------------------------------------------------------
+
+def _clean_tags(tags):
+    cleaned = sorted({tag.strip().lower() for tag in tags})
+    bad = [tag for tag in cleaned if not TAG.match(tag)]
+    if bad or not cleaned:
+        raise ValidationFailed("Tags are 1 to 40 lower-case letters, digits, '-', '_', '.' or ':'; "
+                               f"not {bad[0]!r}." if bad else "Name at least one tag.",
+                               errors={"tags": ["Invalid tag."]})
+    return cleaned
+
+
+def add_tags(member_id, tags, actor, now=None):
+    now = now or clock.now()
+    tags = _clean_tags(tags)
+    with transaction():
+        _member(member_id, lock=True)
+        have = set(member_tags(member_id))
+        for tag in tags:
+            if tag not in have:
+                db.session.add(MemberTag(member_id=member_id, tag=tag, created_at=now))
+        if set(tags) - have:
+            audit.record(actor, "member.tags.add", "member", member_id, sorted(have), sorted(have | set(tags)), now)
+    return member_tags(member_id)
+
+
+def remove_tags(member_id, tags, actor, now=None):
+    now = now or clock.now()
+    tags = _clean_tags(tags)
+    with transaction():
+        _member(member_id, lock=True)
+        have = set(member_tags(member_id))
+        db.session.execute(sa.delete(MemberTag).where(MemberTag.member_id == member_id, MemberTag.tag.in_(tags)))
+        if have & set(tags):
+            audit.record(actor, "member.tags.remove", "member", member_id, sorted(have), sorted(have - set(tags)), now)
+    return member_tags(member_id)
+
+
+def member_tags(member_id):
+    return list(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member_id)
+                                   .order_by(MemberTag.tag)))
+
+
+def _member(member_id, lock=False):
+    member = db.session.get(Member, member_id, with_for_update={"of": Member} if lock else None)
+    if member is None:
+        raise NotFound(f"No member with id {member_id}.")
+    return member
+
+
+# --- segments -------------------------------------------------------------------------------------
+
+def segment_condition(name):
+    """The WHERE of a segment name: `high_value`, `at_risk`, `new`, ... (API.md), or
+    `stage:<stage>`, `segment:<segment>`, `tier:<code>`, `tag:<tag>`."""
+    kind, _, value = name.partition(":")
+    if not value:
+        kind, value = ("segment", name) if name in VALUE_SEGMENTS else ("stage", name)
+    if kind == "stage" and value in STAGES:
+        return Member.lifecycle_stage == value
+    if kind == "segment" and value in VALUE_SEGMENTS:
+        return Member.value_segment == value
+    if kind == "tier" and value:
+        return Member.tier_code == value
+    if kind == "tag" and TAG.match(value):
+        return sa.exists().where(MemberTag.member_id == Member.id, MemberTag.tag == value)
+    names = ", ".join(VALUE_SEGMENTS + STAGES[1:])
+    raise NotFound(f"No segment {name!r}. Segments: {names}; or stage:<stage>, segment:<segment>, "
+                   "tier:<code>, tag:<tag>.")
+
+
+def segment_page(name, limit=50, after_id=None):
+    """A page of the segment's members by id, with the figures the CSV shows."""
+    query = (sa.select(Member).where(segment_condition(name), Member.status == "active")
+             .order_by(Member.id).limit(limit + 1))
+    if after_id:
+        query = query.where(Member.id > after_id)
+    members = db.session.scalars(query).all()
+    more = len(members) > limit
+    members = members[:limit]
+    return members, _figures([m.id for m in members]), (members[-1].id if more else None)
+
+
+def _figures(member_ids):
+    """{member id: (12-month spend, last purchase)} for a page of members: one GROUP BY."""
+    if not member_ids:
+        return {}
+    year_ago = clock.now() - timedelta(days=365)
+    spend = sa.type_coerce(sa.func.sum(sa.case(
+        (Purchase.occurred_at >= year_ago, Purchase.amount - Purchase.refunded_amount), else_=0)), Money())
+    rows = db.session.execute(sa.select(Purchase.member_id, spend, sa.func.max(Purchase.occurred_at))
+                              .where(Purchase.member_id.in_(member_ids)).group_by(Purchase.member_id)).all()
+    return {member_id: (total, last) for member_id, total, last in rows}
+
+
+def mask_phone(phone):
+    """+8613812345678 -> +86138****5678: enough to recognise, not enough to call."""
+    if not phone:
+        return ""
+    return phone[:-8] + "****" + phone[-4:] if len(phone) > 8 else "****"
+
+
+def csv_rows(name):
+    """The segment as CSV text, a page of members at a time (a generator: streamed, not built)."""
+    segment_condition(name)  # an unknown segment is a 404 before the first byte
+    yield _csv_line(CSV_COLUMNS)
+    after = None
+    while True:
+        members, figures, after = segment_page(name, CSV_PAGE, after)
+        for member in members:
+            spend, last = figures.get(member.id, (Decimal("0.00"), None))
+            yield _csv_line((member.member_no, member.name, mask_phone(member.phone), member.tier_code,
+                             member.lifecycle_stage or "", member.value_segment or "",
+                             str(member.account.available if member.account else Decimal("0.00")),
+                             f"{spend or Decimal('0.00'):.2f}", last.strftime("%Y-%m-%dT%H:%M:%SZ") if last else ""))
+        db.session.expunge_all()
+        if after is None:
+            return
+
+
+def _csv_line(values):
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+def overview(now=None):
+    from loyalty.points import rules as rules_mod
+    from loyalty.points.service import current_rules
+    from loyalty.referrals.service import active_campaign, campaign_stats
+
+    now = now or clock.now()
+    by_tier = dict(db.session.execute(sa.select(Member.tier_code, sa.func.count())
+                                      .where(Member.status == "active").group_by(Member.tier_code)).all())
+    by_stage = {stage or "unknown": count for stage, count in db.session.execute(
+        sa.select(Member.lifecycle_stage, sa.func.count()).where(Member.status == "active")
+        .group_by(Member.lifecycle_stage)).all()}
+    by_segment = {segment or "none": count for segment, count in db.session.execute(
+        sa.select(Member.value_segment, sa.func.count()).where(Member.status == "active")
+        .group_by(Member.value_segment)).all()}
+    available, pending, debt = db.session.execute(sa.select(
+        sa.type_coerce(sa.func.coalesce(sa.func.sum(sa.case((Account.available > 0, Account.available),
+                                                            else_=0)), 0), Points()),
+        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.pending), 0), Points()),
+        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.debt), 0), Points()))).one()
+    expiring = db.session.scalar(sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Lot.remaining), 0), Points()))
+                                 .where(Lot.status == "available", Lot.remaining > 0, Lot.expires_at > now,
+                                        Lot.expires_at <= now + timedelta(days=30)))
+    flows = dict(db.session.execute(
+        sa.select(Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
+        .where(Entry.created_at >= now - timedelta(days=30)).group_by(Entry.type)).all())
+    rules = current_rules()
+    outstanding = available + pending
+    campaign = active_campaign(now)
+    zero = Decimal("0.00")
+    return {
+        "members": {"total": sum(by_tier.values()), "by_tier": by_tier, "by_lifecycle_stage": by_stage,
+                    "by_value_segment": by_segment},
+        "points": {
+            "outstanding": outstanding, "available": available, "pending": pending, "debt": debt,
+            "outstanding_money_value": {
+                "amount": (outstanding / rules.payment_points_per_unit).quantize(Decimal("0.01")),
+                "currency": current_app.config["LOYALTY_CURRENCY"]},
+            "expiring_30_days": expiring,
+        },
+        "last_30_days": {
+            "earned": flows.get("earn_purchase", zero) + flows.get("earn_activity", zero) + flows.get("bonus", zero),
+            "redeemed": -flows.get("redeem", zero), "paid": -flows.get("payment", zero),
+            "expired": -flows.get("expire", zero), "reversed": flows.get("reverse", zero),
+            "adjusted": flows.get("adjust", zero),
+        },
+        "referrals": campaign_stats(campaign.id) if campaign else None,
+        "as_of": now,
+    }
+
+
+def liability(now=None):
+    """Outstanding points by the month (local) they expire in; `never` for points that do not."""
+    now = now or clock.now()
+    tz = current_app.config["LOYALTY_TIMEZONE"]
+    rows = db.session.execute(
+        sa.select(Lot.expires_at, sa.type_coerce(sa.func.sum(Lot.remaining), Points()))
+        .where(Lot.status.in_(("available", "pending")), Lot.remaining > 0)
+        .group_by(Lot.expires_at).order_by(Lot.expires_at)).all()
+    months = OrderedDict()
+    never = Decimal("0.00")
+    for expires_at, points in rows:
+        if expires_at is None:
+            never += points
+            continue
+        month = clock.local_date(expires_at - timedelta(microseconds=1), tz).strftime("%Y-%m")
+        months[month] = months.get(month, Decimal("0.00")) + points
+    return {"items": [{"month": month, "points": points} for month, points in months.items()],
+            "never_expires": never, "total": sum(months.values(), never), "as_of": now}
