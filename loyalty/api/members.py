@@ -1,10 +1,12 @@
+from flask import g
 from flask.views import MethodView
 
 from loyalty.api import QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
                                          MemberSchema, MemberUpdateSchema)
+from loyalty.api.schemas.members import MergeSchema
 from loyalty.auth import roles
-from loyalty.members import service
+from loyalty.members import merge, service
 
 blp = Blueprint("members", __name__, description="Members: registration, lookup, profile, card")
 
@@ -52,3 +54,15 @@ class MemberCard(MethodView):
     def get(self, member_id, fmt):
         """The QR code of the member's card token (a POS scans it, then looks up `?card=`)"""
         return qr_response(service.get_member(member_id).card_token, fmt)
+
+
+@blp.route("/members/<id:member_id>/merge")
+class MemberMerge(MethodView):
+    @roles("admin")
+    @blp.idempotent
+    @blp.arguments(MergeSchema)
+    @blp.response(200, MemberSchema)
+    def post(self, data, member_id):
+        """Merge another record of the same person into this member (points, lots, history,
+        identities, referrals, tags); the other is closed and its lookups answer with this one"""
+        return merge.merge_members(member_id, data["from_member_id"], g.principal.actor)

@@ -29,6 +29,7 @@ class Member(db.Model):
     value_segment: Mapped[str | None] = mapped_column(sa.String(20))  # members.value_segments job
     ambassador_since = mapped_column(UTCDateTime)  # 推荐大使: a badge, given once
     status: Mapped[str] = mapped_column(sa.String(10), default="active", server_default="active")
+    merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))  # closed by a merge
     joined_at = mapped_column(UTCDateTime, nullable=False)
     updated_at = mapped_column(UTCDateTime, nullable=False)
 

@@ -139,17 +139,27 @@ def find_members(phone=None, email=None, channel=None, external_id=None, card=No
         raise ValidationFailed(
             "Look a member up by one of: phone, email, card, or channel together with external_id."
         )
-    return db.session.execute(query.order_by(Member.id)).unique().scalars().all()
+    found = db.session.execute(query.order_by(Member.id)).unique().scalars().all()
+    # A member closed by a merge answers with the member it was merged into.
+    return list(dict.fromkeys(_survivor(member) for member in found))
+
+
+def _survivor(member):
+    seen = 0
+    while member.merged_into_id is not None and seen < 10:
+        member, seen = db.session.get(Member, member.merged_into_id), seen + 1
+    return member
 
 
 def member_id_for(member_id=None, card=None):
-    """Resolve a POS's member reference: an id, or the token read from the member's card QR."""
+    """Resolve a POS's member reference: an id, or the token read from the member's card QR
+    (a card of a member merged into another credits the other)."""
     if member_id is not None:
         return member_id
-    found = db.session.scalar(sa.select(Member.id).where(Member.card_token == card))
+    found = db.session.scalar(sa.select(Member).where(Member.card_token == card))
     if found is None:
         raise NotFound("No member has this card; scan the member's card QR again.")
-    return found
+    return _survivor(found).id
 
 
 def _check_birthday(birthday, now):

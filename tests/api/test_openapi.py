@@ -41,6 +41,7 @@ CONTRACT = {
     "/api/v1/reports/overview": {"get"},
     "/api/v1/reports/liability": {"get"},
     "/api/v1/audit-log": {"get"},
+    "/api/v1/members/{member_id}/merge": {"post"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}

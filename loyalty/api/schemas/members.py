@@ -1,6 +1,6 @@
 from marshmallow import Schema, fields, validate, validates_schema, ValidationError
 
-from loyalty.api.schemas.common import PointsField, Timestamp
+from loyalty.api.schemas.common import PointsField, RecordId, Timestamp
 from loyalty.errors import ValidationFailed
 from loyalty.members import service
 
@@ -97,7 +97,9 @@ class MemberSchema(Schema):
     referral_code = fields.String()
     ambassador = fields.Method("get_ambassador", metadata={"description": "推荐大使: a top referrer"})
     joined_at = Timestamp()
-    status = fields.String()
+    status = fields.String(metadata={"enum": ["active", "closed"]})
+    merged_into_id = fields.Integer(allow_none=True, metadata={
+        "description": "A member closed by a merge: the member it was merged into"})
 
     def get_ambassador(self, member):
         return member.ambassador_since is not None
@@ -108,3 +110,7 @@ class MemberSchema(Schema):
 
 class MemberListSchema(Schema):
     items = fields.List(fields.Nested(MemberSchema))
+
+
+class MergeSchema(Schema):
+    from_member_id = RecordId(required=True)
