@@ -115,7 +115,7 @@ def get_member(member_id, for_update=False):
     if for_update:
         # Lock the member row only: its account is eagerly outer-joined, and PostgreSQL refuses
         # FOR UPDATE on the nullable side of an outer join.
-        query = query.with_for_update(of=Member)
+        query = query.with_for_update(of=Member, key_share=True)
     member = db.session.execute(query).unique().scalar_one_or_none()
     if member is None:
         raise NotFound(f"No member with id {member_id}.")

@@ -29,8 +29,10 @@ def lock_account(member_id, now):
         # The member comes along, locked too: every answer shows it, and an upgrade changes it.
         # (Locked rather than merely joined: after waiting for a lock, PostgreSQL re-reads only
         # the rows it locks, so an unlocked member row could be one a twin has since upgraded.)
+        # FOR NO KEY UPDATE: no key of either row changes, and it does not conflict with the
+        # KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
         .options(orm.joinedload(Account.member, innerjoin=True))
-        .with_for_update().execution_options(populate_existing=True)
+        .with_for_update(key_share=True).execution_options(populate_existing=True)
     ).unique().scalar_one_or_none()
     if account is None:
         raise NotFound(f"No member with id {member_id}.")

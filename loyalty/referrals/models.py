@@ -49,6 +49,7 @@ class Referral(db.Model):
     min_first_purchase = mapped_column(Money(), nullable=False)
     deadline = mapped_column(UTCDateTime, nullable=False)
     return_window_days: Mapped[int] = mapped_column(sa.Integer)
+    max_rewards_per_referrer: Mapped[int | None] = mapped_column(sa.Integer)
     purchase_id: Mapped[int | None] = mapped_column(sa.ForeignKey("purchases.id"))
     referrer_rewarded: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     points_granted = mapped_column(Points(), nullable=False, server_default=ZERO)

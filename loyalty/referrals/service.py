@@ -132,7 +132,7 @@ def campaign_stats(campaign_id):
     rewarded, capped, granted = db.session.execute(
         sa.select(sa.func.count().filter(Referral.referrer_rewarded.is_(True)),
                   sa.func.count().filter(Referral.status.in_(("qualified", "clawed_back")),
-                                         Referral.referrer_rewarded.is_(False)),
+                                         Referral.referrer_rewarded.is_(False), Referral.referrer_points > 0),
                   sa.type_coerce(sa.func.coalesce(sa.func.sum(Referral.points_granted), 0), Points()))
         .where(Referral.campaign_id == campaign.id)).one()
     invited = sum(counts.values())
@@ -178,7 +178,8 @@ def start_referral(referee, referrer_id, campaign, now):
         referrer_points=campaign.referrer_points, referee_points=campaign.referee_points,
         min_first_purchase=campaign.min_first_purchase,
         deadline=now + timedelta(days=campaign.qualify_within_days),
-        return_window_days=campaign.return_window_days, created_at=now))
+        return_window_days=campaign.return_window_days,
+        max_rewards_per_referrer=campaign.max_rewards_per_referrer, created_at=now))
 
 
 def apply_code(member_id, code, now=None):
@@ -197,6 +198,12 @@ def apply_code(member_id, code, now=None):
         if referrer_id == member.id:
             raise ValidationFailed("A member cannot use their own referral code.",
                                    errors={"referral_code": ["This is the member's own code."]})
+        if referrer_id > member.id:
+            # A referrer joined before the member they referred (which also keeps the locks of a
+            # first purchase in one order: referee, then the older referrer).
+            raise ValidationFailed("This code belongs to a member who joined after this one; a member can "
+                                   "only be referred by someone who was a member before them.",
+                                   errors={"referral_code": ["The code's owner joined later."]})
         member.referred_by_id = referrer_id
         start_referral(member, referrer_id, campaign, now)
     return member
@@ -230,8 +237,8 @@ def on_purchase(account, purchase, now):
     rewarded_before = db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(
         Referral.referrer_id == referral.referrer_id, Referral.campaign_id == referral.campaign_id,
         Referral.referrer_rewarded.is_(True)))
-    if referral.referrer_points > 0 and (campaign.max_rewards_per_referrer is None
-                                         or rewarded_before < campaign.max_rewards_per_referrer):
+    if referral.referrer_points > 0 and (referral.max_rewards_per_referrer is None
+                                         or rewarded_before < referral.max_rewards_per_referrer):
         ledger.credit(referrer_account, "bonus", referral.referrer_points,
                       f"Referral reward: member {account.member.member_no} made a first purchase",
                       ("referral", referral.id), now, expires_at=expires)

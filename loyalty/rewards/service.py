@@ -125,7 +125,10 @@ def catalog(member_id=None, include_inactive=False, now=None):
     if member_id is None:
         return [{"reward": reward} for reward in rewards]
     member = _member(member_id)
-    account = member.account
+    if ledger.has_due_lots(member_id, now):  # points released or expired since the last write
+        with transaction():
+            ledger.lock_account(member_id, now)
+    account = db.session.get(type(member.account), member_id, populate_existing=True)
     redeemed = _units_redeemed(member_id, [r.id for r in rewards], now)
     items = []
     for reward in rewards:
@@ -238,8 +241,10 @@ def cancel_redemption(redemption_id, actor, now=None):
         db.session.refresh(redemption)
         if redemption.status == "cancelled":
             return Outcome(redemption, account.member, replayed=True)
+        # Locked and read afresh: a till may have used one since the redemption was loaded.
         vouchers = db.session.scalars(sa.select(Voucher).where(
-            Voucher.redemption_id == redemption.id).order_by(Voucher.id).with_for_update()).all()
+            Voucher.redemption_id == redemption.id).order_by(Voucher.id)
+            .with_for_update(of=Voucher).execution_options(populate_existing=True)).all()
         unused = [v for v in vouchers if v.status == "issued"]
         if not unused:
             raise Conflict("Every voucher of this redemption has been used; there is nothing to cancel.")

@@ -71,7 +71,7 @@ def member_tags(member_id):
 
 
 def _member(member_id, lock=False):
-    member = db.session.get(Member, member_id, with_for_update={"of": Member} if lock else None)
+    member = db.session.get(Member, member_id, with_for_update={"of": Member, "key_share": True} if lock else None)
     if member is None:
         raise NotFound(f"No member with id {member_id}.")
     return member
