@@ -47,7 +47,6 @@ def upgrade():
     sa.Column('min_first_purchase', sa.BigInteger(), nullable=False),
     sa.Column('deadline', sa.DateTime(timezone=True), nullable=False),
     sa.Column('return_window_days', sa.Integer(), nullable=False),
-    sa.Column('max_rewards_per_referrer', sa.Integer(), nullable=True),
     sa.Column('purchase_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('referrer_rewarded', sa.Boolean(), server_default=sa.false(), nullable=False),
     sa.Column('points_granted', sa.BigInteger(), server_default=sa.text('0'), nullable=False),
