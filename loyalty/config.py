@@ -39,6 +39,12 @@ JOB_SETTINGS = {
     "LOYALTY_SEGMENT_AT_RISK_DAYS": 90,
     "LOYALTY_SEGMENT_POTENTIAL_MIN_PURCHASES": 4,
     "LOYALTY_SEGMENT_POTENTIAL_MAX_AVERAGE": "300.00",
+    # Webhooks: tries before a delivery is dead, the first back-off (doubled after each failure,
+    # at most 6 hours), how long to wait for an answer, deliveries per run.
+    "LOYALTY_WEBHOOK_MAX_ATTEMPTS": 8,
+    "LOYALTY_WEBHOOK_BACKOFF_SECONDS": 60,
+    "LOYALTY_WEBHOOK_TIMEOUT_SECONDS": 10,
+    "LOYALTY_WEBHOOK_BATCH": 200,
 }
 
 

@@ -68,14 +68,14 @@ class IdConverter(IntegerConverter):
 
 
 def register_blueprints(app):
-    from loyalty.api import health, jobs, members, points, referrals, reports, rewards, rules, tiers
+    from loyalty.api import health, jobs, members, points, referrals, reports, rewards, rules, tiers, webhooks
 
     app.url_map.converters["id"] = IdConverter
     # The largest request is a purchase of 500 items, well under 1 MiB; refuse more (413).
     if app.config.get("MAX_CONTENT_LENGTH") is None:
         app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     api.init_app(app)
-    for module in (members, points, rules, tiers, rewards, referrals, reports, jobs):
+    for module in (members, points, rules, tiers, rewards, referrals, reports, jobs, webhooks):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     api.register_blueprint(health.blp)
 

@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from flask import current_app
 
 from loyalty import clock
-from loyalty.database import Money, UTCDateTime, transaction
+from loyalty.database import Money, Points, UTCDateTime, transaction
 from loyalty.extensions import db
 from loyalty.jobs.points_jobs import BATCH, _cutoff, _ranges
 from loyalty.members.models import Member
 from loyalty.points.models import Activity, Purchase
+from loyalty.webhooks import service as webhooks
 
 
 def _setting(name):
@@ -179,6 +180,17 @@ def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
                 "FROM birthday_due d WHERE d.member_id = accounts.member_id), updated_at = :now "
                 "WHERE member_id IN (SELECT member_id FROM birthday_due)").bindparams(bind[0]), params)
             given += db.session.scalar(sa.text("SELECT COUNT(*) FROM birthday_due"))
+            if webhooks.subscribers("points.credited"):
+                webhooks.emit_many("points.credited", [
+                    {"member_id": member_id, "entry_type": "bonus", "points": points, "pending": False,
+                     "available_at": now, "expires_at": expires, "description": "Birthday gift",
+                     "reference": {"type": "birthday", "id": year},
+                     "balance": {"available": available, "pending": pending}}
+                    for member_id, points, available, pending in db.session.execute(sa.text(
+                        "SELECT d.member_id, d.points, a.available, a.pending FROM birthday_due d "
+                        "JOIN accounts a ON a.member_id = d.member_id ORDER BY d.member_id").columns(
+                        sa.column("member_id", sa.BigInteger), sa.column("points", Points()),
+                        sa.column("available", Points()), sa.column("pending", Points())))], now)
             db.session.execute(sa.text("DROP TABLE birthday_due"))
         if progress:
             progress(high - low + 1)

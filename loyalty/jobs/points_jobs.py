@@ -19,7 +19,8 @@ from loyalty.database import UTCDateTime, transaction
 from loyalty.extensions import db
 from loyalty.jobs.models import Notification
 from loyalty.members.models import Member
-from loyalty.points.models import Account, Lot
+from loyalty.points.models import Lot
+from loyalty.webhooks import service as webhooks
 
 BATCH = 50_000
 EXPIRY_DESCRIPTION = "Points expired"
@@ -181,6 +182,12 @@ def expiry_reminders(as_of, progress=None, now=None, days=None):
                      "created_at": now}
                     for member_id, expires_at, points in rows])
                 total += _reminders_in(low, high) - before
+                if webhooks.subscribers("points.expiring"):  # those this run queued, not older ones
+                    webhooks.emit_many("points.expiring", [
+                        {"member_id": member_id, **payload} for member_id, payload in db.session.execute(
+                            sa.select(Notification.member_id, Notification.payload).where(
+                                Notification.member_id.between(low, high), Notification.kind == "points_expiring",
+                                Notification.created_at == now).order_by(Notification.id))], now)
         if progress:
             progress(high - low + 1)
     return {"reminders": total, "rows": total}

@@ -43,6 +43,16 @@ def _pending_referrals():
     return db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(Referral.status == "pending"))
 
 
+def _deliver_webhooks(as_of, progress=None):
+    from loyalty.webhooks.service import deliver_due
+    return deliver_due(as_of, progress=progress)
+
+
+def _due_deliveries():
+    from loyalty.webhooks.service import due_count
+    return due_count()
+
+
 def _job(module, function):
     """A job function imported when it runs (the registry is read by the CLI at start-up)."""
     def run(as_of, progress=None):
@@ -68,6 +78,8 @@ JOBS = [
         "protection, one tier at a time", "30 2 * * *", _recompute_tiers, _member_count),
     Job("referrals.expire", "Pending referrals whose first-purchase deadline has passed expire",
         "15 2 * * *", _expire_referrals, _pending_referrals),
+    Job("webhooks.deliver", "Webhook deliveries that are due are sent (signed), retried with back-off, dead "
+        "after the last try", "* * * * *", _deliver_webhooks, _due_deliveries),
 ]
 
 

@@ -11,7 +11,7 @@ from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, ValidationFailed
 from loyalty.extensions import db
-from loyalty.members.models import Member, MemberIdentity
+from loyalty.members.models import MemberIdentity
 from loyalty.points import ledger
 from loyalty.points.models import Entry, Lot, PointsPayment, Purchase
 from loyalty.referrals.models import Referral

@@ -13,6 +13,7 @@ from loyalty.extensions import db
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
 from loyalty.referrals import service as referrals
+from loyalty.webhooks import service as webhooks
 
 # Unambiguous characters for codes people read aloud or type: no 0/O, 1/I/L.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -89,6 +90,9 @@ def register_member(name, phone=None, email=None, birthday=None, channel=None,
         member.account = Account(member_id=member.id, updated_at=now)
         if referrer_id is not None:
             referrals.start_referral(member, referrer_id, campaign, now)
+        webhooks.emit("member.created", {
+            "member_id": member.id, "member_no": member.member_no, "channel": channel,
+            "referred_by_id": referrer_id, "joined_at": now}, now)
     return member
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import orm
 from loyalty.errors import InsufficientPoints, NotFound
 from loyalty.extensions import db
 from loyalty.points.models import Account, Entry, Lot, LotAllocation
+from loyalty.webhooks import service as webhooks
 
 ZERO = Decimal("0.00")
 SPEND_ORDER = (sa.nulls_last(Lot.expires_at.asc()), Lot.id.asc())  # earliest expiry first
@@ -128,6 +129,11 @@ def credit(account, type_, points, description, reference, now, *, available_at=
     db.session.add(lot)
     if not pending:
         _pay_debt_from(account, lot)
+    webhooks.emit("points.credited", {
+        "member_id": account.member_id, "entry_type": type_, "points": points, "pending": pending,
+        "available_at": available_at, "expires_at": expires_at, "description": description,
+        "reference": {"type": reference[0], "id": str(reference[1])} if reference else None,
+        "balance": {"available": account.available, "pending": account.pending}}, now)
     return entry, lot
 
 

@@ -21,6 +21,7 @@ from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points.models import Purchase
 from loyalty.referrals.models import Referral, ReferralCampaign
+from loyalty.webhooks import service as webhooks
 
 ZERO = Decimal("0.00")
 CAMPAIGN_FIELDS = ("name", "starts_at", "ends_at", "referrer_points", "referee_points", "min_first_purchase",
@@ -245,6 +246,13 @@ def on_purchase(account, purchase, now):
         referral.referrer_rewarded = True
         referral.points_granted += referral.referrer_points
     _maybe_ambassador(referrer_account, campaign, now)
+    if referral.points_granted > 0:
+        webhooks.emit("referral.rewarded", {
+            "referral_id": referral.id, "campaign_id": referral.campaign_id,
+            "referrer_id": referral.referrer_id, "referee_id": referral.referee_id,
+            "purchase_id": purchase.id, "referee_points": referral.referee_points,
+            "referrer_points": referral.referrer_points if referral.referrer_rewarded else ZERO,
+            "referrer_over_cap": referral.referrer_points > 0 and not referral.referrer_rewarded}, now)
     return referral
 
 

@@ -18,6 +18,7 @@ from loyalty.extensions import db
 from loyalty.points import ledger
 from loyalty.rewards.models import KINDS, LIMIT_PERIODS, Redemption, Reward, Voucher
 from loyalty.tiers import service as tiers
+from loyalty.webhooks import service as webhooks
 
 # No 0/O, 1/I/L: a cashier may have to type it. 12 characters of 31: about 2^59 codes.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -327,6 +328,10 @@ def use_voucher(code, store_id, now=None):
             if voucher.status == "void":
                 raise VoucherVoid("This voucher was cancelled; its points went back to the member.")
             raise VoucherExpired(f"This voucher expired at {voucher.expires_at:%Y-%m-%d %H:%M} UTC.")
+        webhooks.emit("voucher.used", {
+            "code": voucher.code, "voucher_id": voucher.id, "redemption_id": voucher.redemption_id,
+            "reward_id": voucher.reward_id, "member_id": voucher.member_id, "store_id": store_id,
+            "used_at": now}, now)
     return voucher
 
 

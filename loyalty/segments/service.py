@@ -156,7 +156,6 @@ def _csv_line(values):
 # --- reports --------------------------------------------------------------------------------------
 
 def overview(now=None):
-    from loyalty.points import rules as rules_mod
     from loyalty.points.service import current_rules
     from loyalty.referrals.service import active_campaign, campaign_stats
 

@@ -22,6 +22,7 @@ from loyalty.points.models import Activity, Purchase
 from loyalty.tiers import rules
 from loyalty.tiers.models import Tier, TierChange
 from loyalty.tiers.rules import TierRule
+from loyalty.webhooks import service as webhooks
 
 HISTORY_LIMIT = 100
 
@@ -173,6 +174,8 @@ def _move(member, to_code, reason, now, held_until, note=None, actor=None):
     member.tier_since = now
     member.tier_held_until = held_until
     member.updated_at = now
+    webhooks.emit("tier.changed", {"member_id": member.id, "from": change.from_code, "to": to_code,
+                                   "reason": reason, "note": note}, now)
     return change
 
 
@@ -293,6 +296,14 @@ def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
         with transaction():
             _recompute_range(low, high, ordered, start, judged_at, max_drop, now)
             _apply_moves(low, high, now, since, judged_at, held_after_upgrade)
+            if webhooks.subscribers("tier.changed"):
+                webhooks.emit_many("tier.changed", [
+                    {"member_id": member_id, "from": from_code, "to": to_code, "reason": reason,
+                     "note": note} for member_id, from_code, to_code, reason, note in db.session.execute(
+                        sa.select(TierChange.member_id, TierChange.from_code, TierChange.to_code,
+                                  TierChange.reason, TierChange.note)
+                        .where(TierChange.member_id.between(low, high), TierChange.actor == RECOMPUTE_ACTOR,
+                               TierChange.created_at == now).order_by(TierChange.member_id))], now)
             moved = _moves_counted(low, high, now)
             counted = db.session.scalar(sa.select(sa.func.count()).select_from(Member)
                                         .where(Member.id.between(low, high)))

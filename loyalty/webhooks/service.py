@@ -1,0 +1,352 @@
+"""Webhooks: subscriptions (admin), the outbox written in each change's transaction, and the job
+that delivers it.
+
+An event is written only if some active subscription wants its type, in the same transaction as
+the change, with one delivery row per subscriber: the change and its events commit or vanish
+together. `webhooks.deliver` (every minute) POSTs each due delivery's body, signed with
+HMAC-SHA256 of the body under the subscription's secret, outside any transaction, then records the
+attempt. A 2xx answer delivers it; anything else (an error status, a timeout, a refused
+connection, a redirect) schedules a retry after a back-off that doubles each time (at most 6
+hours); after LOYALTY_WEBHOOK_MAX_ATTEMPTS tries the delivery is dead, and an admin may replay it.
+Delivery is at least once: a receiver that answers late may see an event twice, and tells by its id.
+"""
+import hashlib
+import hmac
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import simplejson
+import sqlalchemy as sa
+from flask import current_app
+
+from loyalty import audit, clock
+from loyalty.database import transaction
+from loyalty.errors import Conflict, NotFound, ValidationFailed
+from loyalty.extensions import db
+from loyalty.webhooks.models import EVENTS, Attempt, Delivery, Event, Subscription, SubscriptionEvent
+
+SIGNATURE_HEADER = "X-Loyalty-Signature"
+MAX_BACKOFF = timedelta(hours=6)
+EDITABLE = ("url", "description", "active")
+
+
+# --- subscriptions (admin) ------------------------------------------------------------------------
+
+def _check(fields):
+    errors = {}
+    if "url" in fields:
+        parts = urlsplit(fields["url"])
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            errors["url"] = ["Must be an http:// or https:// address with a host."]
+    if "events" in fields:
+        unknown = sorted(set(fields["events"]) - set(EVENTS))
+        if unknown or not fields["events"]:
+            errors["events"] = [f"Choose one or more of: {', '.join(EVENTS)}."]
+    if "secret" in fields and len(fields["secret"]) < 16:
+        errors["secret"] = ["At least 16 characters (a random string both sides keep)."]
+    if errors:
+        field = next(iter(errors))
+        raise ValidationFailed(f"The {field} is not valid: {errors[field][0]}", errors=errors)
+
+
+def _document(subscription):
+    """What the audit log keeps of a subscription: never its secret."""
+    return {"url": subscription.url, "description": subscription.description,
+            "events": subscription.events, "active": subscription.active}
+
+
+def create_subscription(fields, actor, now=None):
+    now = now or clock.now()
+    _check(fields)
+    with transaction():
+        subscription = Subscription(url=fields["url"], description=fields.get("description", ""),
+                                    secret=fields["secret"], active=fields.get("active", True),
+                                    created_at=now, updated_at=now)
+        subscription.event_rows = [SubscriptionEvent(event=e) for e in sorted(set(fields["events"]))]
+        db.session.add(subscription)
+        db.session.flush()
+        _forget_subscribers()
+        audit.record(actor, "webhook.create", "webhook", subscription.id, None, _document(subscription), now)
+    return subscription
+
+
+def update_subscription(subscription_id, changes, actor, now=None):
+    now = now or clock.now()
+    _check(changes)
+    with transaction():
+        subscription = _subscription(subscription_id, lock=True)
+        before = _document(subscription)
+        for key in EDITABLE:
+            if key in changes:
+                setattr(subscription, key, changes[key])
+        if "events" in changes:
+            wanted = set(changes["events"])
+            subscription.event_rows = [row for row in subscription.event_rows if row.event in wanted] + [
+                SubscriptionEvent(event=e) for e in sorted(wanted - set(subscription.events))]
+        if "secret" in changes:
+            subscription.secret = changes["secret"]
+        subscription.updated_at = now
+        after = _document(subscription)
+        if "secret" in changes:
+            after["secret"] = "changed"
+        _forget_subscribers()
+        audit.record(actor, "webhook.update", "webhook", subscription.id, before, after, now)
+    return subscription
+
+
+def delete_subscription(subscription_id, actor, now=None):
+    """The subscription stops; deliveries not yet made are cancelled. Its history stays readable."""
+    now = now or clock.now()
+    with transaction():
+        subscription = _subscription(subscription_id, lock=True)
+        before = _document(subscription)
+        subscription.active, subscription.deleted_at, subscription.updated_at = False, now, now
+        db.session.execute(sa.update(Delivery).where(Delivery.subscription_id == subscription.id,
+                                                     Delivery.status == "pending")
+                           .values(status="cancelled", next_attempt_at=None)
+                           .execution_options(synchronize_session=False))
+        _forget_subscribers()
+        audit.record(actor, "webhook.delete", "webhook", subscription.id, before, None, now)
+    return subscription
+
+
+def subscriptions():
+    return db.session.scalars(sa.select(Subscription).where(Subscription.deleted_at.is_(None))
+                              .order_by(Subscription.id)).all()
+
+
+def get_subscription(subscription_id):
+    return _subscription(subscription_id)
+
+
+def _subscription(subscription_id, lock=False):
+    subscription = db.session.get(Subscription, subscription_id, with_for_update=lock or None)
+    if subscription is None or subscription.deleted_at is not None:
+        raise NotFound(f"No webhook subscription with id {subscription_id}.")
+    return subscription
+
+
+def subscription_stats(subscription_ids):
+    """{subscription id: {status: count}} for the listing."""
+    rows = db.session.execute(sa.select(Delivery.subscription_id, Delivery.status, sa.func.count())
+                              .where(Delivery.subscription_id.in_(subscription_ids))
+                              .group_by(Delivery.subscription_id, Delivery.status)).all()
+    stats = {i: {"pending": 0, "delivered": 0, "dead": 0, "cancelled": 0} for i in subscription_ids}
+    for subscription_id, status, count in rows:
+        stats[subscription_id][status] = count
+    return stats
+
+
+def deliveries(subscription_id, status=None, limit=50, before_id=None):
+    """A subscription's deliveries newest first, with their attempts; keyset-paginated on the id."""
+    _subscription(subscription_id)
+    query = sa.select(Delivery).where(Delivery.subscription_id == subscription_id).order_by(Delivery.id.desc())
+    if status:
+        query = query.where(Delivery.status == status)
+    if before_id:
+        query = query.where(Delivery.id < before_id)
+    rows = db.session.scalars(query.limit(limit + 1)).all()
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+
+def replay(delivery_id, actor, now=None):
+    """Send a dead (or delivered) delivery again from the first try, as soon as the job runs."""
+    now = now or clock.now()
+    with transaction():
+        delivery = db.session.get(Delivery, delivery_id, with_for_update={"of": Delivery},
+                                  populate_existing=True)
+        if delivery is None:
+            raise NotFound(f"No webhook delivery with id {delivery_id}.")
+        if delivery.status == "pending":
+            raise Conflict("This delivery is still pending; the job will try it again at "
+                           f"{delivery.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC.")
+        if delivery.status == "cancelled":
+            raise Conflict("This delivery was cancelled with its subscription; it cannot be replayed.")
+        audit.record(actor, "webhook.replay", "webhook_delivery", delivery.id,
+                     {"status": delivery.status, "attempts": delivery.attempts}, {"status": "pending"}, now)
+        delivery.status, delivery.attempts, delivery.next_attempt_at = "pending", 0, now
+        delivery.delivered_at = None
+    return delivery
+
+
+def replay_dead(subscription_id, actor, now=None):
+    """Every dead delivery of a subscription becomes pending again (one UPDATE). Returns how many."""
+    now = now or clock.now()
+    with transaction():
+        _subscription(subscription_id, lock=True)
+        count = db.session.execute(
+            sa.update(Delivery).where(Delivery.subscription_id == subscription_id, Delivery.status == "dead")
+            .values(status="pending", attempts=0, next_attempt_at=now)
+            .execution_options(synchronize_session=False)).rowcount
+        audit.record(actor, "webhook.replay_dead", "webhook", subscription_id, None, {"replayed": count}, now)
+    return count
+
+
+# --- the outbox -------------------------------------------------------------------------------------
+
+def subscribers(event_type):
+    """Ids of the active subscriptions that want `event_type` (a tiny indexed join), read once per
+    transaction: a purchase that credits points three times asks once."""
+    transaction_now = db.session().get_transaction()
+    owner, cache = db.session.info.get("webhook_subscribers", (None, None))
+    if owner is not transaction_now:
+        cache = {}
+        db.session.info["webhook_subscribers"] = (transaction_now, cache)
+    if event_type not in cache:
+        cache[event_type] = db.session.scalars(
+            sa.select(SubscriptionEvent.subscription_id)
+            .join(Subscription, Subscription.id == SubscriptionEvent.subscription_id)
+            .where(SubscriptionEvent.event == event_type, Subscription.active.is_(True),
+                   Subscription.deleted_at.is_(None))).all()
+    return cache[event_type]
+
+
+def _forget_subscribers():
+    db.session.info.pop("webhook_subscribers", None)
+
+
+def emit(event_type, data, now):
+    """Inside the change's transaction: the event and its deliveries, if anyone listens."""
+    emit_many(event_type, [data], now)
+
+
+def emit_many(event_type, datas, now):
+    """Many events of one type (a job's batch): two multi-row INSERTs, no query per event."""
+    assert event_type in EVENTS, event_type
+    if not datas:
+        return 0
+    targets = subscribers(event_type)
+    if not targets:
+        return 0
+    events = [{"id": str(uuid.uuid4()), "type": event_type, "created_at": now} for _ in datas]
+    for event, data in zip(events, datas):
+        event["body"] = body_of(event["id"], event_type, now, data)
+    db.session.execute(sa.insert(Event), events)
+    db.session.execute(sa.insert(Delivery), [
+        {"event_id": event["id"], "subscription_id": target, "status": "pending", "attempts": 0,
+         "next_attempt_at": now, "created_at": now}
+        for event in events for target in targets])
+    return len(events)
+
+
+def body_of(event_id, event_type, created_at, data):
+    """The JSON a receiver gets: numbers exact (points are decimals, never floats)."""
+    return simplejson.dumps({"id": event_id, "type": event_type, "created_at": created_at.isoformat(),
+                             "data": data}, use_decimal=True, ensure_ascii=False, sort_keys=True,
+                            separators=(",", ":"), default=_iso)
+
+
+def _iso(value):
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def signature(secret, body: bytes):
+    """`sha256=` and the hex HMAC-SHA256 of the body under the secret (what receivers compare)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+# --- delivery (the job) -----------------------------------------------------------------------------
+
+def due_count(now=None):
+    now = now or clock.now()
+    return db.session.scalar(sa.select(sa.func.count()).select_from(Delivery).join(Subscription)
+                             .where(*_due(now)))
+
+
+def _due(now):
+    return (Delivery.status == "pending", Delivery.next_attempt_at <= now, Subscription.active.is_(True),
+            Subscription.deleted_at.is_(None))
+
+
+def deliver_due(as_of=None, progress=None, now=None, send=None):
+    """Try every delivery due now, oldest first, in batches: read a batch, POST each body with no
+    transaction open, then write the batch's attempts and outcomes in one transaction. A delivery
+    that fails is due later, so one run tries each at most once. `as_of` is unused (deliveries are
+    due by the clock); `send` replaces the HTTP call in tests."""
+    config = current_app.config
+    send = send or _post
+    totals = {"delivered": 0, "failed": 0, "dead": 0, "rows": 0}
+    after = 0
+    while True:
+        started = now or clock.now()
+        batch = db.session.execute(
+            sa.select(Delivery.id, Delivery.attempts, Event.id, Event.type, Event.body, Subscription.url,
+                      Subscription.secret)
+            .join(Event, Event.id == Delivery.event_id).join(Subscription, Subscription.id == Delivery.subscription_id)
+            .where(*_due(started), Delivery.id > after).order_by(Delivery.id)
+            .limit(config["LOYALTY_WEBHOOK_BATCH"])).all()
+        db.session.rollback()  # no transaction stays open while we wait for receivers
+        if not batch:
+            return totals
+        results = []
+        for delivery_id, attempts, event_id, event_type, body, url, secret in batch:
+            payload = body.encode()
+            headers = {"Content-Type": "application/json", "User-Agent": "loyalty-webhooks/1",
+                       "X-Loyalty-Event": event_type, "X-Loyalty-Event-Id": event_id,
+                       "X-Loyalty-Delivery": str(delivery_id), SIGNATURE_HEADER: signature(secret, payload)}
+            attempted_at = now or clock.now()
+            began = time.monotonic()
+            status_code, error = send(url, payload, headers, config["LOYALTY_WEBHOOK_TIMEOUT_SECONDS"])
+            results.append((delivery_id, attempts, attempted_at, status_code, error,
+                            int((time.monotonic() - began) * 1000)))
+        _record(results, config, totals)
+        after = batch[-1][0]
+        if progress:
+            progress(len(batch))
+
+
+def _record(results, config, totals):
+    max_attempts = config["LOYALTY_WEBHOOK_MAX_ATTEMPTS"]
+    backoff = timedelta(seconds=config["LOYALTY_WEBHOOK_BACKOFF_SECONDS"])
+    with transaction():
+        db.session.execute(sa.insert(Attempt), [
+            {"delivery_id": delivery_id, "attempted_at": at, "status_code": code, "error": error,
+             "duration_ms": duration}
+            for delivery_id, _, at, code, error, duration in results])
+        for delivery_id, attempts, at, code, error, _ in results:
+            tries = attempts + 1
+            ok = code is not None and 200 <= code < 300
+            if ok:
+                values = {"status": "delivered", "delivered_at": at, "next_attempt_at": None}
+                totals["delivered"] += 1
+            elif tries >= max_attempts:
+                values = {"status": "dead", "next_attempt_at": None}
+                totals["dead"] += 1
+            else:
+                values = {"next_attempt_at": at + min(backoff * 2 ** (tries - 1), MAX_BACKOFF)}
+                totals["failed"] += 1
+            # Only if nobody (an admin's replay) changed it while we were sending.
+            db.session.execute(
+                sa.update(Delivery).where(Delivery.id == delivery_id, Delivery.status == "pending",
+                                          Delivery.attempts == attempts)
+                .values(attempts=tries, last_status_code=code, last_error=error, **values)
+                .execution_options(synchronize_session=False))
+            totals["rows"] += 1
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer that is not 2xx: the delivery is retried
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def _post(url, body, headers, timeout):
+    """(status code or None, error text or None)."""
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            response.read(1024)
+            return response.status, None
+    except urllib.error.HTTPError as error:
+        return error.code, f"HTTP {error.code} {error.reason}"[:500]
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        return None, f"{type(reason).__name__}: {reason}"[:500]
