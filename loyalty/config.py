@@ -12,6 +12,9 @@ def from_environment(instance_path):
     return {
         "SECRET_KEY": os.environ.get("LOYALTY_SECRET_KEY", "dev-only-not-secret"),
         "SQLALCHEMY_DATABASE_URI": normalise_database_url(database_url),
+        # A database error's message never carries the statement's values (phones, emails, names)
+        # into a log.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"hide_parameters": True},
         "LOYALTY_CURRENCY": os.environ.get("LOYALTY_CURRENCY", "CNY").upper(),
         "LOYALTY_TIMEZONE": os.environ.get("LOYALTY_TIMEZONE", "Asia/Shanghai"),
         "LOYALTY_LOG_LEVEL": os.environ.get("LOYALTY_LOG_LEVEL", "INFO"),

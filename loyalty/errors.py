@@ -135,14 +135,16 @@ def handle_http_exception(error):
 
 def handle_integrity_error(error):
     """A unique key won by a concurrent twin: the client should retry, and will get a replay."""
-    log.info("integrity error turned into 409: %s", error.orig)
+    # The constraint's name, never the message: PostgreSQL's repeats the clashing values.
+    diag = getattr(error.orig, "diag", None)
+    log.info("integrity error turned into 409: %s", getattr(diag, "constraint_name", None) or type(error.orig).__name__)
     return error_response(
         409, "conflict", "A concurrent request changed the same record; send this request again."
     )
 
 
 def handle_operational_error(error):
-    log.error("database unavailable: %s", error)
+    log.error("database unavailable: %s: %s", type(error.orig).__name__, str(error.orig).split("\n")[0][:200])
     return error_response(503, "unavailable", HTTP_CODES[503][1])
 
 
