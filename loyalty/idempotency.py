@@ -4,6 +4,13 @@ The key is claimed (inserted) at the start of the request's transaction and the 
 in the same transaction, so either both the change and its answer are committed or neither is.
 A concurrent twin waits on the key's unique index (PostgreSQL) or the write lock (SQLite), then
 finds the committed answer and replays it.
+
+A refusal the service decided on the state of things (insufficient points, out of stock, a limit,
+a voucher already used...) is an answer too: its change is rolled back, then the refusal alone is
+kept for the key, so a duplicate of the request gets the same refusal even if points arrived in
+between (a till that was told "not enough points" and took cash must not be charged later by a
+retry). A refusal that says nothing about the outcome (malformed input, not found, a concurrent
+twin) is not kept: the request may be corrected or sent again.
 """
 import hashlib
 import json
@@ -16,10 +23,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty import clock
 from loyalty.database import BigId, UTCDateTime, transaction
-from loyalty.errors import IdempotencyConflict, ValidationFailed
+from loyalty.errors import IdempotencyConflict, LoyaltyError, ValidationFailed, handle_loyalty_error
 from loyalty.extensions import db
 
 REPLAY_HEADER = "Idempotent-Replayed"
+KEPT_REFUSALS = {"insufficient_points", "out_of_stock", "limit_reached", "not_eligible", "voucher_used",
+                 "voucher_expired", "voucher_void"}
 
 
 class IdempotencyRecord(db.Model):
@@ -81,9 +90,27 @@ def idempotent(view):
             if stored is None:
                 raise
             return _replay(stored, fingerprint)
+        except LoyaltyError as error:
+            if error.code not in KEPT_REFUSALS:
+                raise
+            return _keep_refusal(scope, key, fingerprint, handle_loyalty_error(error))
         return response
 
     return wrapper
+
+
+def _keep_refusal(scope, key, fingerprint, response):
+    db.session.rollback()
+    try:
+        with transaction():
+            db.session.add(IdempotencyRecord(api_key_id=scope, key=key, request_hash=fingerprint,
+                                             status=response.status_code, body=response.get_data(as_text=True),
+                                             created_at=clock.now()))
+    except IntegrityError:  # a twin got there first: its answer is the one
+        stored = _find(scope, key)
+        if stored is not None:
+            return _replay(stored, fingerprint)
+    return response
 
 
 def _find(scope, key):

@@ -35,6 +35,37 @@ def assert_replay_of(first, again):
 
 # --- the Idempotency-Key header -------------------------------------------------------------
 
+def test_a_refusal_on_the_points_is_kept_for_its_key_even_after_points_arrive(api, assert_ledger_ok):
+    """A till told "not enough points" takes cash; a duplicate of its request, arriving after the
+    member earned points, must not charge them: it gets the same refusal."""
+    member_id = new_member(api)
+    body = {"member_id": member_id, "payment_no": "P1", "points": 500}
+    first = api.post("pos", "/points-payments", json=body, **with_key("pay-1"))
+    api.post("pos", "/purchases", json={"member_id": member_id, "receipt_no": "R1", "amount": "900.00"})
+
+    again = api.post("pos", "/points-payments", json=body, **with_key("pay-1"))
+
+    assert (first.status_code, first.json["error"]) == (409, "insufficient_points")
+    assert again.status_code == 409 and again.headers[REPLAYED] == "true"
+    assert again.json == first.json
+    assert points(api, member_id)["available"] == 900
+    fresh = api.post("pos", "/points-payments", json={**body, "payment_no": "P2"}, **with_key("pay-2"))
+    assert fresh.status_code == 201  # a new request, with a new key, is decided afresh
+    assert_ledger_ok()
+
+
+def test_a_refusal_that_says_nothing_of_the_outcome_is_not_kept(api):
+    member_id = new_member(api)
+    body = {"member_id": member_id, "receipt_no": "R1", "amount": "100.00"}
+
+    refused = api.post("pos", "/purchases", json={**body, "member_id": 999}, **with_key("k-404"))
+    unknown = api.post("pos", "/purchases", json={**body, "member_id": 999}, **with_key("k-404"))
+
+    assert refused.status_code == unknown.status_code == 404
+    assert REPLAYED not in unknown.headers
+
+
+
 def test_a_repeated_adjustment_with_the_same_key_is_done_once(api, assert_ledger_ok):
     member_id = new_member(api)
     body = {"points": 50, "reason": "goodwill"}
@@ -122,21 +153,6 @@ def test_keys_belong_to_the_api_key_that_sent_them(api):
     assert (first.status_code, second.status_code) == (201, 201)
     assert REPLAYED not in second.headers
     assert points(api, member_id)["available"] == 30
-
-
-def test_a_failed_request_is_not_remembered_so_its_retry_can_succeed(api):
-    member_id = new_member(api)
-    body = {"member_id": member_id, "payment_no": "P1", "points": 100}
-
-    refused = api.post("pos", "/points-payments", json=body, **with_key("pay-1"))
-    api.post("admin", f"/members/{member_id}/adjustments", json={"points": 100, "reason": "top up"})
-    retried = api.post("pos", "/points-payments", json=body, **with_key("pay-1"))
-
-    assert refused.status_code == 409
-    assert refused.json["error"] == "insufficient_points"
-    assert retried.status_code == 201
-    assert REPLAYED not in retried.headers
-    assert points(api, member_id)["available"] == 0
 
 
 def test_a_reversal_with_the_same_key_is_replayed(api):
