@@ -124,7 +124,7 @@ def roles(*allowed):
             principal = authenticate(request.headers.get("Authorization"))
             if principal.role not in allowed:
                 raise Forbidden(
-                    f"A {principal.role} key may not do this; it needs one of: "
+                    f"{'An' if principal.role[0] in 'aeiou' else 'A'} {principal.role} key may not do this; it needs one of: "
                     f"{', '.join(sorted(allowed))}."
                 )
             g.principal = principal

@@ -56,7 +56,7 @@ class CampaignStats(MethodView):
 
 @blp.route("/members/<id:member_id>/referral")
 class MemberReferral(MethodView):
-    @roles("app", "marketing")
+    @roles("app")
     @blp.response(200, MemberReferralSchema)
     def get(self, member_id):
         """The member's referral code and link, how many they invited and qualified, ambassador or not"""

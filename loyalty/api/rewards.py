@@ -69,7 +69,7 @@ class MemberRedemptions(MethodView):
         """Spend points on a reward: one voucher per unit (send an Idempotency-Key: a retry redeems once)"""
         return answer(service.redeem(member_id, data["reward_id"], data["quantity"]))
 
-    @roles("app", "marketing")
+    @roles("app")
     @blp.arguments(RedemptionQuerySchema, location="query")
     @blp.response(200, RedemptionPageSchema)
     def get(self, query, member_id):
