@@ -37,7 +37,7 @@ def entries(entity_type=None, action=None, actor=None, since=None, until=None, l
     if action:
         query = query.where(AuditEntry.action == action)
     if actor:
-        query = query.where(AuditEntry.actor.contains(actor, autoescape=True))
+        query = query.where(AuditEntry.actor.icontains(actor, autoescape=True))
     if since:
         query = query.where(AuditEntry.created_at >= since)
     if until:

@@ -1,3 +1,5 @@
+import re
+
 from flask import Response, g, stream_with_context
 from flask.views import MethodView
 
@@ -25,7 +27,7 @@ class SegmentMembers(MethodView):
             rows = service.csv_rows(name)
             first = next(rows)  # an unknown segment fails here, as a 404, before anything is sent
             return Response(stream_with_context(_chain(first, rows)), mimetype="text/csv",
-                            headers={"Content-Disposition": f'attachment; filename="{name.replace(":", "-")}.csv"'})
+                            headers={"Content-Disposition": f'attachment; filename="{_file_name(name)}.csv"'})
         after = decode_cursor(query["cursor"]) if query.get("cursor") else None
         members, figures, last = service.segment_page(name, query["limit"], after)
         items = []
@@ -37,6 +39,11 @@ class SegmentMembers(MethodView):
                           "available_points": member.account.available, "spend_12_months": spend or 0,
                           "last_purchase_at": last_purchase})
         return {"items": items, "next_cursor": encode_cursor(last) if last else None}
+
+
+def _file_name(name):
+    """The segment's name as a safe file name: letters, digits, - _ . only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
 
 
 def _chain(first, rest):

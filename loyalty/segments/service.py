@@ -18,6 +18,7 @@ from loyalty.extensions import db
 from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, Purchase
 from loyalty.segments.models import MemberTag
+from loyalty.tiers import service as tiers_service
 
 STAGES = ("potential", "new", "active", "dormant", "churned")
 VALUE_SEGMENTS = ("high_value", "potential", "low_value", "at_risk")
@@ -83,19 +84,22 @@ def segment_condition(name):
     """The WHERE of a segment name: `high_value`, `at_risk`, `new`, ... (API.md), or
     `stage:<stage>`, `segment:<segment>`, `tier:<code>`, `tag:<tag>`."""
     kind, _, value = name.partition(":")
+    if kind == "tag":
+        value = value.strip().lower()  # tags are stored lower-case: tag:VIP finds "vip"
     if not value:
         kind, value = ("segment", name) if name in VALUE_SEGMENTS else ("stage", name)
     if kind == "stage" and value in STAGES:
         return Member.lifecycle_stage == value
     if kind == "segment" and value in VALUE_SEGMENTS:
         return Member.value_segment == value
-    if kind == "tier" and value:
+    if kind == "tier" and value in {tier.code for tier in tiers_service.tiers()}:
         return Member.tier_code == value
     if kind == "tag" and TAG.match(value):
         return sa.exists().where(MemberTag.member_id == Member.id, MemberTag.tag == value)
     names = ", ".join(VALUE_SEGMENTS + STAGES[1:])
+    tier_codes = ", ".join(tier.code for tier in tiers_service.tiers())
     raise NotFound(f"No segment {name!r}. Segments: {names}; or stage:<stage>, segment:<segment>, "
-                   "tier:<code>, tag:<tag>.")
+                   f"tier:<code> ({tier_codes}), tag:<tag>.")
 
 
 def segment_page(name, limit=50, after_id=None):
@@ -138,7 +142,7 @@ def csv_rows(name):
         members, figures, after = segment_page(name, CSV_PAGE, after)
         for member in members:
             spend, last = figures.get(member.id, (Decimal("0.00"), None))
-            yield _csv_line((member.member_no, member.name, mask_phone(member.phone), member.tier_code,
+            yield _csv_line((member.member_no, _inert(member.name), mask_phone(member.phone), member.tier_code,
                              member.lifecycle_stage or "", member.value_segment or "",
                              str(member.account.available if member.account else Decimal("0.00")),
                              f"{spend or Decimal('0.00'):.2f}", last.strftime("%Y-%m-%dT%H:%M:%SZ") if last else ""))
@@ -151,6 +155,12 @@ def _csv_line(values):
     out = io.StringIO()
     csv.writer(out).writerow(values)
     return out.getvalue()
+
+
+def _inert(value):
+    """Free text a spreadsheet will not run: a name starting with = + - @ (a member may call
+    themselves "=HYPERLINK(...)") gets a leading apostrophe."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
 
 # --- reports --------------------------------------------------------------------------------------
@@ -178,7 +188,7 @@ def overview(now=None):
                                         Lot.expires_at <= now + timedelta(days=30)))
     flows = dict(db.session.execute(
         sa.select(Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
-        .where(Entry.created_at >= now - timedelta(days=30)).group_by(Entry.type)).all())
+        .where(Entry.created_at >= now - timedelta(days=30), Entry.created_at <= now).group_by(Entry.type)).all())
     rules = current_rules()
     outstanding = available + pending
     campaign = active_campaign(now)
