@@ -265,9 +265,9 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
     rules = current_rules()
     value = rules_mod.payment_money_value(points, rules)
     if value is None or value <= 0:
-        step = (rules.payment_points_per_unit / 100).normalize()
+        step = f"{(rules.payment_points_per_unit / 100).normalize():f}"  # 1, not 1E+0
         raise ValidationFailed(
-            f"Points pay in whole cents: {rules.payment_points_per_unit.normalize()} points are 1 "
+            f"Points pay in whole cents: {rules.payment_points_per_unit.normalize():f} points are 1 "
             f"{currency}, so pay a multiple of {step} points.",
             errors={"points": [f"Must be a multiple of {step}."]})
     with transaction():
