@@ -10,6 +10,7 @@ from loyalty import auth, create_app
 from loyalty.extensions import db
 from loyalty.points.service import seed_rules
 from loyalty.tiers.service import seed_tiers
+from loyalty.webhooks.service import forget_subscribers
 
 TEST_DATABASE_URL = os.environ.get("LOYALTY_TEST_DATABASE_URL")
 
@@ -62,6 +63,7 @@ def empty_tables():
 def clean_database(app):
     with app.app_context():
         empty_tables()
+        forget_subscribers()  # the webhook subscribers this process remembers went with the tables
         seed_rules()
         seed_tiers()
         db.session.remove()

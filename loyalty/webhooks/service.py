@@ -69,8 +69,9 @@ def create_subscription(fields, actor, now=None):
         subscription.event_rows = [SubscriptionEvent(event=e) for e in sorted(set(fields["events"]))]
         db.session.add(subscription)
         db.session.flush()
-        _forget_subscribers()
+        forget_subscribers()
         audit.record(actor, "webhook.create", "webhook", subscription.id, None, _document(subscription), now)
+    forget_subscribers()  # again after the commit: a request in between may have read the old list
     return subscription
 
 
@@ -93,8 +94,9 @@ def update_subscription(subscription_id, changes, actor, now=None):
         after = _document(subscription)
         if "secret" in changes:
             after["secret"] = "changed"
-        _forget_subscribers()
+        forget_subscribers()
         audit.record(actor, "webhook.update", "webhook", subscription.id, before, after, now)
+    forget_subscribers()
     return subscription
 
 
@@ -109,8 +111,9 @@ def delete_subscription(subscription_id, actor, now=None):
                                                      Delivery.status == "pending")
                            .values(status="cancelled", next_attempt_at=None)
                            .execution_options(synchronize_session=False))
-        _forget_subscribers()
+        forget_subscribers()
         audit.record(actor, "webhook.delete", "webhook", subscription.id, before, None, now)
+    forget_subscribers()
     return subscription
 
 
@@ -188,25 +191,28 @@ def replay_dead(subscription_id, actor, now=None):
 
 # --- the outbox -------------------------------------------------------------------------------------
 
+_subscribers = {}  # event type -> (read at, subscription ids): this process's cache
+
+
 def subscribers(event_type):
-    """Ids of the active subscriptions that want `event_type` (a tiny indexed join), read once per
-    transaction: a purchase that credits points three times asks once."""
-    transaction_now = db.session().get_transaction()
-    owner, cache = db.session.info.get("webhook_subscribers", (None, None))
-    if owner is not transaction_now:
-        cache = {}
-        db.session.info["webhook_subscribers"] = (transaction_now, cache)
-    if event_type not in cache:
-        cache[event_type] = db.session.scalars(
+    """Ids of the active subscriptions that want `event_type` (a tiny indexed join). Kept for
+    LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS (5) in this process, so a purchase does not pay a round
+    trip to learn that nobody listens; a change of subscriptions reaches other processes within that
+    time (this one at once)."""
+    ttl = current_app.config["LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS"]
+    cached = _subscribers.get(event_type)
+    if cached is None or time.monotonic() - cached[0] >= ttl:
+        ids = db.session.scalars(
             sa.select(SubscriptionEvent.subscription_id)
             .join(Subscription, Subscription.id == SubscriptionEvent.subscription_id)
             .where(SubscriptionEvent.event == event_type, Subscription.active.is_(True),
                    Subscription.deleted_at.is_(None))).all()
-    return cache[event_type]
+        cached = _subscribers[event_type] = (time.monotonic(), ids)
+    return cached[1]
 
 
-def _forget_subscribers():
-    db.session.info.pop("webhook_subscribers", None)
+def forget_subscribers():
+    _subscribers.clear()
 
 
 def emit(event_type, data, now):
