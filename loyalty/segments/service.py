@@ -170,8 +170,9 @@ def overview(now=None):
     from loyalty.referrals.service import active_campaign, campaign_stats
 
     now = now or clock.now()
-    by_tier = dict(db.session.execute(sa.select(Member.tier_code, sa.func.count())
+    counted = dict(db.session.execute(sa.select(Member.tier_code, sa.func.count())
                                       .where(Member.status == "active").group_by(Member.tier_code)).all())
+    by_tier = {tier.code: counted.get(tier.code, 0) for tier in tiers_service.tiers()}  # the ladder's order
     by_stage = {stage or "unknown": count for stage, count in db.session.execute(
         sa.select(Member.lifecycle_stage, sa.func.count()).where(Member.status == "active")
         .group_by(Member.lifecycle_stage)).all()}

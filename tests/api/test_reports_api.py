@@ -331,7 +331,7 @@ def test_the_overview_over_http(api, world):
         report = get_ok(api, "marketing", "/reports/overview")
 
     assert report["members"]["total"] == 6
-    assert report["members"]["by_tier"] == {"ordinary": 5, "gold": 1}
+    assert report["members"]["by_tier"] == {"ordinary": 5, "silver": 0, "gold": 1, "diamond": 0}
     assert report["members"]["by_lifecycle_stage"] == {"active": 1, "dormant": 1, "new": 2, "potential": 1,
                                                        "churned": 1}
     assert report["points"] == {"outstanding": 811, "available": D("730.5"), "pending": D("80.5"), "debt": 0,

@@ -525,7 +525,7 @@ def test_an_empty_programme_and_members_the_jobs_have_not_seen_yet():
     assert empty["last_30_days"] == {key: 0 for key in ("earned", "redeemed", "paid", "expired", "reversed",
                                                          "adjusted")}
     assert fresh["members"]["total"] == 1
-    assert fresh["members"]["by_tier"] == {"ordinary": 1}
+    assert fresh["members"]["by_tier"] == {"ordinary": 1, "silver": 0, "gold": 0, "diamond": 0}
     assert fresh["members"]["by_lifecycle_stage"] == {"unknown": 1}
     assert fresh["members"]["by_value_segment"] == {"none": 1}
 
