@@ -243,6 +243,9 @@ def adjust_points(member_id, points, reason, actor, now=None):
     points = points.quantize(rules_mod.CENT)
     with transaction():
         account = ledger.lock_account(member_id, now)
+        balance = lambda: {"available": str(account.available), "pending": str(account.pending),  # noqa: E731
+                           "debt": str(account.debt)}
+        before = balance()
         description = f"Adjustment: {reason}"
         if points > 0:
             entry, _ = ledger.credit(account, "adjust", points, description, None, now,
@@ -251,8 +254,8 @@ def adjust_points(member_id, points, reason, actor, now=None):
             entry = ledger.claw_back(account, -points, description, None, now, type_="adjust",
                                      unearned=False)
         db.session.flush()
-        audit.record(actor, "points.adjust", "member", member_id, None,
-                     {"points": str(points), "reason": reason, "entry_id": entry.id}, now)
+        audit.record(actor, "points.adjust", "member", member_id, before,
+                     {"points": str(points), "reason": reason, "entry_id": entry.id, **balance()}, now)
     return entry
 
 

@@ -482,6 +482,7 @@ def test_each_entry_says_what_was_before_and_after(api, changes):
     assert (D(before["points_cost"]), D(after["points_cost"])) == (100, 120)
     before, after = log["points.adjust"]
     assert (D(after["points"]), after["reason"]) == (25, "goodwill") and after["entry_id"]
+    assert (D(before["available"]), D(after["available"])) == (0, 25)
     before, after = log["member.tier.set"]
     assert (before["tier"], after["tier"], after["reason"]) == ("ordinary", "gold", "VIP")
     before, after = log["member.merge"]

@@ -47,7 +47,9 @@ def test_an_adjustment_is_recorded_in_the_audit_log(ctx):
 
     [record] = audit_entries()
     assert (record.actor, record.entity_type, record.entity_id) == ("admin:ops", "member", str(member.id))
-    assert record.after == {"points": "10.00", "reason": "store error", "entry_id": entry.id}
+    assert record.before == {"available": "0.00", "pending": "0.00", "debt": "0.00"}
+    assert record.after == {"points": "10.00", "reason": "store error", "entry_id": entry.id,
+                            "available": "10.00", "pending": "0.00", "debt": "0.00"}
     assert record.created_at == T0
 
 
