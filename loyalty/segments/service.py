@@ -18,7 +18,7 @@ from loyalty.extensions import db
 from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, Purchase
 from loyalty.segments.models import MemberTag
-from loyalty.tiers import service as tiers_service
+from loyalty.tiers.models import Tier
 
 STAGES = ("potential", "new", "active", "dormant", "churned")
 VALUE_SEGMENTS = ("high_value", "potential", "low_value", "at_risk")
@@ -92,14 +92,20 @@ def segment_condition(name):
         return Member.lifecycle_stage == value
     if kind == "segment" and value in VALUE_SEGMENTS:
         return Member.value_segment == value
-    if kind == "tier" and value in {tier.code for tier in tiers_service.tiers()}:
+    if kind == "tier" and value in _tier_codes():
         return Member.tier_code == value
     if kind == "tag" and TAG.match(value):
         return sa.exists().where(MemberTag.member_id == Member.id, MemberTag.tag == value)
     names = ", ".join(VALUE_SEGMENTS + STAGES[1:])
-    tier_codes = ", ".join(tier.code for tier in tiers_service.tiers())
+    tier_codes = ", ".join(_tier_codes())
     raise NotFound(f"No segment {name!r}. Segments: {names}; or stage:<stage>, segment:<segment>, "
                    f"tier:<code> ({tier_codes}), tag:<tag>.")
+
+
+def _tier_codes():
+    """The ladder's codes, lowest first (read, not taken from a session cache that a long CSV
+    stream expunges)."""
+    return db.session.scalars(sa.select(Tier.code).order_by(Tier.rank)).all()
 
 
 def segment_page(name, limit=50, after_id=None):
@@ -172,7 +178,7 @@ def overview(now=None):
     now = now or clock.now()
     counted = dict(db.session.execute(sa.select(Member.tier_code, sa.func.count())
                                       .where(Member.status == "active").group_by(Member.tier_code)).all())
-    by_tier = {tier.code: counted.get(tier.code, 0) for tier in tiers_service.tiers()}  # the ladder's order
+    by_tier = {code: counted.get(code, 0) for code in _tier_codes()}  # the ladder's order
     by_stage = {stage or "unknown": count for stage, count in db.session.execute(
         sa.select(Member.lifecycle_stage, sa.func.count()).where(Member.status == "active")
         .group_by(Member.lifecycle_stage)).all()}
