@@ -28,39 +28,53 @@ def lifecycle(as_of, progress=None, now=None, batch=BATCH):
     for longer, up to LOYALTY_LIFECYCLE_CHURN_DAYS (90); churned: quiet for longer than that."""
     now = now or clock.now()
     at = _cutoff(as_of, now)
-    new_since = at - timedelta(days=_setting("LOYALTY_LIFECYCLE_NEW_DAYS"))
-    active_since = at - timedelta(days=_setting("LOYALTY_LIFECYCLE_ACTIVE_DAYS"))
-    churn_before = at - timedelta(days=_setting("LOYALTY_LIFECYCLE_CHURN_DAYS"))
-    first_purchase = (sa.select(sa.func.min(Purchase.occurred_at))
-                      .where(Purchase.member_id == Member.id, Purchase.occurred_at < at).scalar_subquery())
-    last_purchase = (sa.select(sa.func.max(Purchase.occurred_at))
-                     .where(Purchase.member_id == Member.id, Purchase.occurred_at < at).scalar_subquery())
-    last_activity = (sa.select(sa.func.max(Activity.occurred_at))
-                     .where(Activity.member_id == Member.id, Activity.occurred_at < at).scalar_subquery())
     when = UTCDateTime()
-    last_seen = sa.case((sa.and_(last_activity.is_not(None),
-                                 sa.or_(last_purchase.is_(None), last_activity > last_purchase)), last_activity),
-                        else_=last_purchase)
-    stage = sa.case(
-        (first_purchase.is_(None), "potential"),
-        (first_purchase >= sa.literal(new_since, when), "new"),
-        (last_seen >= sa.literal(active_since, when), "active"),
-        (last_seen >= sa.literal(churn_before, when), "dormant"),
-        else_="churned")
-    return _update_column("lifecycle_stage", stage, batch, progress, now)
+    new_since = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_NEW_DAYS")), when)
+    active_since = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_ACTIVE_DAYS")), when)
+    churn_before = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_CHURN_DAYS")), when)
+
+    def stages(low, high):
+        bought = (sa.select(Purchase.member_id.label("member_id"),
+                            sa.func.min(Purchase.occurred_at).label("first"),
+                            sa.func.max(Purchase.occurred_at).label("last"))
+                  .where(Purchase.member_id.between(low, high), Purchase.occurred_at < sa.literal(at, when))
+                  .group_by(Purchase.member_id).subquery("bought"))
+        acted = (sa.select(Activity.member_id.label("member_id"), sa.func.max(Activity.occurred_at).label("last"))
+                 .where(Activity.member_id.between(low, high), Activity.occurred_at < sa.literal(at, when))
+                 .group_by(Activity.member_id).subquery("acted"))
+        first_purchase, last_purchase, last_activity = bought.c.first, bought.c.last, acted.c.last
+        last_seen = sa.case((sa.and_(last_activity.is_not(None),
+                                     sa.or_(last_purchase.is_(None), last_activity > last_purchase)), last_activity),
+                            else_=last_purchase)
+        stage = sa.case(
+            (first_purchase.is_(None), "potential"),
+            (first_purchase >= new_since, "new"),
+            (last_seen >= active_since, "active"),
+            (last_seen >= churn_before, "dormant"),
+            else_="churned")
+        member = sa.orm.aliased(Member, name="member")
+        return (sa.select(member.id.label("member_id"), stage.label("value"))
+                .outerjoin(bought, bought.c.member_id == member.id)
+                .outerjoin(acted, acted.c.member_id == member.id)
+                .where(member.id.between(low, high), member.status == "active")
+                .subquery("computed"))
+
+    return _update_column(Member.lifecycle_stage, stages, batch, progress, now)
 
 
-def _update_column(column, value, batch, progress, now):
+def _update_column(column, computed, batch, progress, now):
+    """Per id range: the new value of `column` for each active member, computed once from per-member
+    aggregates (`computed(low, high)`, a subquery of member_id, value), then one UPDATE ... FROM of
+    the members whose value differs (NULL-safe). No query and no correlated subquery per member."""
     changed = 0
     for low, high in _ranges(batch):
         with transaction():
-            # The computed value once per member: a CTE-free UPDATE ... WHERE IS DISTINCT FROM would
-            # compute it twice, so compare in the SET and count changes after.
+            values = computed(low, high)
             result = db.session.execute(
-                sa.update(Member).where(Member.id.between(low, high), Member.status == "active",
-                                        sa.or_(getattr(Member, column).is_(None),
-                                               getattr(Member, column) != value))
-                .values({column: value, "updated_at": now})
+                # The range again on the target: PostgreSQL would otherwise hash-join it whole.
+                sa.update(Member).where(Member.id.between(low, high), Member.id == values.c.member_id,
+                                        column.is_distinct_from(values.c.value))
+                .values({column.key: values.c.value, "updated_at": now})
                 .execution_options(synchronize_session=False))
             changed += result.rowcount
         if progress:
@@ -79,52 +93,51 @@ def value_segments(as_of, progress=None, now=None, batch=BATCH):
     year_ago = at - timedelta(days=365)
     at_risk_since = at - timedelta(days=_setting("LOYALTY_SEGMENT_AT_RISK_DAYS"))
     net = Purchase.amount - Purchase.refunded_amount
-    # The spend a member needs to be in the top share: one aggregate over the year's purchases.
-    spends = (sa.select(sa.type_coerce(sa.func.sum(net), Money()).label("spend")).where(
-        Purchase.occurred_at >= year_ago, Purchase.occurred_at < at).group_by(Purchase.member_id)
-        .having(sa.func.sum(net) > 0).subquery())
-    buyers = db.session.scalar(sa.select(sa.func.count()).select_from(spends))
-    top = max(1, int(Decimal(buyers) * Decimal(str(_setting("LOYALTY_SEGMENT_HIGH_VALUE_SHARE")))))
-    threshold = db.session.scalar(sa.select(spends.c.spend).order_by(spends.c.spend.desc())
-                                  .offset(top - 1).limit(1)) if buyers else None
+    # The spend a member needs to be in the top share: the spend of the member ranked
+    # max(1, floor(buyers x share)) by the year's spend, in one pass over the year's purchases.
+    share_num, share_den = Decimal(str(_setting("LOYALTY_SEGMENT_HIGH_VALUE_SHARE"))).as_integer_ratio()
+    spends = (sa.select(sa.func.sum(net).label("spend"),
+                        sa.func.row_number().over(order_by=sa.func.sum(net).desc()).label("position"),
+                        sa.func.count().over().label("buyers"))
+              .where(Purchase.occurred_at >= year_ago, Purchase.occurred_at < at).group_by(Purchase.member_id)
+              .having(sa.func.sum(net) > 0).subquery())
+    top = spends.c.buyers * share_num // share_den  # integers: floor, exactly
+    threshold = db.session.scalar(
+        sa.select(sa.type_coerce(spends.c.spend, Money()))
+        .where(spends.c.position == sa.case((top < 1, 1), else_=top)))
     db.session.rollback()
     when = UTCDateTime()
-    year_spend = sa.type_coerce(sa.select(sa.func.coalesce(sa.func.sum(net), 0)).where(
-        Purchase.member_id == Member.id, Purchase.occurred_at >= sa.literal(year_ago, when),
-        Purchase.occurred_at < sa.literal(at, when)).scalar_subquery(), Money())
-    year_count = sa.select(sa.func.count()).where(
-        Purchase.member_id == Member.id, Purchase.occurred_at >= sa.literal(year_ago, when),
-        Purchase.occurred_at < sa.literal(at, when)).scalar_subquery()
-    last_purchase = sa.select(sa.func.max(Purchase.occurred_at)).where(
-        Purchase.member_id == Member.id, Purchase.occurred_at < sa.literal(at, when)).scalar_subquery()
+    in_year = Purchase.occurred_at >= sa.literal(year_ago, when)
     potential_max = Decimal(str(_setting("LOYALTY_SEGMENT_POTENTIAL_MAX_AVERAGE")))
-    segment = sa.case(
-        (last_purchase.is_(None), None),
-        (last_purchase < sa.literal(at_risk_since, when), "at_risk"),
-        *([(year_spend >= sa.literal(threshold, Money()), "high_value")] if threshold is not None else []),
-        (sa.and_(year_count >= _setting("LOYALTY_SEGMENT_POTENTIAL_MIN_PURCHASES"),
-                 year_spend < sa.literal(potential_max, Money()) * year_count), "potential"),
-        else_="low_value")
-    result = _update_segment(segment, batch, progress, now)
+
+    def segments(low, high):
+        # Per member, in one pass over their purchases before the cutoff: the last one, and the
+        # year's net spend and count.
+        bought = (sa.select(Purchase.member_id.label("member_id"),
+                            sa.func.max(Purchase.occurred_at).label("last"),
+                            sa.func.sum(sa.case((in_year, net), else_=sa.literal_column("0"))).label("spend"),
+                            sa.func.count(sa.case((in_year, sa.literal_column("1")))).label("purchases"))
+                  .where(Purchase.member_id.between(low, high), Purchase.occurred_at < sa.literal(at, when))
+                  .group_by(Purchase.member_id).subquery("bought"))
+        year_spend = sa.type_coerce(sa.func.coalesce(bought.c.spend, 0), Money())
+        year_count = sa.func.coalesce(bought.c.purchases, 0)
+        last_purchase = bought.c.last
+        segment = sa.case(
+            (last_purchase.is_(None), None),
+            (last_purchase < sa.literal(at_risk_since, when), "at_risk"),
+            *([(year_spend >= sa.literal(threshold, Money()), "high_value")] if threshold is not None else []),
+            (sa.and_(year_count >= _setting("LOYALTY_SEGMENT_POTENTIAL_MIN_PURCHASES"),
+                     year_spend < sa.literal(potential_max, Money()) * year_count), "potential"),
+            else_="low_value")
+        member = sa.orm.aliased(Member, name="member")
+        return (sa.select(member.id.label("member_id"), segment.label("value"))
+                .outerjoin(bought, bought.c.member_id == member.id)
+                .where(member.id.between(low, high), member.status == "active")
+                .subquery("computed"))
+
+    result = _update_column(Member.value_segment, segments, batch, progress, now)
     result["high_value_threshold"] = None if threshold is None else str(threshold)
     return result
-
-
-def _update_segment(segment, batch, progress, now):
-    changed = 0
-    for low, high in _ranges(batch):
-        with transaction():
-            result = db.session.execute(
-                sa.update(Member).where(Member.id.between(low, high), Member.status == "active",
-                                        sa.or_(sa.and_(Member.value_segment.is_(None), segment.is_not(None)),
-                                               sa.and_(Member.value_segment.is_not(None), segment.is_(None)),
-                                               Member.value_segment != segment))
-                .values(value_segment=segment, updated_at=now)
-                .execution_options(synchronize_session=False))
-            changed += result.rowcount
-        if progress:
-            progress(high - low + 1)
-    return {"changed": changed, "rows": changed}
 
 
 def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):

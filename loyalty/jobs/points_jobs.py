@@ -9,6 +9,7 @@ purchase for one of those members waits for the batch (and then sees its result)
 settling the same lots twice. Idempotent: a second run finds nothing due. Restartable: a run
 killed half-way has committed whole ranges only, and the next run does the rest.
 """
+import json
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -56,6 +57,16 @@ def _lock_accounts(low, high, due_condition, params):
         f"ORDER BY a.member_id FOR UPDATE"), params)
 
 
+def _index_due(table, *columns):
+    """Index a range's temporary table on the columns the UPDATEs below look its rows up by (a
+    correlated subquery per lot or account), so that a lookup is not a scan of the whole table,
+    and give PostgreSQL its statistics (autovacuum never analyses temporary tables)."""
+    for column in columns:
+        db.session.execute(sa.text(f"CREATE INDEX {table}_{column} ON {table} ({column})"))
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(sa.text(f"ANALYZE {table}"))
+
+
 PENDING_DUE = "l.status = 'pending' AND l.available_at <= :cutoff"
 EXPIRY_DUE = "l.status = 'available' AND l.remaining > 0 AND l.expires_at <= :cutoff"
 
@@ -78,6 +89,7 @@ def release_range(low, high, cutoff, now):
                      AS before_it
               FROM lots l JOIN accounts a ON a.member_id = l.member_id
               WHERE l.member_id BETWEEN :low AND :high AND {PENDING_DUE}) AS due"""), params)
+    _index_due("release_due", "lot_id", "member_id")
     db.session.execute(sa.text(
         "UPDATE lots SET status = 'available', remaining = remaining - "
         "(SELECT paid FROM release_due d WHERE d.lot_id = lots.id) "
@@ -107,6 +119,7 @@ def expire_range(low, high, cutoff, now):
                AS balance_after
         FROM lots l JOIN accounts a ON a.member_id = l.member_id
         WHERE l.member_id BETWEEN :low AND :high AND {EXPIRY_DUE}"""), params)
+    _index_due("expire_due", "lot_id", "member_id")
     db.session.execute(_t(
         "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
         "reference_id, expires_at, created_at) "
@@ -163,6 +176,15 @@ def expiry_reminders(as_of, progress=None, now=None, days=None):
     start = clock.end_of_local_day(as_of, tz)
     until = clock.end_of_local_day(as_of + timedelta(days=days), tz)
     total = 0
+    # Lots expire at a handful of instants (local midnights): each one's key and texts, once.
+    expiries = {}
+
+    def expiry(expires_at):
+        if expires_at not in expiries:
+            last_day = str(_last_day(expires_at, tz))
+            expiries[expires_at] = (f"expires:{last_day}", expires_at.isoformat(), last_day)
+        return expiries[expires_at]
+
     for low, high in _ranges(BATCH):
         with transaction():
             rows = db.session.execute(
@@ -171,17 +193,19 @@ def expiry_reminders(as_of, progress=None, now=None, days=None):
                        Lot.expires_at > start, Lot.expires_at <= until)
                 .group_by(Lot.member_id, Lot.expires_at)).all()
             if rows:
-                before = _reminders_in(low, high)
-                # One multi-row INSERT for the range; one already queued is skipped by the
-                # database (unique member + kind + expiry day), so a second run adds nothing.
-                db.session.execute(_insert_ignoring_duplicates(), [
-                    {"member_id": member_id, "kind": "points_expiring",
-                     "dedupe_key": f"expires:{_last_day(expires_at, tz)}",
-                     "payload": {"points": str(points), "expires_at": expires_at.isoformat(),
-                                 "last_day": str(_last_day(expires_at, tz))},
-                     "created_at": now}
-                    for member_id, expires_at, points in rows])
-                total += _reminders_in(low, high) - before
+                # Those queued by an earlier run (most of them, night after night) are not sent again.
+                queued = set(db.session.execute(
+                    sa.select(Notification.member_id, Notification.dedupe_key).where(
+                        Notification.member_id.between(low, high), Notification.kind == "points_expiring",
+                        Notification.dedupe_key.in_({expiry(expires_at)[0] for _, expires_at, _ in rows}))).all())
+                fresh = []
+                for member_id, expires_at, points in rows:
+                    key, expires_text, last_day = expiry(expires_at)
+                    if (member_id, key) not in queued:
+                        fresh.append((member_id, key, {"points": str(points), "expires_at": expires_text,
+                                                       "last_day": last_day}))
+                if fresh:
+                    total += _queue_reminders(fresh, now)
                 if webhooks.subscribers("points.expiring"):  # those this run queued, not older ones
                     webhooks.emit_many("points.expiring", [
                         {"member_id": member_id, **payload} for member_id, payload in db.session.execute(
@@ -198,14 +222,29 @@ def _last_day(expires_at, tz):
     return clock.local_date(expires_at - timedelta(microseconds=1), tz)
 
 
-def _reminders_in(low, high):
-    return db.session.scalar(sa.select(sa.func.count()).select_from(Notification).where(
-        Notification.member_id.between(low, high), Notification.kind == "points_expiring"))
-
-
-def _insert_ignoring_duplicates():
+def _queue_reminders(fresh, now):
+    """Queue (member_id, dedupe_key, payload) reminders with multi-row INSERTs. One queued
+    meanwhile is skipped by the database (unique member + kind + expiry day) and not returned, so
+    nothing is queued or counted twice. Returns how many were queued."""
+    table = Notification.__table__
     if db.session.get_bind().dialect.name == "postgresql":
+        # The range's rows as one JSON array, unpacked by the server: a multi-row VALUES would make
+        # psycopg expand a placeholder per value in Python, and an array parameter per column is
+        # adapted element by element. Each payload is written as the JSON column type writes it
+        # (json.dumps), and a `json` element keeps that text as it is.
         from sqlalchemy.dialects.postgresql import insert
+        given = sa.func.json_array_elements(sa.cast(sa.bindparam("rows", type_=sa.Text), sa.JSON)) \
+            .table_valued("value").render_derived(name="given")
+        rows = sa.select(sa.cast(given.c.value.op("->>")(0), sa.BigInteger), sa.literal("points_expiring"),
+                         given.c.value.op("->>")(1), given.c.value.op("->", return_type=sa.JSON)(2),
+                         sa.literal(now, UTCDateTime()))
+        statement = (insert(table).from_select(["member_id", "kind", "dedupe_key", "payload", "created_at"], rows)
+                     .on_conflict_do_nothing().returning(table.c.id))
+        queued = db.session.execute(statement, {"rows": json.dumps(fresh)})
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert(Notification).on_conflict_do_nothing()
+        # RETURNING makes SQLAlchemy send them as multi-row INSERTs ("insertmanyvalues").
+        queued = db.session.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), [
+            {"member_id": member_id, "kind": "points_expiring", "dedupe_key": key, "payload": payload,
+             "created_at": now} for member_id, key, payload in fresh])
+    return len(queued.all())

@@ -99,7 +99,9 @@ class LotAllocation(db.Model):
 class Purchase(db.Model):
     __tablename__ = "purchases"
     __table_args__ = (sa.UniqueConstraint("store_id", "receipt_no"),
-                      sa.Index("ix_purchases_member_occurred", "member_id", "occurred_at"))
+                      # Covers the nightly jobs' per-member window aggregates (migration 0010).
+                      sa.Index("ix_purchases_member_window", "member_id", "occurred_at", "amount",
+                               "refunded_amount"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
@@ -139,7 +141,7 @@ class Activity(db.Model):
     __tablename__ = "activities"
     __table_args__ = (sa.UniqueConstraint("member_id", "type", "event_id"),
                       sa.Index("ix_activities_member_type_period", "member_id", "type", "period"),
-                      sa.Index("ix_activities_member_occurred", "member_id", "occurred_at"))
+                      sa.Index("ix_activities_member_window", "member_id", "occurred_at", "capped"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
