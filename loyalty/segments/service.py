@@ -176,15 +176,16 @@ def overview(now=None):
     from loyalty.referrals.service import active_campaign, campaign_stats
 
     now = now or clock.now()
-    counted = dict(db.session.execute(sa.select(Member.tier_code, sa.func.count())
-                                      .where(Member.status == "active").group_by(Member.tier_code)).all())
-    by_tier = {code: counted.get(code, 0) for code in _tier_codes()}  # the ladder's order
-    by_stage = {stage or "unknown": count for stage, count in db.session.execute(
-        sa.select(Member.lifecycle_stage, sa.func.count()).where(Member.status == "active")
-        .group_by(Member.lifecycle_stage)).all()}
-    by_segment = {segment or "none": count for segment, count in db.session.execute(
-        sa.select(Member.value_segment, sa.func.count()).where(Member.status == "active")
-        .group_by(Member.value_segment)).all()}
+    # One pass over the members: counts by (tier, stage, segment), at most a few dozen groups.
+    by_tier = {code: 0 for code in _tier_codes()}  # the ladder's order, empty tiers as 0
+    by_stage, by_segment = {}, {}
+    for tier, stage, segment, count in db.session.execute(
+            sa.select(Member.tier_code, Member.lifecycle_stage, Member.value_segment, sa.func.count())
+            .where(Member.status == "active")
+            .group_by(Member.tier_code, Member.lifecycle_stage, Member.value_segment)).all():
+        by_tier[tier] = by_tier.get(tier, 0) + count
+        by_stage[stage or "unknown"] = by_stage.get(stage or "unknown", 0) + count
+        by_segment[segment or "none"] = by_segment.get(segment or "none", 0) + count
     available, pending, debt = db.session.execute(sa.select(
         sa.type_coerce(sa.func.coalesce(sa.func.sum(sa.case((Account.available > 0, Account.available),
                                                             else_=0)), 0), Points()),
