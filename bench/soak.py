@@ -19,7 +19,7 @@ must get the same answer as the first try.
 With --kill-every N (gunicorn only) a random worker gets SIGKILL every N seconds: requests it was
 serving die with it, the clients retry, and nothing half-written may remain.
 
-At the end: each member's account (available + pending - debt), lots and entries against the model,
+At the end: each member's account (available, net of any debt, + pending), lots and entries against the model,
 vouchers used at most once, `loyalty ledger verify`. Prints operations, retries, answers by code and
 mismatches, which must be 0; exits 1 otherwise.
 """
@@ -176,7 +176,7 @@ class Model:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.net = collections.defaultdict(Decimal)  # available + pending - debt
+        self.net = collections.defaultdict(Decimal)  # available (net of debt) + pending
         self.entries = collections.defaultdict(list)  # signed points of each entry expected
         self.purchases = []  # [purchase id, member, store, amount, refunded]
         self.payments = []  # (payment id, member, store, points)
@@ -437,12 +437,14 @@ def check(d, model, members):
     for member_id, points in d.query("SELECT member_id, points FROM ledger_entries WHERE points <> 0"):
         entries[member_id].append(Decimal(points) / 100)
     for member in members:
+        # `available` is already net of debt (DESIGN.md): the lots hold available + pending + debt.
         available, pending, debt = (Decimal(v) / 100 for v in accounts[member])
-        if available + pending - debt != model.net[member]:
-            problems.append(f"member {member}: balance {available} + {pending} - {debt} debt, model {model.net[member]}")
-        if Decimal(lots.get(member) or 0) / 100 != available + pending:
+        if available + pending != model.net[member]:
+            problems.append(f"member {member}: balance {available} available + {pending} pending "
+                            f"({debt} debt), model {model.net[member]}")
+        if Decimal(lots.get(member) or 0) / 100 != available + pending + debt:
             problems.append(f"member {member}: lots hold {Decimal(lots.get(member) or 0) / 100}, "
-                            f"account {available + pending}")
+                            f"account {available + pending + debt} with its debt")
         if sorted(entries[member]) != sorted(model.entries[member]):
             problems.append(f"member {member}: {len(entries[member])} entries, model {len(model.entries[member])}")
     twice = [code for code, count in model.vouchers_used.items() if count > 1]
