@@ -8,7 +8,9 @@ Run by hand (never a timed test); see bench/README.md, "Jobs benchmark". For eac
      set-based SQL (PostgreSQL: generate_series; SQLite: recursive CTEs), written as the service would
      have left them after the nightly jobs ran `--backlog-days` (1) days earlier: ledger entries with
      their running balances, lots (pending, available, expired), accounts equal to their lots, tier
-     states with upgrades and downgrades due, birthdays spread over the year, pending referrals;
+     states with upgrades and downgrades due, birthdays spread over the year, pending referrals; then
+     the lifecycle, value segment and reminder jobs run for the previous night (their first run ever
+     on this data, reported as such), so that the bench day finds what a normal night finds;
   2. `loyalty.points.verify.broken_accounts` must find nothing;
   3. every job of loyalty/jobs/registry.py in cron order, the way `loyalty jobs run` does it
      (runner.run: the job's lock, a job_runs row, its registry function) inside an app context, for the
@@ -44,7 +46,7 @@ TARGET_MEMBERS, TARGET_SECONDS = 1_000_000, 60.0
 # Jobs whose state the generator does not write itself: it runs them for the previous night.
 PREVIOUS_NIGHT = ("members.lifecycle", "members.value_segments", "points.expiry_reminders")
 DAY = 86_400
-GENERATOR_VERSION = "3"  # bump when the generated data changes: --reuse then regenerates
+GENERATOR_VERSION = "4"  # bump when the generated data changes: --reuse then regenerates
 BENCH_TABLE = "bench_initial_tiers"  # each member's generated tier state, for the tier check
 META_TABLE = "bench_meta"
 
@@ -945,6 +947,7 @@ def bench_one(args, kind, n, report):
             t1 = time.perf_counter()
             save_seed(args, kind, n)
             print(f"  seed saved in {time.perf_counter() - t1:.1f} s")
+    os.sync()  # the generation's or the copy's writes reach the disk now, not during the first job
     entry["bench_instant"] = world.now.isoformat()
     entry["as_of"] = str(world.as_of)
     counts = table_counts(args, kind, n)
@@ -1029,6 +1032,12 @@ def summary(report):
           f"(>= {num(round(TARGET_MEMBERS / TARGET_SECONDS))} members/s); bold: missed")
     text, rows = table(report["runs"], "jobs")
     print(text)
+    for r in report["runs"]:
+        loads = [float(j["load_before"].split("/")[0]) for j in r["jobs"]]
+        busiest = max(r["jobs"], key=lambda j: j["machine_cores_busy"] - j["python_cores"])
+        print(f"{r['database']} {num(r['members'])}: 1-minute load average before the jobs {min(loads):.2f}-"
+              f"{max(loads):.2f}; most cores busy outside this Python process: {busiest['job']} "
+              f"{busiest['machine_cores_busy'] - busiest['python_cores']:.1f} (PostgreSQL's backend included)")
     report["summary"], report["table_markdown"] = rows, text
     text, rows = table(report["runs"], "previous_night")
     if rows:
