@@ -49,6 +49,9 @@ JOB_SETTINGS = {
     "LOYALTY_WEBHOOK_TIMEOUT_SECONDS": 10,
     "LOYALTY_WEBHOOK_BATCH": 200,
     "LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS": 5,
+    # How long a process keeps the earning rules and the tier ladder it read (loyalty/settings_cache.py):
+    # a change reaches the other processes within this time, the one that made it at once.
+    "LOYALTY_SETTINGS_CACHE_SECONDS": 5,
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from flask_migrate import upgrade
 
-from loyalty import auth, create_app
+from loyalty import auth, create_app, settings_cache
 from loyalty.extensions import db
 from loyalty.points.service import seed_rules
 from loyalty.tiers.service import seed_tiers
@@ -64,6 +64,7 @@ def clean_database(app):
     with app.app_context():
         empty_tables()
         forget_subscribers()  # the webhook subscribers this process remembers went with the tables
+        settings_cache.forget()  # and so did the rules and tiers it keeps
         seed_rules()
         seed_tiers()
         db.session.remove()

@@ -53,11 +53,10 @@ class MemberIdentity(db.Model):
 
 
 def _tier(member):
-    """The member's tier as answers show it. The tiers are a handful of rows: the session's
-    identity map answers this without a query once they are loaded."""
-    from loyalty.tiers.models import Tier
-    tier = db.session.get(Tier, member.tier_code)
-    return {"code": member.tier_code, "name": tier.name if tier is not None else member.tier_code}
+    """The member's tier as answers show it (its name from the ladder this process keeps)."""
+    from loyalty.tiers.service import ladder
+    name = next((tier.name for tier in ladder() if tier.code == member.tier_code), member.tier_code)
+    return {"code": member.tier_code, "name": name}
 
 
 Member.tier = property(_tier)

@@ -12,6 +12,7 @@ from sqlalchemy import orm
 
 from loyalty.errors import InsufficientPoints, NotFound
 from loyalty.extensions import db
+from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, LotAllocation
 from loyalty.webhooks import service as webhooks
 
@@ -25,24 +26,31 @@ def lock_account(member_id, now):
     PostgreSQL takes a row lock (FOR UPDATE); SQLite already holds the database's write lock
     from BEGIN IMMEDIATE. Every check that follows sees a balance no one else can change.
     """
-    account = db.session.execute(
-        sa.select(Account).where(Account.member_id == member_id)
-        # The member comes along, locked too: every answer shows it, and an upgrade changes it.
-        # (Locked rather than merely joined: after waiting for a lock, PostgreSQL re-reads only
-        # the rows it locks, so an unlocked member row could be one a twin has since upgraded.)
-        # FOR NO KEY UPDATE: no key of either row changes, and it does not conflict with the
-        # KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
-        .options(orm.joinedload(Account.member, innerjoin=True))
-        .with_for_update(key_share=True).execution_options(populate_existing=True)
-    ).unique().scalar_one_or_none()
-    if account is None:
+    row = db.session.execute(
+        # The member comes along, locked too, with its channel identities: every answer shows it,
+        # and an upgrade changes it. (Locked rather than merely joined: after waiting for a lock,
+        # PostgreSQL re-reads only the rows it locks, so an unlocked member row could be one a twin
+        # has since upgraded.) FOR NO KEY UPDATE: no key of either row changes, and it does not
+        # conflict with the KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
+        # Whether any lot is due comes in the same round trip, so that the common case (nothing
+        # due) costs no query for lots. (Should PostgreSQL have waited for the lock, this answer is
+        # as of the statement's start: lots a twin settled are simply found settled; the twin's own
+        # lots are new, not yet due.)
+        sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(now)))
+        .join(Account.member).where(Account.member_id == member_id)
+        .options(orm.contains_eager(Account.member).joinedload(Member.identities))
+        .with_for_update(key_share=True, of=[Account, Member])
+        .execution_options(populate_existing=True)
+    ).unique().one_or_none()
+    if row is None:
         raise NotFound(f"No member with id {member_id}.")
+    account, has_due = row
     orm.attributes.set_committed_value(account.member, "account", account)  # no second load
-    settle(account, now)
+    settle(account, now, lots_due=has_due)
     return account
 
 
-def settle(account, now):
+def settle(account, now, lots_due=True):
     """Bring the account up to `now` as if it had been watched all along: release pending lots
     whose time has come (each pays any debt the moment it is released), expire lots past their
     expiry, then pay what debt is left from what is still available.
@@ -53,7 +61,7 @@ def settle(account, now):
     """
     due = db.session.scalars(
         sa.select(Lot).where(Lot.member_id == account.member_id, _due(now)).order_by(Lot.id)
-    ).all()
+    ).all() if lots_due else []
     for lot in sorted((lot for lot in due if lot.status == "pending"), key=lambda lot: lot.available_at):
         lot.status = "available"
         account.pending -= lot.remaining

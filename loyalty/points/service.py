@@ -11,7 +11,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from flask import current_app
 
-from loyalty import audit, clock
+from loyalty import audit, clock, settings_cache
 from loyalty.database import transaction
 from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
@@ -47,8 +47,16 @@ def settings():
 # --- earning rules ------------------------------------------------------------------------------
 
 def current_rules():
+    """The earning rules in force (kept a few seconds per process: loyalty/settings_cache.py)."""
+    return settings_cache.cached("earning_rules", _read_rules)
+
+
+def _read_rules():
     row = db.session.get(EarningRulesRow, 1)
     return EarningRules() if row is None else EarningRules.from_document(row.settings)
+
+
+settings_cache.watch(EarningRulesRow, "earning_rules")
 
 
 def seed_rules(now=None):

@@ -213,6 +213,8 @@ def apply_code(member_id, code, now=None):
 def on_purchase(account, purchase, now):
     """Inside a purchase's transaction, with the referee's account locked: if this is their first
     purchase and a referral is pending, it qualifies (both rewarded) or misses."""
+    if account.member.referred_by_id is None:
+        return None  # never referred: no referral names them (a referral is made with the referrer)
     referral = db.session.scalar(sa.select(Referral).where(
         Referral.referee_id == account.member_id, Referral.status == "pending").with_for_update())
     if referral is None:

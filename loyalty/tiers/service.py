@@ -12,7 +12,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from flask import current_app
 
-from loyalty import audit, clock
+from loyalty import audit, clock, settings_cache
 from loyalty.database import Money, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
@@ -59,7 +59,16 @@ def _forget_tiers():
 
 
 def ladder():
-    return [rule_of(tier) for tier in tiers()]
+    """The ladder as rules, lowest rank first. Every purchase needs it (the multiplier, the upgrade,
+    the answer's tier name): kept a few seconds per process (loyalty/settings_cache.py)."""
+    return settings_cache.cached("tiers", _read_ladder)
+
+
+def _read_ladder():
+    return tuple(rule_of(tier) for tier in db.session.scalars(sa.select(Tier).order_by(Tier.rank)))
+
+
+settings_cache.watch(Tier, "tiers")
 
 
 def rule_of(tier: Tier) -> TierRule:
@@ -115,7 +124,7 @@ def update_tier(code, name, qualification, benefits, actor, now=None):
 
 
 def earn_multiplier(member):
-    tier = next((tier for tier in tiers() if tier.code == member.tier_code), None)
+    tier = next((tier for tier in ladder() if tier.code == member.tier_code), None)
     return tier.earn_multiplier if tier is not None else Decimal("1")
 
 
