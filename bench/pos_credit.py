@@ -506,38 +506,33 @@ PURCHASE_COLUMNS = ("purchases.id, purchases.member_id, purchases.store_id, purc
                     "purchases.refunded_amount, purchases.points_earned, purchases.points_reversed, "
                     "purchases.available_at, purchases.items, purchases.lot_id, purchases.occurred_at, "
                     "purchases.created_at")
-SQL_PURCHASE_BY_RECEIPT = (f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE purchases.store_id = %s::VARCHAR "
-                           "AND purchases.receipt_no = %s::VARCHAR")
 SQL_LOCK_ACCOUNT_WITH_MEMBER = (
-    "SELECT accounts.member_id, accounts.available, accounts.pending, accounts.lifetime_earned, "
-    "accounts.debt, accounts.updated_at, members_1.id, members_1.member_no, members_1.name, members_1.phone, "
-    "members_1.email, members_1.birthday, members_1.channel, members_1.card_token, members_1.referral_code, "
-    "members_1.referred_by_id, members_1.tier_code, members_1.tier_since, members_1.tier_held_until, "
-    "members_1.tier_guaranteed_until, members_1.lifecycle_stage, members_1.status, members_1.joined_at, "
-    "members_1.updated_at AS updated_at_1 FROM accounts JOIN members AS members_1 "
-    "ON members_1.id = accounts.member_id WHERE accounts.member_id = %s::BIGINT FOR UPDATE")
-SQL_TIERS = ("SELECT tiers.code, tiers.name, tiers.rank, tiers.qualify_spend, tiers.qualify_activities, "
-             "tiers.qualify_mode, tiers.earn_multiplier, tiers.birthday_points, tiers.service_level, "
-             "tiers.perks, tiers.updated_at FROM tiers ORDER BY tiers.rank")
+    "SELECT members.id, members.member_no, members.name, members.phone, members.email, members.birthday, "
+    "members.channel, members.card_token, members.referral_code, members.referred_by_id, members.tier_code, "
+    "members.tier_since, members.tier_held_until, members.tier_guaranteed_code, members.tier_guaranteed_until, "
+    "members.lifecycle_stage, members.value_segment, members.ambassador_since, members.status, "
+    "members.merged_into_id, members.joined_at, members.updated_at, accounts.member_id, accounts.available, "
+    "accounts.pending, accounts.lifetime_earned, accounts.debt, accounts.updated_at AS updated_at_1, "
+    "EXISTS (SELECT * FROM lots WHERE lots.member_id = accounts.member_id AND (lots.status = %s::VARCHAR "
+    "AND lots.available_at <= %s::TIMESTAMP WITH TIME ZONE OR lots.status = %s::VARCHAR "
+    "AND lots.remaining > %s::BIGINT AND lots.expires_at <= %s::TIMESTAMP WITH TIME ZONE)) AS anon_1, "
+    "member_identities_1.id AS id_1, member_identities_1.member_id AS member_id_1, "
+    "member_identities_1.channel AS channel_1, member_identities_1.external_id FROM accounts "
+    "JOIN members ON members.id = accounts.member_id LEFT OUTER JOIN member_identities AS member_identities_1 "
+    "ON members.id = member_identities_1.member_id WHERE accounts.member_id = %s::BIGINT "
+    "ORDER BY member_identities_1.id FOR NO KEY UPDATE OF accounts, members")
 SQL_TIER_WINDOW = (
     "SELECT (SELECT coalesce(sum(purchases.amount - purchases.refunded_amount), %s::INTEGER) AS coalesce_1 "
     "FROM purchases WHERE purchases.member_id = %s::BIGINT AND purchases.occurred_at >= "
     "%s::TIMESTAMP WITH TIME ZONE) AS anon_1, (SELECT count(*) AS count_1 FROM activities "
     "WHERE activities.member_id = %s::BIGINT AND activities.occurred_at >= %s::TIMESTAMP WITH TIME ZONE "
     "AND activities.capped IS false) AS anon_2")
-SQL_SETTLE = ("SELECT lots.id, lots.member_id, lots.entry_id, lots.points, lots.remaining, lots.status, "
-              "lots.available_at, lots.expires_at, lots.created_at FROM lots WHERE lots.member_id = %s::BIGINT "
-              "AND (lots.status = %s::VARCHAR AND lots.available_at <= %s::TIMESTAMP WITH TIME ZONE "
-              "OR lots.status = %s::VARCHAR AND lots.remaining > %s::BIGINT "
-              "AND lots.expires_at <= %s::TIMESTAMP WITH TIME ZONE) ORDER BY lots.id")
-SQL_RULES = ("SELECT earning_rules.id, earning_rules.settings, earning_rules.version, earning_rules.updated_at "
-             "FROM earning_rules WHERE earning_rules.id = %s::INTEGER")
 SQL_INSERT_PURCHASE = (
     "INSERT INTO purchases (member_id, store_id, receipt_no, amount, eligible_amount, currency, "
-    "points_earned, available_at, items, lot_id, occurred_at, created_at) VALUES (%s::BIGINT, %s::VARCHAR, "
+    "points_earned, available_at, items, occurred_at, created_at) VALUES (%s::BIGINT, %s::VARCHAR, "
     "%s::VARCHAR, %s::BIGINT, %s::BIGINT, %s::VARCHAR, %s::BIGINT, %s::TIMESTAMP WITH TIME ZONE, %s::JSON, "
-    "%s::BIGINT, %s::TIMESTAMP WITH TIME ZONE, %s::TIMESTAMP WITH TIME ZONE) "
-    "RETURNING purchases.id, purchases.refunded_amount, purchases.points_reversed")
+    "%s::TIMESTAMP WITH TIME ZONE, %s::TIMESTAMP WITH TIME ZONE) ON CONFLICT (store_id, receipt_no) DO NOTHING "
+    f"RETURNING {PURCHASE_COLUMNS}")
 SQL_UPDATE_ACCOUNT = ("UPDATE accounts SET available=%s::BIGINT, lifetime_earned=%s::BIGINT, "
                       "updated_at=%s::TIMESTAMP WITH TIME ZONE WHERE accounts.member_id = %s::BIGINT")
 SQL_INSERT_ENTRY = (
@@ -550,57 +545,36 @@ SQL_INSERT_LOT = (
     "VALUES (%s::BIGINT, %s::BIGINT, %s::BIGINT, %s::BIGINT, %s::VARCHAR, %s::TIMESTAMP WITH TIME ZONE, "
     "%s::TIMESTAMP WITH TIME ZONE, %s::TIMESTAMP WITH TIME ZONE) RETURNING lots.id")
 SQL_SET_PURCHASE_LOT = "UPDATE purchases SET lot_id=%s::BIGINT WHERE purchases.id = %s::BIGINT"
-SQL_IDENTITIES = ("SELECT member_identities.member_id, member_identities.id, member_identities.channel, "
-                  "member_identities.external_id FROM member_identities "
-                  "WHERE member_identities.member_id IN (%s::BIGINT) ORDER BY member_identities.id")
-
-# What each variant sends per purchase (BEGIN is sent by psycopg before the first statement).
-SQL_VARIANTS = {
-    "service": "what the service sends today: BEGIN, api key, account + member FOR UPDATE, identities, "
-               "settle lots, purchase by receipt, earning rules, tier ladder, INSERT purchase, INSERT entry, "
-               "UPDATE account, INSERT lot, UPDATE purchase.lot_id, the member's tier window, COMMIT: "
-               "15 round trips",
-    "minimal": "the necessary ones: BEGIN, api key, account (+member) FOR UPDATE, settle lots, earning rules, "
-               "purchase by receipt, INSERT purchase, INSERT entry, INSERT lot, UPDATE account, "
-               "UPDATE purchase.lot_id, COMMIT: 12 round trips",
-}
+# What the bare-SQL client sends per purchase (BEGIN is sent by psycopg before the first statement).
+SQL_TRIPS = ("what the service sends: BEGIN, api key, account + member + identities FOR UPDATE (with whether "
+             "a lot is due), INSERT purchase ON CONFLICT DO NOTHING, INSERT entry, UPDATE account, INSERT lot, "
+             "UPDATE purchase.lot_id, the member's tier window, COMMIT: 10 round trips")
 
 
-def one_purchase(conn, variant, key_hash, member_id, receipt):
+def one_purchase(conn, key_hash, member_id, receipt):
     """The statements of one credit, in the service's order, with the service's values."""
     now = datetime.now(timezone.utc)
     expires = (now + timedelta(days=366)).replace(hour=16, minute=0, second=0, microsecond=0)
     amount = 12345
     x = conn.execute
     x(SQL_API_KEY, (key_hash,)).fetchone()
-    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER, (member_id,)).fetchone()
-    if variant == "service":
-        x(SQL_IDENTITIES, (member_id,)).fetchall()
-        x(SQL_SETTLE, (member_id, "pending", now, "available", 0, now)).fetchall()
-        x(SQL_PURCHASE_BY_RECEIPT, (STORE, receipt)).fetchone()
-        x(SQL_RULES, (1,)).fetchone()
-        x(SQL_TIERS).fetchall()
-    else:
-        x(SQL_SETTLE, (member_id, "pending", now, "available", 0, now)).fetchall()
-        x(SQL_RULES, (1,)).fetchone()
-        x(SQL_PURCHASE_BY_RECEIPT, (STORE, receipt)).fetchone()
-    available, lifetime = account[1] + amount, account[3] + amount
+    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER, ("pending", now, "available", 0, now, member_id)).fetchall()[0]
+    available, pending, lifetime = account[23] + amount, account[24], account[25] + amount
     purchase_id = x(SQL_INSERT_PURCHASE, (member_id, STORE, receipt, amount, amount, "CNY", amount, now,
-                                          "null", None, now, now)).fetchone()[0]
-    entry_id = x(SQL_INSERT_ENTRY, (member_id, "earn_purchase", amount, available + account[2],
+                                          "null", now, now)).fetchone()[0]
+    entry_id = x(SQL_INSERT_ENTRY, (member_id, "earn_purchase", amount, available + pending,
                                     f"Purchase {receipt} at store {STORE}", "purchase", str(purchase_id),
                                     expires, now)).fetchone()[0]
     x(SQL_UPDATE_ACCOUNT, (available, lifetime, now, member_id))
     lot_id = x(SQL_INSERT_LOT, (member_id, entry_id, amount, amount, "available", now, expires,
                                 now)).fetchone()[0]
     x(SQL_SET_PURCHASE_LOT, (lot_id, purchase_id))
-    if variant == "service":
-        window = now - timedelta(days=365)
-        x(SQL_TIER_WINDOW, (0, member_id, window, member_id, window)).fetchone()
+    window = now - timedelta(days=365)
+    x(SQL_TIER_WINDOW, (0, member_id, window, member_id, window)).fetchone()
     conn.commit()
 
 
-def _sql_thread(dsn, variant, key_hash, members, prefix, start_at, measure_at, end_at, out):
+def _sql_thread(dsn, key_hash, members, prefix, start_at, measure_at, end_at, out):
     rng = random.Random(prefix)
     latencies, errors, first_error, n = [], 0, None, 0
     with psycopg.connect(dsn) as conn:
@@ -612,7 +586,7 @@ def _sql_thread(dsn, variant, key_hash, members, prefix, start_at, measure_at, e
                 break
             n += 1
             try:
-                one_purchase(conn, variant, key_hash, rng.randint(1, members), f"{prefix}-{n}")
+                one_purchase(conn, key_hash, rng.randint(1, members), f"{prefix}-{n}")
             except psycopg.Error as error:
                 conn.rollback()
                 errors += 1
@@ -624,9 +598,9 @@ def _sql_thread(dsn, variant, key_hash, members, prefix, start_at, measure_at, e
     out.append((latencies, errors, first_error))
 
 
-def _sql_process(dsn, variant, key_hash, members, prefix, threads, start_at, measure_at, end_at):
+def _sql_process(dsn, key_hash, members, prefix, threads, start_at, measure_at, end_at):
     out = []
-    workers = [threading.Thread(target=_sql_thread, args=(dsn, variant, key_hash, members, f"{prefix}t{i}",
+    workers = [threading.Thread(target=_sql_thread, args=(dsn, key_hash, members, f"{prefix}t{i}",
                                                           start_at, measure_at, end_at, out))
                for i in range(threads)]
     for w in workers:
@@ -636,7 +610,7 @@ def _sql_process(dsn, variant, key_hash, members, prefix, threads, start_at, mea
     return out
 
 
-def sql_phase(args, state, variant):
+def sql_phase(args, state):
     import hashlib
 
     key_hash = hashlib.sha256(state["api_key"].encode()).hexdigest()
@@ -645,10 +619,10 @@ def sql_phase(args, state, variant):
     warmup = min(args.warmup, 2)
     start_at = time.time() + 1.5  # time for every connection to open first
     measure_at, end_at = start_at + warmup, start_at + warmup + args.seconds
-    prefix = f"sql{variant[0]}{int(time.time())}"
+    prefix = f"sql{int(time.time())}"
     meter = CpuMeter(args.db_name, client_pids={os.getpid()})
     with get_context("fork").Pool(processes) as pool:
-        pending = [pool.apply_async(_sql_process, (bench_dsn(args), variant, key_hash, args.members,
+        pending = [pool.apply_async(_sql_process, (bench_dsn(args), key_hash, args.members,
                                                    f"{prefix}p{i}", n, start_at, measure_at, end_at))
                    for i, n in enumerate(split)]
         while time.time() < measure_at:
@@ -659,7 +633,7 @@ def sql_phase(args, state, variant):
     latencies = sorted(l for lat, _, _ in results for l in lat)
     errors = sum(e for _, e, _ in results)
     first = next((f for _, _, f in results if f), None)
-    return {"variant": variant, "requests": len(latencies), "seconds": args.seconds,
+    return {"requests": len(latencies), "seconds": args.seconds,
             "per_s": len(latencies) / args.seconds, **percentiles(latencies), "errors": errors,
             "first_error": first, "cpu": cpu,
             "client": f"{processes} processes x {split} threads, one psycopg connection each"}
@@ -676,6 +650,8 @@ def percentiles(sorted_seconds):
             "max_ms": sorted_seconds[-1] * 1000, "mean_ms": statistics.fmean(sorted_seconds) * 1000}
 
 
+
+
 # --- the same statements from pgbench (a C client: the database's ceiling without Python) ------------
 
 def pgbench_script(state, members):
@@ -689,18 +665,17 @@ def pgbench_script(state, members):
         "\\set rr :client_id * 1000000000000 + random(1, 999999999999)",
         "BEGIN;",
         SQL_API_KEY.replace("%s", f"'{key_hash}'") + ";",
-        SQL_LOCK_ACCOUNT_WITH_MEMBER.replace("%s", ":member") + ";",
-        SQL_IDENTITIES.replace("%s", ":member") + ";",
-        SQL_SETTLE.replace("%s::BIGINT", ":member", 1).replace("%s::VARCHAR", "'pending'", 1)
-        .replace("%s::VARCHAR", "'available'", 1).replace("%s::BIGINT", "0", 1)
-        .replace("%s::TIMESTAMP WITH TIME ZONE", "now()") + ";",
-        SQL_PURCHASE_BY_RECEIPT.replace("%s::VARCHAR", "{}").format(f"'{STORE}'", receipt) + ";",
-        SQL_RULES.replace("%s", "1") + ";",
-        SQL_TIERS + ";",
+        SQL_LOCK_ACCOUNT_WITH_MEMBER.replace("%s::VARCHAR", "'pending'", 1).replace("%s::VARCHAR", "'available'", 1)
+        .replace("%s::TIMESTAMP WITH TIME ZONE", "now()").replace("%s::BIGINT", "0", 1)
+        .replace("%s::BIGINT", ":member") + ";",
         "INSERT INTO purchases (member_id, store_id, receipt_no, amount, eligible_amount, currency, "
-        "points_earned, available_at, items, lot_id, occurred_at, created_at) VALUES "
-        f"(:member, '{STORE}', {receipt}, 12345, 12345, 'CNY', 12345, now(), 'null', NULL, now(), now()) "
-        "RETURNING purchases.id AS pid, purchases.refunded_amount, purchases.points_reversed \\gset",
+        "points_earned, available_at, items, occurred_at, created_at) VALUES "
+        f"(:member, '{STORE}', {receipt}, 12345, 12345, 'CNY', 12345, now(), 'null', now(), now()) "
+        "ON CONFLICT (store_id, receipt_no) DO NOTHING RETURNING purchases.id AS pid, purchases.member_id, "
+        "purchases.store_id, purchases.receipt_no, purchases.amount, purchases.eligible_amount, "
+        "purchases.currency, purchases.refunded_amount, purchases.points_earned, purchases.points_reversed, "
+        "purchases.available_at, purchases.items, purchases.lot_id, purchases.occurred_at, "
+        "purchases.created_at \\gset",
         "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
         f"reference_id, expires_at, created_at) VALUES (:member, 'earn_purchase', 12345, 12345, "
         f"'Purchase ' || {receipt} || ' at store {STORE}', 'purchase', CAST(:pid AS text), {expires}, now()) "
@@ -930,13 +905,11 @@ def profile_phase(args, state):
 
 EXPECTED_SERVICE_TRIPS = [
     "BEGIN", "SELECT api_keys WHERE api_keys.key_hash",
-    "SELECT accounts WHERE accounts.member_id FOR UPDATE",
-    "SELECT member_identities WHERE member_identities.member_id",
-    "SELECT lots WHERE lots.member_id, lots.status, lots.available_at, lots.remaining, lots.expires_at",
-    "SELECT purchases WHERE purchases.store_id, purchases.receipt_no",
-    "SELECT earning_rules WHERE earning_rules.id", "SELECT tiers WHERE ", "INSERT INTO purchases",
-    "INSERT INTO ledger_entries", "UPDATE accounts SET available, lifetime_earned, updated_at",
-    "INSERT INTO lots", "UPDATE purchases SET lot_id",
+    "SELECT lots+accounts WHERE lots.member_id, lots.status, lots.available_at, lots.remaining, "
+    "lots.expires_at, members.id, accounts.member_id",
+    "INSERT INTO purchases", "INSERT INTO ledger_entries",
+    "UPDATE accounts SET available, lifetime_earned, updated_at", "INSERT INTO lots",
+    "UPDATE purchases SET lot_id",
     "SELECT purchases+activities WHERE purchases.member_id, purchases.occurred_at, activities.member_id, "
     "activities.occurred_at",
     "COMMIT",
@@ -974,8 +947,8 @@ def print_report(args, report):
     print(head)
     print("-" * len(head))
     labels = {"noop": "no-op POST /noop (framework ceiling)", "service": "service POST /api/v1/purchases",
-              "sql_service": "bare SQL, psycopg: service's statements", "sql_minimal":
-              "bare SQL, psycopg: necessary statements", "pgbench": "pgbench (C client): service's statements"}
+              "sql_service": "bare SQL, psycopg: service's statements",
+              "pgbench": "pgbench (C client): service's statements"}
     for key, label in labels.items():
         r = report["phases"].get(key)
         if not r:
@@ -990,7 +963,7 @@ def print_report(args, report):
         if r and r.get("errors"):
             print(f"  {key}: {r['non2xx']} non-2xx, socket errors {r['socket_errors']}; first bad response: "
                   f"{r['first_bad_response']}")
-    for key in ("sql_service", "sql_minimal"):
+    for key in ("sql_service",):
         r = report["phases"].get(key)
         if r and r.get("first_error"):
             print(f"  {key}: first error {r['first_error']}")
@@ -1030,7 +1003,7 @@ def print_report(args, report):
             print("  WARNING: the service no longer sends what the bare-SQL client mirrors "
                   "(EXPECTED_SERVICE_TRIPS / one_purchase in bench/pos_credit.py): update them.")
         else:
-            print("  (the bare-SQL 'service' variant and pgbench send exactly these)")
+            print("  (the bare-SQL client and pgbench send exactly these)")
 
 
 def ratio_lines(report):
@@ -1108,9 +1081,8 @@ def main(argv=None):
         report["phases"]["service"] = http_phase(args, "svc", "wsgi:app", service_ready,
                                                  "/api/v1/purchases", key=state["api_key"])
     if wants("sql"):
-        for variant in ("service", "minimal"):
-            print(f"[bare SQL: {variant}] {SQL_VARIANTS[variant]} ...", flush=True)
-            report["phases"][f"sql_{variant}"] = sql_phase(args, state, variant)
+        print(f"[bare SQL] {SQL_TRIPS} ...", flush=True)
+        report["phases"]["sql_service"] = sql_phase(args, state)
     if wants("pgbench"):
         if shutil.which("pgbench"):
             print("[pgbench] the service's statements from a C client ...", flush=True)

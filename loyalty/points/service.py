@@ -9,6 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from flask import current_app
 
 from loyalty import audit, clock, settings_cache
@@ -102,24 +103,22 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
     _check_positive(amount, "A purchase")
     _check_items(amount, items)
     with transaction():
-        # Looked up under the account's lock, so a retry racing its first attempt waits and replays.
+        # A retry racing its first attempt waits here for the account's lock, then finds the receipt.
         account = ledger.lock_account(member_id, now)
-        existing = _purchase_by_receipt(store_id, receipt_no)
-        if existing is not None:
-            if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
-                raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
-                               "different member or amount; use a new receipt number.")
-            return Outcome(existing, _member(existing.member_id), replayed=True)
         rules = current_rules()
         eligible, points = rules_mod.purchase_points(amount, items, rules, multiplier=earn_multiplier(account))
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
             if rules.pending_days else now
-        purchase = Purchase(member_id=member_id, store_id=store_id, receipt_no=receipt_no,
-                            amount=amount, eligible_amount=eligible, currency=currency,
-                            points_earned=points, available_at=available_at, items=_items_json(items),
-                            occurred_at=occurred_at, created_at=now)
-        db.session.add(purchase)
-        db.session.flush()
+        purchase = _claim_receipt(dict(
+            member_id=member_id, store_id=store_id, receipt_no=receipt_no, amount=amount,
+            eligible_amount=eligible, currency=currency, points_earned=points, available_at=available_at,
+            items=_items_json(items), occurred_at=occurred_at, created_at=now))
+        if purchase is None:  # the receipt was recorded before: a replay, or a mistake
+            existing = _purchase_by_receipt(store_id, receipt_no)
+            if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
+                raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
+                               "different member or amount; use a new receipt number.")
+            return Outcome(existing, _member(existing.member_id), replayed=True)
         if points > 0:
             _, purchase.lot = ledger.credit(
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
@@ -406,6 +405,18 @@ def _member(member_id):
     if member is None:
         raise NotFound(f"No member with id {member_id}.")
     return member
+
+
+def _claim_receipt(values):
+    """Insert the purchase unless its store and receipt are recorded already (then None): the
+    duplicate check and the insert in one statement (INSERT ... ON CONFLICT DO NOTHING RETURNING).
+    A twin inserting the same receipt for another member makes this wait for its outcome."""
+    insert = (postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert)
+    return db.session.scalars(
+        insert(Purchase).values(**values)
+        .on_conflict_do_nothing(index_elements=[Purchase.store_id, Purchase.receipt_no])
+        .returning(Purchase)
+    ).one_or_none()
 
 
 def _purchase_by_receipt(store_id, receipt_no):
