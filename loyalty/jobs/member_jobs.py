@@ -144,21 +144,44 @@ def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
     """Members whose birthday is `as_of` get their tier's birthday points, once a year: a `bonus`
     entry naming the year, and a lot (paying any debt first, like every credit). Born on 29
     February: 28 February in other years. Set-based: per range, one INSERT of the entries, one of
-    the lots, one UPDATE of the accounts, after locking the accounts it changes."""
+    the lots, one UPDATE of the accounts, after locking the accounts it changes.
+
+    Days the job missed (the scheduler was down, a run failed) are caught up: the birthdays of
+    every day after the last successful run, at most LOYALTY_BIRTHDAY_CATCH_UP_DAYS (7) back, are
+    given too, each in its own year. A first run ever looks at `as_of` alone."""
     from loyalty.points import rules as rules_mod
     from loyalty.points.service import current_rules
 
     now = now or clock.now()
     tz = _setting("LOYALTY_TIMEZONE")
     expires = rules_mod.expires_at(now, now, current_rules(), tz)
+    days = _birthday_days(as_of)
     db.session.rollback()
-    days = [as_of.strftime("%m-%d")]
-    if as_of.month == 2 and as_of.day == 28 and not _leap(as_of.year):
+    given = sum(_birthday_gifts(day, now, expires, progress, batch) for day in days)
+    return {"gifts": given, "rows": given, "days": [str(day) for day in days]}
+
+
+def _birthday_days(as_of):
+    """`as_of`, after the days since the last successful run (within the catch-up limit)."""
+    from loyalty.jobs.models import JobRun
+
+    last = db.session.scalar(sa.select(sa.func.max(JobRun.as_of)).where(
+        JobRun.job_id == "members.birthday_bonus", JobRun.outcome == "succeeded", JobRun.as_of <= as_of))
+    if last is None or last == as_of:
+        return [as_of]
+    first = max(last + timedelta(days=1), as_of - timedelta(days=_setting("LOYALTY_BIRTHDAY_CATCH_UP_DAYS")))
+    return [first + timedelta(days=n) for n in range((as_of - first).days + 1)]
+
+
+def _birthday_gifts(day, now, expires, progress, batch):
+    """The gifts of one day's birthdays; returns how many were given."""
+    days = [day.strftime("%m-%d")]
+    if day.month == 2 and day.day == 28 and not _leap(day.year):
         days.append("02-29")
     dialect = db.session.get_bind().dialect.name
     month_day = "to_char(m.birthday, 'MM-DD')" if dialect == "postgresql" else "strftime('%m-%d', m.birthday)"
     lock = " ORDER BY a.member_id FOR UPDATE OF a" if dialect == "postgresql" else ""
-    year = str(as_of.year)
+    year = str(day.year)
     params = {"year": year, "now": now, "expires": expires, "d1": days[0], "d2": days[-1]}
     when = UTCDateTime()
     bind = [sa.bindparam("now", type_=when), sa.bindparam("expires", type_=when)]
@@ -207,7 +230,7 @@ def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
             db.session.execute(sa.text("DROP TABLE birthday_due"))
         if progress:
             progress(high - low + 1)
-    return {"gifts": given, "rows": given}
+    return given
 
 
 def _leap(year):

@@ -348,6 +348,63 @@ def test_a_birthday_gift_pays_a_debt_first_and_leap_day_birthdays_count_on_28_fe
     assert_ledger_ok()
 
 
+def run_birthdays(day):
+    """The scheduled job for `day`, run as the scheduler runs it (recorded), at 08:00 local."""
+    from loyalty import clock
+
+    with clock.frozen_at(utc(day.year, day.month, day.day, 0)):
+        record = runner.run(registry.get("members.birthday_bonus"), day)
+    done()
+    return record.summary
+
+
+def gold_member(birthday):
+    from loyalty.tiers import service as tiers
+
+    member = new_member(birthday=birthday)
+    tiers.set_member_tier(member.id, "gold", "test", "test", now=T0)  # 50 birthday points
+    return member
+
+
+def test_birthdays_of_days_the_scheduler_missed_are_given_by_its_next_run():
+    before, missed_1, missed_2, today, later = (
+        gold_member(date(1990, 3, day)) for day in (9, 10, 11, 12, 13))
+
+    run_birthdays(date(2026, 3, 9))
+    summary = run_birthdays(date(2026, 3, 12))  # down on the 10th and the 11th
+    again = run_birthdays(date(2026, 3, 12))
+
+    assert summary["days"] == ["2026-03-10", "2026-03-11", "2026-03-12"] and summary["gifts"] == 3
+    assert (again["days"], again["gifts"]) == (["2026-03-12"], 0)
+    assert [entries(m.id) for m in (before, missed_1, missed_2, today, later)] == \
+        [[("bonus", D("50.00"))]] * 4 + [[]]
+    assert_ledger_ok()
+
+
+def test_a_first_run_gives_only_its_own_day_and_a_catch_up_goes_back_a_week_at_most():
+    long_ago, week_ago, today = (gold_member(date(1990, 3, day)) for day in (1, 13, 20))
+    summary = run_birthdays(date(2026, 3, 20))  # the first run ever: nothing is owed before it
+    assert summary["days"] == ["2026-03-20"]
+
+    run_birthdays(date(2026, 2, 1))  # an old success (as_of earlier): the last one before 1 April
+    summary = run_birthdays(date(2026, 4, 1))
+    assert summary["days"][0] == "2026-03-25" and len(summary["days"]) == 8  # LOYALTY_BIRTHDAY_CATCH_UP_DAYS
+    assert entries(long_ago.id) == [] and entries(week_ago.id) == []
+    assert entries(today.id) == [("bonus", D("50.00"))]
+
+
+def test_a_caught_up_new_years_eve_birthday_counts_in_the_old_year():
+    eve = gold_member(date(1990, 12, 31))
+
+    run_birthdays(date(2026, 12, 30))
+    summary = run_birthdays(date(2027, 1, 1))
+    run_birthdays(date(2027, 12, 31))  # the next year's gift is a new one
+
+    assert summary["days"] == ["2026-12-31", "2027-01-01"]
+    assert db.session.scalars(sa.select(Entry.reference_id).where(
+        Entry.member_id == eve.id).order_by(Entry.id)).all() == ["2026", "2027"]
+
+
 @pytest.mark.postgres_only
 def test_two_runners_at_once_one_runs_and_one_is_refused(app):
     """Two scheduler processes (threads with their own connections here) start the same job at
