@@ -130,11 +130,15 @@ def campaign_stats(campaign_id):
     counts = dict(db.session.execute(
         sa.select(Referral.status, sa.func.count()).where(Referral.campaign_id == campaign.id)
         .group_by(Referral.status)).all())
-    rewarded, capped, granted = db.session.execute(
+    # A clawback takes back exactly what the referral granted (the referee's reward, and the
+    # referrer's if they were rewarded): points_granted stays what was given, this says what came back.
+    rewarded, capped, granted, clawed_back = db.session.execute(
         sa.select(sa.func.count().filter(Referral.referrer_rewarded.is_(True)),
                   sa.func.count().filter(Referral.status.in_(("qualified", "clawed_back")),
                                          Referral.referrer_rewarded.is_(False), Referral.referrer_points > 0),
-                  sa.type_coerce(sa.func.coalesce(sa.func.sum(Referral.points_granted), 0), Points()))
+                  sa.type_coerce(sa.func.coalesce(sa.func.sum(Referral.points_granted), 0), Points()),
+                  sa.type_coerce(sa.func.coalesce(sa.func.sum(Referral.points_granted).filter(
+                      Referral.status == "clawed_back"), 0), Points()))
         .where(Referral.campaign_id == campaign.id)).one()
     invited = sum(counts.values())
     qualified = counts.get("qualified", 0) + counts.get("clawed_back", 0)
@@ -143,7 +147,7 @@ def campaign_stats(campaign_id):
         "qualified": qualified, "rewarded": rewarded, "referrer_over_cap": capped,
         "missed": counts.get("missed", 0), "expired": counts.get("expired", 0),
         "clawed_back": counts.get("clawed_back", 0),
-        "points_granted": granted,
+        "points_granted": granted, "points_clawed_back": clawed_back,
         "conversion_rate": (Decimal(qualified) / invited).quantize(Decimal("0.0001")) if invited else Decimal(0),
     }
 

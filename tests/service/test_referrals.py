@@ -666,6 +666,7 @@ def test_a_refund_within_the_return_window_claws_back_only_below_the_minimum(ref
         assert available(referee_id) == D(150) - reversed_points
         assert balances(referrer_id) == (D(0), D(0), D(0), D(0))
         assert stats(campaign)["clawed_back"] == 1
+        assert (stats(campaign)["points_granted"], stats(campaign)["points_clawed_back"]) == (D(150), D(150))
     else:
         assert (referral.status, referral.clawed_back_at) == ("qualified", None)
         assert available(referee_id) == D(200) - reversed_points
@@ -720,7 +721,7 @@ def test_a_clawback_of_spent_points_becomes_debt():
 
 
 def test_a_clawback_over_the_cap_takes_back_only_the_referees_reward():
-    start_campaign(max_rewards_per_referrer=1)
+    campaign = start_campaign(max_rewards_per_referrer=1)
     referrer = factories.member(now=T0 - DAY)
     first, second = referee_of(referrer), referee_of(referrer)
     buy(first.id, "150.00", T0 + DAY)
@@ -729,6 +730,7 @@ def test_a_clawback_over_the_cap_takes_back_only_the_referees_reward():
     refund(purchase, "150.00", T0 + 2 * DAY)
 
     assert referral_of(second.id).status == "clawed_back"
+    assert (stats(campaign)["points_granted"], stats(campaign)["points_clawed_back"]) == (D(200), D(50))
     assert available(second.id) == D(0)
     assert available(referrer.id) == D(100)  # the first referral's reward stays; the second had none
     assert [p for _, p, *_ in named_entries(referrer.id)] == [D(100)]
@@ -822,7 +824,7 @@ def test_campaign_stats_count_each_outcome():
     assert summary == {
         "campaign_id": campaign.id, "invited": 7, "pending": 1, "qualified": 4, "rewarded": 3,
         "referrer_over_cap": 1, "missed": 1, "expired": 1, "clawed_back": 0,
-        "points_granted": D(3 * 150 + 50), "conversion_rate": D("0.5714"),
+        "points_granted": D(3 * 150 + 50), "points_clawed_back": D(0), "conversion_rate": D("0.5714"),
     }
     assert referral_of(expired.id).status == "expired" and referral_of(pending.id).status == "pending"
     assert_ledger_ok()

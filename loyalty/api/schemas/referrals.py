@@ -55,7 +55,10 @@ class CampaignStatsSchema(Schema):
     missed = fields.Integer(metadata={"description": "First purchase below the minimum"})
     expired = fields.Integer()
     clawed_back = fields.Integer()
-    points_granted = PointsField()
+    points_granted = PointsField(metadata={"description": "Points given by the campaign's referrals, "
+                                                         "including those later clawed back"})
+    points_clawed_back = PointsField(metadata={"description": "Of those, points taken back because the "
+                                                             "first purchase was refunded below the minimum"})
     conversion_rate = fields.Decimal(as_string=False, places=4)
 
 
