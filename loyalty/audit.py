@@ -1,4 +1,6 @@
 """The audit log: who changed what, before and after, when. Written in the change's transaction."""
+from decimal import Decimal
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -18,6 +20,19 @@ class AuditEntry(db.Model):
     before = mapped_column(sa.JSON)
     after = mapped_column(sa.JSON)
     created_at = mapped_column(UTCDateTime, nullable=False)
+
+
+def document(obj, keys):
+    """The JSON document of `obj`'s `keys` for an audit entry: decimals as strings, times in ISO."""
+    return {key: _plain(getattr(obj, key)) for key in keys}
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return value
 
 
 def record(actor, action, entity_type, entity_id, before, after, now):

@@ -97,15 +97,8 @@ def _check_campaign(fields, exclude_id):
 
 
 def campaign_document(campaign):
-    return {key: _plain(getattr(campaign, key)) for key in ("id",) + CAMPAIGN_FIELDS}
+    return audit.document(campaign, ("id",) + CAMPAIGN_FIELDS)
 
-
-def _plain(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 def campaigns():

@@ -95,15 +95,8 @@ def reward_fields(reward):
 
 
 def reward_document(reward):
-    return {key: _plain(getattr(reward, key)) for key in ("id",) + EDITABLE}
+    return audit.document(reward, ("id",) + EDITABLE)
 
-
-def _plain(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return value
 
 
 def get_reward(reward_id):
