@@ -100,15 +100,17 @@ def describe(key):
             "key_hint": key.key_hint, "revoked": key.revoked_at is not None}
 
 
+# Built once: every request runs it (see ledger._LOCK_ACCOUNT).
+_ACTIVE_KEY = (sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id)
+               .where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
+
+
 def authenticate(header):
     """The Principal for an Authorization header, or Unauthorized."""
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    row = db.session.execute(
-        sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id)
-        .where(ApiKey.key_hash == hash_key(token.strip()), ApiKey.revoked_at.is_(None))
-    ).first()
+    row = db.session.execute(_ACTIVE_KEY, {"key_hash": hash_key(token.strip())}).first()
     if row is None:
         raise Unauthorized("This API key is unknown or has been revoked; ask an admin for a valid key.")
     return Principal(key_id=row.id, name=row.name, role=row.role, store_id=row.store_id)

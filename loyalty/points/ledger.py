@@ -26,22 +26,7 @@ def lock_account(member_id, now):
     PostgreSQL takes a row lock (FOR UPDATE); SQLite already holds the database's write lock
     from BEGIN IMMEDIATE. Every check that follows sees a balance no one else can change.
     """
-    row = db.session.execute(
-        # The member comes along, locked too, with its channel identities: every answer shows it,
-        # and an upgrade changes it. (Locked rather than merely joined: after waiting for a lock,
-        # PostgreSQL re-reads only the rows it locks, so an unlocked member row could be one a twin
-        # has since upgraded.) FOR NO KEY UPDATE: no key of either row changes, and it does not
-        # conflict with the KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
-        # Whether any lot is due comes in the same round trip, so that the common case (nothing
-        # due) costs no query for lots. (Should PostgreSQL have waited for the lock, this answer is
-        # as of the statement's start: lots a twin settled are simply found settled; the twin's own
-        # lots are new, not yet due.)
-        sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(now)))
-        .join(Account.member).where(Account.member_id == member_id)
-        .options(orm.contains_eager(Account.member).joinedload(Member.identities))
-        .with_for_update(key_share=True, of=[Account, Member])
-        .execution_options(populate_existing=True)
-    ).unique().one_or_none()
+    row = db.session.execute(_LOCK_ACCOUNT, {"member_id": member_id, "now": now}).unique().one_or_none()
     if row is None:
         raise NotFound(f"No member with id {member_id}.")
     account, has_due = row
@@ -87,6 +72,26 @@ def _due(now):
         sa.and_(Lot.status == "pending", Lot.available_at <= now),
         sa.and_(Lot.status == "available", Lot.remaining > 0, Lot.expires_at <= now),
     )
+
+
+# The member comes along, locked too, with its channel identities: every answer shows it, and an
+# upgrade changes it. (Locked rather than merely joined: after waiting for a lock, PostgreSQL
+# re-reads only the rows it locks, so an unlocked member row could be one a twin has since
+# upgraded.) FOR NO KEY UPDATE: no key of either row changes, and it does not conflict with the
+# KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
+# Whether any lot is due comes in the same round trip, so that the common case (nothing due) costs
+# no query for lots. (Should PostgreSQL have waited for the lock, this answer is as of the
+# statement's start: lots a twin settled are simply found settled; the twin's own lots are new,
+# not yet due.)
+# Built once, with bind parameters: every write runs it, and a statement built anew per request
+# costs more CPU than its round trip (SQLAlchemy builds and hashes it again each time).
+_LOCK_ACCOUNT = (
+    sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(sa.bindparam("now"))))
+    .join(Account.member).where(Account.member_id == sa.bindparam("member_id"))
+    .options(orm.contains_eager(Account.member).joinedload(Member.identities))
+    .with_for_update(key_share=True, of=[Account, Member])
+    .execution_options(populate_existing=True)
+)
 
 
 def expire_lot(account, lot, now):

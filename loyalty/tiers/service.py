@@ -149,14 +149,21 @@ def qualifying(member_id, now):
     before it recorded, even if their clocks read a little later than its own."""
     _, _, _, tz = settings()
     start = window_start(clock.local_date(now, tz))
-    spend = sa.select(sa.type_coerce(
-        sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0), Money())
-    ).where(Purchase.member_id == member_id, Purchase.occurred_at >= start).scalar_subquery()
-    activities = sa.select(sa.func.count()).select_from(Activity).where(
-        Activity.member_id == member_id, Activity.occurred_at >= start,
-        Activity.capped.is_(False)).scalar_subquery()
-    row = db.session.execute(sa.select(spend, activities)).one()
+    row = db.session.execute(_QUALIFYING, {"member_id": member_id, "start": start}).one()
     return row[0], row[1], start
+
+
+# Built once (every purchase and activity runs it): see ledger._LOCK_ACCOUNT.
+_QUALIFYING = sa.select(
+    sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0),
+                             Money()))
+    .where(Purchase.member_id == sa.bindparam("member_id"), Purchase.occurred_at >= sa.bindparam("start"))
+    .scalar_subquery(),
+    sa.select(sa.func.count()).select_from(Activity)
+    .where(Activity.member_id == sa.bindparam("member_id"), Activity.occurred_at >= sa.bindparam("start"),
+           Activity.capped.is_(False))
+    .scalar_subquery(),
+)
 
 
 def upgrade_if_qualified(member, now):
