@@ -114,11 +114,13 @@ def _keep_refusal(scope, key, fingerprint, response):
 
 
 def _find(scope, key):
-    return db.session.execute(
-        sa.select(IdempotencyRecord)
-        .where(IdempotencyRecord.api_key_id == scope, IdempotencyRecord.key == key)
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    return db.session.execute(_FIND, {"scope": scope, "key": key}).scalar_one_or_none()
+
+
+# Built once: every POST with a key runs it (see ledger._LOCK_ACCOUNT).
+_FIND = (sa.select(IdempotencyRecord)
+         .where(IdempotencyRecord.api_key_id == sa.bindparam("scope"), IdempotencyRecord.key == sa.bindparam("key"))
+         .execution_options(populate_existing=True))
 
 
 def _replay(stored, fingerprint):
