@@ -100,7 +100,6 @@ def campaign_document(campaign):
     return audit.document(campaign, ("id",) + CAMPAIGN_FIELDS)
 
 
-
 def campaigns():
     return db.session.scalars(sa.select(ReferralCampaign).order_by(ReferralCampaign.starts_at.desc())).all()
 

@@ -98,7 +98,6 @@ def reward_document(reward):
     return audit.document(reward, ("id",) + EDITABLE)
 
 
-
 def get_reward(reward_id):
     reward = db.session.get(Reward, reward_id)
     if reward is None:
