@@ -18,7 +18,7 @@ import threading
 import time
 from itertools import chain
 
-from flask import current_app
+from flask import current_app, has_app_context
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -59,7 +59,9 @@ def cached(name, load):
 
 
 def forget(*names):
-    """Forget `names` (all if none) in this app's cache."""
+    """Forget `names` (all if none) in this app's cache (outside an app, there is none)."""
+    if not has_app_context():
+        return
     cache = _cache()
     with cache.lock:
         cache.generation += 1
