@@ -211,21 +211,18 @@ def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
                                errors={"type": [f"Must be one of: {known}."]})
     with transaction():
         account = ledger.lock_account(member_id, now)
-        existing = db.session.scalar(sa.select(Activity).where(
-            Activity.member_id == member_id, Activity.type == type_, Activity.event_id == event_id))
-        if existing is not None:
-            return Outcome(existing, account.member, replayed=True)
         period = rules_mod.cap_period_key(occurred_at, kind.cap_period, tz)
         capped = kind.cap is not None and db.session.scalar(
-            sa.select(sa.func.count()).select_from(Activity).where(
-                Activity.member_id == member_id, Activity.type == type_, Activity.period == period,
-                Activity.points_awarded > 0)
-        ) >= kind.cap
+            _AWARDED_IN_PERIOD, {"member_id": member_id, "type": type_, "period": period}) >= kind.cap
         points = ZERO if capped else kind.points
-        activity = Activity(member_id=member_id, type=type_, event_id=event_id, period=period,
-                            points_awarded=points, capped=capped, occurred_at=occurred_at, created_at=now)
-        db.session.add(activity)
-        db.session.flush()
+        activity = _insert_new(Activity, dict(
+            member_id=member_id, type=type_, event_id=event_id, period=period, points_awarded=points,
+            capped=capped, occurred_at=occurred_at, created_at=now), (Activity.member_id, Activity.type,
+                                                                       Activity.event_id))
+        if activity is None:  # this event was recorded before: a replay
+            existing = db.session.scalar(sa.select(Activity).where(
+                Activity.member_id == member_id, Activity.type == type_, Activity.event_id == event_id))
+            return Outcome(existing, account.member, replayed=True)
         if points > 0:
             ledger.credit(account, "earn_activity", points, kind.description or type_.replace("_", " "),
                           ("activity", activity.id), now,
@@ -408,15 +405,25 @@ def _member(member_id):
 
 
 def _claim_receipt(values):
-    """Insert the purchase unless its store and receipt are recorded already (then None): the
-    duplicate check and the insert in one statement (INSERT ... ON CONFLICT DO NOTHING RETURNING).
-    A twin inserting the same receipt for another member makes this wait for its outcome."""
+    """Insert the purchase unless its store and receipt are recorded already (then None)."""
+    return _insert_new(Purchase, values, (Purchase.store_id, Purchase.receipt_no))
+
+
+def _insert_new(model, values, natural_key):
+    """Insert a row unless one with the same natural key (a unique constraint's columns) exists,
+    then None: the duplicate check and the insert in one statement (INSERT ... ON CONFLICT DO
+    NOTHING RETURNING). On PostgreSQL a twin inserting the same key makes this wait for its outcome."""
     insert = (postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert)
     return db.session.scalars(
-        insert(Purchase).values(**values)
-        .on_conflict_do_nothing(index_elements=[Purchase.store_id, Purchase.receipt_no])
-        .returning(Purchase)
+        insert(model).values(**values).on_conflict_do_nothing(index_elements=list(natural_key)).returning(model)
     ).one_or_none()
+
+
+# Built once (every activity runs it; see ledger._LOCK_ACCOUNT): the events of a type that earned
+# points in a cap period.
+_AWARDED_IN_PERIOD = sa.select(sa.func.count()).select_from(Activity).where(
+    Activity.member_id == sa.bindparam("member_id"), Activity.type == sa.bindparam("type"),
+    Activity.period == sa.bindparam("period"), Activity.points_awarded > 0)
 
 
 def _purchase_by_receipt(store_id, receipt_no):
