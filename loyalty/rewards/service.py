@@ -82,8 +82,8 @@ def _check_reward(fields):
         errors["limit_period"] = [f"Must be one of: {', '.join(LIMIT_PERIODS)}."]
     if fields.get("valid_from") and fields.get("valid_until") and fields["valid_until"] <= fields["valid_from"]:
         errors["valid_until"] = ["Must be after valid_from."]
-    if fields.get("min_tier") and fields["min_tier"] not in {tier.code for tier in tiers.tiers()}:
-        known = ", ".join(tier.code for tier in tiers.tiers())
+    if fields.get("min_tier") and fields["min_tier"] not in {tier.code for tier in tiers.ladder()}:
+        known = ", ".join(tier.code for tier in tiers.ladder())
         errors["min_tier"] = [f"Must be one of: {known}."]
     if errors:
         field, [problem] = next(iter(errors.items()))
@@ -154,7 +154,7 @@ def _why_not(reward, member, available, redeemed, quantity, now):
 
 
 def _rank(code):
-    return next((tier.rank for tier in tiers.tiers() if tier.code == code), 0)
+    return next((tier.rank for tier in tiers.ladder() if tier.code == code), 0)
 
 
 def _units_redeemed(member_id, reward_ids, now):
