@@ -50,9 +50,11 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
+    from loyalty.api import docs_assets
     from loyalty.api import register_blueprints as register_api
 
     register_api(app)
+    app.register_blueprint(docs_assets.blp)
 
 
 def register_errorhandlers(app):

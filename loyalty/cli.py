@@ -1,7 +1,13 @@
-"""The `loyalty` command: thin wrappers over services. `loyalty --help` lists everything."""
+"""The `loyalty` command: thin wrappers over services. `loyalty --help` lists everything.
+
+`main` is a plain click group, not Flask's: `loyalty --help` shows our commands only (Flask's
+`run`, `routes`, `shell` and its dotenv and `--app` options are not ours to offer), and the app is
+built from the environment, like the web process builds it."""
+import logging
+
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, with_appcontext
+from flask.cli import ScriptInfo, with_appcontext
 
 from loyalty import auth
 from loyalty.errors import LoyaltyError
@@ -13,36 +19,62 @@ def create_cli_app():
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=create_cli_app, add_version_option=False,
-             help="Loyalty points and membership tiers.")
+@click.group(help="Loyalty points and membership tiers.",
+             context_settings={"obj": ScriptInfo(create_app=create_cli_app, set_debug_flag=False,
+                                                 load_dotenv_defaults=False)})
 def main():
     pass
 
 
 def register(app):
-    app.cli.add_command(serve)
-    app.cli.add_command(api_keys)
-    app.cli.add_command(ledger)
-    app.cli.add_command(jobs)
-    app.cli.add_command(scheduler)
+    """The same commands on the app's own `flask` group, which tests drive with app.test_cli_runner()."""
+    for command in commands():
+        app.cli.add_command(command)
+
+
+def commands():
+    from flask_migrate.cli import db as migrations
+
+    migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
+    return [serve, api_keys, ledger, jobs, scheduler, migrations]
 
 
 def prepare_database():
     """Bring an embedded (SQLite) database to the newest schema; seed defaults on any database."""
-    from flask_migrate import upgrade
-
     from loyalty.extensions import db
     from loyalty.points.service import seed_rules
     from loyalty.tiers.service import seed_tiers
 
     if db.engine.dialect.name == "sqlite":
-        upgrade()
+        migrate_to_head()
     seed_rules()
     seed_tiers()
     if not auth.has_active_admin_key():
         _, plaintext = auth.create_key("admin", name="first admin key", actor="loyalty serve")
         click.echo("Created the first admin API key. It is shown only this once; keep it safe:")
         click.echo(plaintext)
+
+
+def migrate_to_head():
+    """Upgrade only when the schema is behind: a start with nothing to migrate prints nothing."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from flask_migrate import upgrade
+
+    from loyalty.extensions import db
+
+    head = ScriptDirectory.from_config(current_app.extensions["migrate"].migrate.get_config()).get_current_head()
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level, quiet.level = quiet.level, logging.WARNING  # "Context impl SQLiteImpl." on every start
+    try:
+        with db.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        quiet.setLevel(level)
+    if current == head:
+        return
+    upgrade()
+    click.echo(f"Database migrated from {current or 'empty'} to revision {head}.")
 
 
 @click.command()
@@ -88,6 +120,7 @@ def create_key(role, store_id, name):
 @with_appcontext
 def list_keys():
     """List keys (never the keys themselves: only their first characters)."""
+    click.echo("id\trole\tstore\tkey starts\tstate\tname")
     for key in auth.list_keys():
         state = "revoked" if key.revoked_at else "active"
         click.echo(f"{key.id}\t{key.role}\t{key.store_id or '-'}\t{key.key_hint}…\t{state}\t{key.name}")
@@ -137,6 +170,7 @@ def list_jobs():
     from loyalty.jobs.scheduler import schedule_of
 
     last = runner.last_runs()
+    click.echo("job\tschedule\tlast run\tdescription")
     for job in registry.JOBS:
         run = last.get(job.id)
         ran = f"last run {run.as_of} {run.outcome}" if run else "never run"
@@ -186,7 +220,14 @@ def scheduler():
     from loyalty.jobs import registry
     from loyalty.jobs.scheduler import build, schedule_of
 
+    # APScheduler logs every job as it is added and every run it starts and ends; the echo below and
+    # jobs.runner's one line per run say the same, so only its warnings and errors are kept.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     app = current_app._get_current_object()
     for job in registry.JOBS:
         click.echo(f"scheduled {job.id} at '{schedule_of(app, job)}' ({app.config['LOYALTY_TIMEZONE']})")
     build(app).start()
+
+
+for _command in commands():
+    main.add_command(_command)

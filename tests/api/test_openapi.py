@@ -1,4 +1,5 @@
 """The OpenAPI document describes every path of the contract; the docs page and health check answer."""
+import re
 import pytest
 import sqlalchemy as sa
 
@@ -173,3 +174,28 @@ def test_the_health_check_answers_503_when_the_database_is_unreachable(client, m
     assert response.json["error"] == "unavailable"
     assert response.json["database"] == "unreachable"
     assert response.json["code"] == 503
+
+
+def test_the_docs_page_loads_every_asset_from_our_own_server(client):
+    """A shop's intranet has no internet: no script or style of the docs page may come from elsewhere."""
+    page = client.get("/api/v1/docs").get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+
+    assert {asset.rsplit("/", 1)[-1] for asset in assets} >= {
+        "swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"}
+    for asset in assets:
+        assert asset.startswith("/api/v1/docs/assets/"), asset  # not http://, not //host/
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert len(response.data) > 1000, asset
+        assert response.mimetype in ("text/css", "text/javascript", "application/javascript"), asset
+        response.close()
+
+
+def test_the_docs_assets_folder_serves_nothing_outside_the_bundle(client):
+    for path in ("/api/v1/docs/assets/../../../setup.cfg", "/api/v1/docs/assets/%2e%2e/%2e%2e/setup.cfg",
+                 "/api/v1/docs/assets/no-such-file.js"):
+        response = client.get(path)
+
+        assert response.status_code == 404, path
+        assert response.json["error"] == "not_found"
