@@ -3,6 +3,7 @@ with their attempts; replay of one delivery or of every dead one."""
 import hashlib
 import hmac
 import json
+import socket
 
 import pytest
 
@@ -83,6 +84,53 @@ def test_bad_subscriptions_are_refused_with_the_field_named(api, body, field):
     assert response.status_code == 422, response.json
     assert field in json.dumps(response.json["errors"])
     assert api.get("admin", "/webhooks").json["items"] == []
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:5099/a\r\nX-Injected: 1", "line breaks"),
+    ("http://127.0.0.1:abc/", "The port must be a number from 1 to 65535."),
+    ("https://crm.example/my hooks", "Spaces"),
+    ("https://admin:hunter2@crm.example/hooks", "user name or password"),
+    ("https://crm.example/\u0000x", "control"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local address"),
+    ("http://2130706433/", "loopback address"),
+    ("http://[::ffff:127.0.0.1]:5432/", "loopback address"),
+    ("http://localhost:5432/", "loopback address"),
+    ("http://10.0.0.8/hooks", "private address"),
+    ("http://100.64.1.1/hooks", "shared (carrier-grade NAT) address"),
+    ("https://crm.example/" + "x" * 490, "between 8 and 500"),
+])
+def test_a_url_that_cannot_or_may_not_be_reached_is_refused_when_subscribed(api, url, says):
+    response = api.post("admin", "/webhooks", json={"url": url, "events": ["member.created"], "secret": SECRET})
+
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "validation_error"
+    [sentence] = response.json["errors"]["url"]
+    assert says in sentence and "url" in response.json["message"]
+    assert api.get("admin", "/webhooks").json["items"] == []
+
+
+def test_a_url_changed_to_a_refused_one_is_refused_and_the_old_one_stays(api):
+    subscription = create(api, "https://crm.example/hooks")
+    path = f"/webhooks/{subscription['id']}"
+
+    for url in ("http://169.254.169.254/", "https://crm.example/a\nb", "http://crm.example:99999/"):
+        response = api.patch("admin", path, json={"url": url})
+        assert response.status_code == 422 and "url" in response.json["errors"], url
+    assert api.get("admin", path).json["url"] == "https://crm.example/hooks"
+    assert api.patch("admin", path, json={"url": "https://crm.example/v2"}).json["url"] == "https://crm.example/v2"
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused_without_saying_which(api, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("172.20.0.5", 443))])
+
+    response = api.post("admin", "/webhooks", json={"url": "https://db.internal.example/", "events": ["member.created"],
+                                                   "secret": SECRET})
+    assert response.status_code == 422
+    assert response.json["errors"]["url"] == ["Not allowed: the destination resolves to a private address; "
+                                              "webhooks are sent to public internet addresses only."]
+    assert "172.20" not in json.dumps(response.json)
 
 
 def test_deliveries_show_their_attempts_and_a_dead_one_can_be_replayed(api, app, receiver):
