@@ -106,7 +106,7 @@ def test_a_url_that_cannot_or_may_not_be_reached_is_refused_when_subscribed(api,
     assert response.status_code == 422, response.json
     assert response.json["error"] == "validation_error"
     [sentence] = response.json["errors"]["url"]
-    assert says in sentence and "url" in response.json["message"]
+    assert says in sentence
     assert api.get("admin", "/webhooks").json["items"] == []
 
 
