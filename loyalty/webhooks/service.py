@@ -120,9 +120,13 @@ def delete_subscription(subscription_id, actor, now=None):
     return subscription
 
 
-def subscriptions():
-    return db.session.scalars(sa.select(Subscription).where(Subscription.deleted_at.is_(None))
-                              .order_by(Subscription.id)).all()
+def subscriptions(limit=50, after_id=None):
+    """The subscriptions not deleted, oldest first; keyset-paginated on the id: (page, last id or None)."""
+    query = sa.select(Subscription).where(Subscription.deleted_at.is_(None)).order_by(Subscription.id)
+    if after_id:
+        query = query.where(Subscription.id > after_id)
+    rows = db.session.scalars(query.limit(limit + 1)).all()
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
 def get_subscription(subscription_id):

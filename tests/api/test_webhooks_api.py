@@ -183,6 +183,21 @@ def test_replay_of_every_dead_delivery_and_pagination(api, app, receiver):
     assert deliver(app)["delivered"] == 3
 
 
+def test_subscriptions_are_listed_oldest_first_a_page_at_a_time(api):
+    made = [create(api, f"https://crm.example/hooks/{n}")["id"] for n in range(3)]
+    api.delete("admin", f"/webhooks/{made[1]}")
+
+    first = api.get("admin", "/webhooks?limit=1").json
+    assert [s["id"] for s in first["items"]] == [made[0]] and first["next_cursor"]
+    second = api.get("admin", f"/webhooks?limit=1&cursor={first['next_cursor']}").json
+    assert ([s["id"] for s in second["items"]], second["next_cursor"]) == ([made[2]], None)  # deleted: not listed
+    whole = api.get("admin", "/webhooks").json
+    assert ([s["id"] for s in whole["items"]], whole["next_cursor"]) == ([made[0], made[2]], None)
+    for query, field in [("limit=0", "limit"), ("limit=201", "limit"), ("cursor=%%%", "cursor")]:
+        response = api.get("admin", f"/webhooks?{query}")
+        assert response.status_code == 422 and field in response.json["errors"], query
+
+
 def test_pausing_editing_and_deleting_a_subscription(api):
     subscription = create(api, "https://crm.example/hooks")
     path = f"/webhooks/{subscription['id']}"

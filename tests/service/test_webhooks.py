@@ -129,7 +129,7 @@ def test_a_subscription_must_have_a_web_address_known_events_and_a_real_secret(f
     with pytest.raises(ValidationFailed) as error:
         webhooks.create_subscription({**good, **fields}, actor="admin test", now=T0)
     assert field in error.value.errors
-    assert webhooks.subscriptions() == []
+    assert webhooks.subscriptions() == ([], None)
 
 
 def test_changes_to_subscriptions_are_audit_logged_without_the_secret():
@@ -146,7 +146,7 @@ def test_changes_to_subscriptions_are_audit_logged_without_the_secret():
     assert logged[1].after == {"url": "https://crm.example/hooks", "description": "", "events": ["tier.changed"],
                                "active": True, "secret": "changed"}
     assert SECRET not in json.dumps([e.before for e in logged] + [e.after for e in logged])
-    assert webhooks.subscriptions() == []
+    assert webhooks.subscriptions() == ([], None)
     with pytest.raises(NotFound):
         webhooks.get_subscription(subscription.id)
 
@@ -401,7 +401,7 @@ def test_receivers_on_this_machine_are_refused_by_default(app):
         subscribe(receiver.url, ["member.created"])
     assert error.value.errors["url"] == ["Not allowed: the destination is a loopback address; "
                                          "webhooks are sent to public internet addresses only."]
-    assert webhooks.subscriptions() == []
+    assert webhooks.subscriptions() == ([], None)
 
 
 def test_a_bad_url_stored_before_the_rules_fails_alone_and_the_job_succeeds(app, runner):
