@@ -322,7 +322,8 @@ def _attempt(row, send, config, now):
     except Exception:  # noqa: BLE001 - one delivery's failure is recorded on it, never the job's
         log.exception("webhook delivery %s failed unexpectedly", delivery_id)
         status_code, error = None, "the delivery failed unexpectedly; the error is in the service's log"
-    return delivery_id, attempts, attempted_at, status_code, error, int((time.monotonic() - began) * 1000)
+    return (delivery_id, attempts, attempted_at, status_code, error[:500] if error else None,
+            int((time.monotonic() - began) * 1000))
 
 
 def _record(results, config, totals):

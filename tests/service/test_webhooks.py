@@ -566,3 +566,12 @@ def test_a_receiver_that_never_answers_times_out_in_our_words(app, local_receive
         silent.close()
     [delivery] = deliveries()
     assert delivery.last_error == "timed out after 1 s"
+
+
+def test_https_to_a_receiver_that_does_not_speak_tls_is_a_failed_handshake(receiver):
+    subscribe(receiver.url.replace("http://", "https://"), ["member.created"])
+    factories.member(now=T0)
+
+    assert deliver(T0)["failed"] == 1
+    [delivery] = deliveries()
+    assert (delivery.last_status_code, delivery.last_error) == (None, "the TLS handshake failed")
