@@ -30,6 +30,10 @@ def from_environment(instance_path):
         "LOYALTY_TIER_WINDOW_MONTHS": int(os.environ.get("LOYALTY_TIER_WINDOW_MONTHS", "12")),
         "LOYALTY_TIER_PROTECTION_MONTHS": int(os.environ.get("LOYALTY_TIER_PROTECTION_MONTHS", "12")),
         "LOYALTY_TIER_MAX_DROP": int(os.environ.get("LOYALTY_TIER_MAX_DROP", "1")),
+        # Webhooks may go to loopback, private, link-local... addresses: for development and tests
+        # only (a receiver on this machine); in production they reach public addresses only.
+        "LOYALTY_WEBHOOK_ALLOW_PRIVATE": os.environ.get("LOYALTY_WEBHOOK_ALLOW_PRIVATE", "0").strip().lower()
+        in ("1", "true", "yes", "on"),
     }
 
 

@@ -1,6 +1,7 @@
 """Fixtures: the app on SQLite (a temp file) or on LOYALTY_TEST_DATABASE_URL, migrated to head
 once per session; every test starts from empty tables with the default earning rules."""
 import os
+import socket
 
 import pytest
 import sqlalchemy as sa
@@ -69,6 +70,27 @@ def clean_database(app):
         seed_tiers()
         db.session.remove()
     yield
+
+
+PUBLIC_TEST_ADDRESS = "93.184.215.14"  # public, so allowed; never contacted: no test connects to it
+
+
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch):
+    """No test asks a DNS server (the network is closed): names under .example resolve to a public
+    address no test connects to, localhost to 127.0.0.1, numeric hosts to themselves, and any other
+    name does not resolve. A test that needs other answers patches socket.getaddrinfo itself."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - socket's names
+        name = host.lower().rstrip(".") if isinstance(host, str) else host
+        if isinstance(name, str) and (name == "example" or name.endswith(".example")):
+            host = PUBLIC_TEST_ADDRESS
+        elif name == "localhost":
+            host = "127.0.0.1"
+        return real(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ from flask import g
 from flask.views import MethodView
 
 from loyalty.api import QR_RESPONSES, Blueprint, qr_response
+from loyalty.api.schemas.common import ListQuerySchema
 from loyalty.api.schemas.members import MemberSchema
 from loyalty.api.schemas.referrals import (ApplyCodeSchema, CampaignCreateSchema, CampaignFieldsSchema,
                                            CampaignListSchema, CampaignSchema, CampaignStatsSchema,
@@ -15,10 +16,12 @@ blp = Blueprint("referrals", __name__, description="Referral campaigns, codes, l
 @blp.route("/referral-campaigns")
 class Campaigns(MethodView):
     @roles("marketing")
+    @blp.arguments(ListQuerySchema, location="query")
     @blp.response(200, CampaignListSchema)
-    def get(self):
-        """Every campaign, latest first"""
-        return {"items": service.campaigns()}
+    def get(self, query):
+        """The campaigns, latest start first; paginated by cursor"""
+        items, next_cursor = service.campaigns(query["limit"], query.get("cursor"))
+        return {"items": items, "next_cursor": next_cursor}
 
     @roles("marketing")
     @blp.idempotent

@@ -2,6 +2,7 @@ from flask import g
 from flask.views import MethodView
 
 from loyalty.api import Blueprint
+from loyalty.api.schemas.common import ListQuerySchema
 from loyalty.api.schemas.webhooks import (DeliveryPageSchema, DeliveryQuerySchema, DeliverySchema, ReplayedSchema,
                                           SubscriptionCreateSchema, SubscriptionFieldsSchema, SubscriptionListSchema,
                                           SubscriptionSchema)
@@ -22,10 +23,13 @@ def _with_counts(subscriptions):
 @blp.route("/webhooks")
 class Webhooks(MethodView):
     @roles("admin")
+    @blp.arguments(ListQuerySchema, location="query")
     @blp.response(200, SubscriptionListSchema)
-    def get(self):
-        """Every subscription with its deliveries counted by status"""
-        return {"items": _with_counts(service.subscriptions())}
+    def get(self, query):
+        """The subscriptions, oldest first, with their deliveries counted by status; paginated by cursor"""
+        cursor = query.get("cursor")
+        items, last = service.subscriptions(query["limit"], decode_cursor(cursor) if cursor else None)
+        return {"items": _with_counts(items), "next_cursor": encode_cursor(last) if last else None}
 
     @roles("admin")
     @blp.idempotent

@@ -100,8 +100,21 @@ def campaign_document(campaign):
     return audit.document(campaign, ("id",) + CAMPAIGN_FIELDS)
 
 
-def campaigns():
-    return db.session.scalars(sa.select(ReferralCampaign).order_by(ReferralCampaign.starts_at.desc())).all()
+def campaigns(limit=50, cursor=None):
+    """(a page of the campaigns, latest start first; the cursor of the next page or None). The cursor
+    names the page's last campaign, and the next page starts after its (starts_at, id)."""
+    from loyalty.points.service import decode_cursor, encode_cursor
+    query = sa.select(ReferralCampaign).order_by(ReferralCampaign.starts_at.desc(), ReferralCampaign.id.desc())
+    if cursor:
+        last = db.session.get(ReferralCampaign, decode_cursor(cursor))
+        if last is None:
+            raise ValidationFailed("The cursor is not one this service gave out; start again without it.",
+                                   errors={"cursor": ["Invalid cursor."]})
+        query = query.where(sa.or_(ReferralCampaign.starts_at < last.starts_at,
+                                   sa.and_(ReferralCampaign.starts_at == last.starts_at,
+                                           ReferralCampaign.id < last.id)))
+    rows = db.session.scalars(query.limit(limit + 1)).all()
+    return rows[:limit], (encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
 
 def get_campaign(campaign_id):

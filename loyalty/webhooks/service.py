@@ -5,19 +5,18 @@ An event is written only if some active subscription wants its type, in the same
 the change, with one delivery row per subscriber: the change and its events commit or vanish
 together. `webhooks.deliver` (every minute) POSTs each due delivery's body, signed with
 HMAC-SHA256 of the body under the subscription's secret, outside any transaction, then records the
-attempt. A 2xx answer delivers it; anything else (an error status, a timeout, a refused
-connection, a redirect) schedules a retry after a back-off that doubles each time (at most 6
-hours); after LOYALTY_WEBHOOK_MAX_ATTEMPTS tries the delivery is dead, and an admin may replay it.
+attempt in a transaction of its own. A 2xx answer delivers it; anything else (an error status, a
+timeout, a refused connection, a redirect, a destination that is not public: see destinations.py)
+schedules a retry after a back-off that doubles each time (at most 6 hours); after
+LOYALTY_WEBHOOK_MAX_ATTEMPTS tries the delivery is dead, and an admin may replay it.
 Delivery is at least once: a receiver that answers late may see an event twice, and tells by its id.
 """
 import hashlib
 import hmac
+import logging
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import simplejson
 import sqlalchemy as sa
@@ -27,7 +26,10 @@ from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.webhooks import destinations, sender
 from loyalty.webhooks.models import EVENTS, Attempt, Delivery, Event, Subscription, SubscriptionEvent
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Loyalty-Signature"
 MAX_BACKOFF = timedelta(hours=6)
@@ -39,9 +41,10 @@ EDITABLE = ("url", "description", "active")
 def _check(fields):
     errors = {}
     if "url" in fields:
-        parts = urlsplit(fields["url"])
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            errors["url"] = ["Must be an http:// or https:// address with a host."]
+        try:
+            destinations.check(fields["url"], current_app.config["LOYALTY_WEBHOOK_ALLOW_PRIVATE"])
+        except destinations.Refused as refused:
+            errors["url"] = [refused.message]
     if "events" in fields:
         unknown = sorted(set(fields["events"]) - set(EVENTS))
         if unknown or not fields["events"]:
@@ -117,9 +120,13 @@ def delete_subscription(subscription_id, actor, now=None):
     return subscription
 
 
-def subscriptions():
-    return db.session.scalars(sa.select(Subscription).where(Subscription.deleted_at.is_(None))
-                              .order_by(Subscription.id)).all()
+def subscriptions(limit=50, after_id=None):
+    """The subscriptions not deleted, oldest first; keyset-paginated on the id: (page, last id or None)."""
+    query = sa.select(Subscription).where(Subscription.deleted_at.is_(None)).order_by(Subscription.id)
+    if after_id:
+        query = query.where(Subscription.id > after_id)
+    rows = db.session.scalars(query.limit(limit + 1)).all()
+    return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
 def get_subscription(subscription_id):
@@ -271,10 +278,14 @@ def _due(now):
 
 
 def deliver_due(as_of=None, progress=None, now=None, send=None):
-    """Try every delivery due now, oldest first, in batches: read a batch, POST each body with no
-    transaction open, then write the batch's attempts and outcomes in one transaction. A delivery
-    that fails is due later, so one run tries each at most once. `as_of` is unused (deliveries are
-    due by the clock); `send` replaces the HTTP call in tests."""
+    """Try every delivery due now, oldest first, in batches: read a batch, then for each delivery
+    POST its body with no transaction open and record the attempt and its outcome in a transaction
+    of its own. Whatever goes wrong with one delivery (a URL stored before the rules, a name that
+    now resolves to a private address, an exception from the HTTP client) is that delivery's failed
+    attempt; the others are sent and recorded all the same, and an outcome once committed is never
+    lost to a later failure (so nothing is sent twice for it). A delivery that fails is due later,
+    so one run tries each at most once. `as_of` is unused (deliveries are due by the clock); `send`
+    replaces the HTTP call in tests."""
     config = current_app.config
     send = send or _post
     totals = {"delivered": 0, "failed": 0, "dead": 0, "rows": 0}
@@ -290,21 +301,29 @@ def deliver_due(as_of=None, progress=None, now=None, send=None):
         db.session.rollback()  # no transaction stays open while we wait for receivers
         if not batch:
             return totals
-        results = []
-        for delivery_id, attempts, event_id, event_type, body, url, secret in batch:
-            payload = body.encode()
-            headers = {"Content-Type": "application/json", "User-Agent": "loyalty-webhooks/1",
-                       "X-Loyalty-Event": event_type, "X-Loyalty-Event-Id": event_id,
-                       "X-Loyalty-Delivery": str(delivery_id), SIGNATURE_HEADER: signature(secret, payload)}
-            attempted_at = now or clock.now()
-            began = time.monotonic()
-            status_code, error = send(url, payload, headers, config["LOYALTY_WEBHOOK_TIMEOUT_SECONDS"])
-            results.append((delivery_id, attempts, attempted_at, status_code, error,
-                            int((time.monotonic() - began) * 1000)))
-        _record(results, config, totals)
+        for row in batch:
+            _record([_attempt(row, send, config, now)], config, totals)
+            if progress:
+                progress(1)
         after = batch[-1][0]
-        if progress:
-            progress(len(batch))
+
+
+def _attempt(row, send, config, now):
+    """(delivery id, attempts so far, attempted at, status code, error, duration in ms): never raises."""
+    delivery_id, attempts, event_id, event_type, body, url, secret = row
+    attempted_at = now or clock.now()
+    began = time.monotonic()
+    try:
+        payload = body.encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "loyalty-webhooks/1",
+                   "X-Loyalty-Event": event_type, "X-Loyalty-Event-Id": event_id,
+                   "X-Loyalty-Delivery": str(delivery_id), SIGNATURE_HEADER: signature(secret, payload)}
+        status_code, error = send(url, payload, headers, config["LOYALTY_WEBHOOK_TIMEOUT_SECONDS"])
+    except Exception:  # noqa: BLE001 - one delivery's failure is recorded on it, never the job's
+        log.exception("webhook delivery %s failed unexpectedly", delivery_id)
+        status_code, error = None, "the delivery failed unexpectedly; the error is in the service's log"
+    return (delivery_id, attempts, attempted_at, status_code, error[:500] if error else None,
+            int((time.monotonic() - began) * 1000))
 
 
 def _record(results, config, totals):
@@ -336,23 +355,6 @@ def _record(results, config, totals):
             totals["rows"] += 1
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # a redirect is an answer that is not 2xx: the delivery is retried
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
 def _post(url, body, headers, timeout):
-    """(status code or None, error text or None)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    try:
-        with _opener.open(request, timeout=timeout) as response:
-            response.read(1024)
-            return response.status, None
-    except urllib.error.HTTPError as error:
-        return error.code, f"HTTP {error.code} {error.reason}"[:500]
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        return None, f"{type(reason).__name__}: {reason}"[:500]
+    """(status code or None, error in our words or None): see sender.post."""
+    return sender.post(url, body, headers, timeout, current_app.config["LOYALTY_WEBHOOK_ALLOW_PRIVATE"])

@@ -542,3 +542,30 @@ def test_the_openapi_document_describes_the_referral_endpoints(api):
                  "/api/v1/referral-campaigns/{campaign_id}/stats", "/api/v1/members/{member_id}/referral",
                  "/api/v1/members/{member_id}/referral/qr.png", "/api/v1/members/{member_id}/referral/qr.svg"):
         assert path in paths, sorted(paths)
+
+
+# --- the list (issue 14) --------------------------------------------------------------------------
+
+def test_campaigns_are_listed_latest_start_first_a_page_at_a_time(api):
+    march = create_campaign(api, name="March", starts_at="2026-03-01T00:00:00Z")
+    january = create_campaign(api, name="January", starts_at="2026-01-01T00:00:00Z",
+                              ends_at="2026-01-31T00:00:00Z")
+    february = create_campaign(api, name="February", starts_at="2026-02-01T00:00:00Z",
+                               ends_at="2026-02-28T00:00:00Z")
+
+    first = api.get("marketing", "/referral-campaigns?limit=2").json
+    assert [c["name"] for c in first["items"]] == ["March", "February"] and first["next_cursor"]
+    second = api.get("marketing", f"/referral-campaigns?limit=2&cursor={first['next_cursor']}").json
+    assert (second["items"], second["next_cursor"]) == ([january], None)
+    whole = api.get("marketing", "/referral-campaigns").json
+    assert (whole["items"], whole["next_cursor"]) == ([march, february, january], None)
+    assert api.get("marketing", "/referral-campaigns?limit=3").json["next_cursor"] is None
+
+
+@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=201", "limit"), ("limit=ten", "limit"),
+                                          ("cursor=not-ours", "cursor"), ("cursor=OTk5", "cursor")])
+def test_a_bad_page_of_campaigns_is_refused(api, query, field):
+    create_campaign(api)
+
+    response = api.get("marketing", f"/referral-campaigns?{query}")
+    assert response.status_code == 422 and field in response.json["errors"], response.json

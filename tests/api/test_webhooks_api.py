@@ -3,6 +3,7 @@ with their attempts; replay of one delivery or of every dead one."""
 import hashlib
 import hmac
 import json
+import socket
 
 import pytest
 
@@ -23,10 +24,13 @@ ENDPOINTS = [
 
 
 @pytest.fixture
-def receiver():
+def receiver(app):
+    """A receiver on 127.0.0.1: loopback, refused by default, allowed as in development."""
+    app.config["LOYALTY_WEBHOOK_ALLOW_PRIVATE"] = True
     receiver = Receiver()
     yield receiver
     receiver.close()
+    app.config["LOYALTY_WEBHOOK_ALLOW_PRIVATE"] = False
 
 
 def create(api, url, events=("member.created",), **fields):
@@ -82,6 +86,53 @@ def test_bad_subscriptions_are_refused_with_the_field_named(api, body, field):
     assert api.get("admin", "/webhooks").json["items"] == []
 
 
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:5099/a\r\nX-Injected: 1", "line breaks"),
+    ("http://127.0.0.1:abc/", "The port must be a number from 1 to 65535."),
+    ("https://crm.example/my hooks", "Spaces"),
+    ("https://admin:hunter2@crm.example/hooks", "user name or password"),
+    ("https://crm.example/\u0000x", "control"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local address"),
+    ("http://2130706433/", "loopback address"),
+    ("http://[::ffff:127.0.0.1]:5432/", "loopback address"),
+    ("http://localhost:5432/", "loopback address"),
+    ("http://10.0.0.8/hooks", "private address"),
+    ("http://100.64.1.1/hooks", "shared (carrier-grade NAT) address"),
+    ("https://crm.example/" + "x" * 490, "between 8 and 500"),
+])
+def test_a_url_that_cannot_or_may_not_be_reached_is_refused_when_subscribed(api, url, says):
+    response = api.post("admin", "/webhooks", json={"url": url, "events": ["member.created"], "secret": SECRET})
+
+    assert response.status_code == 422, response.json
+    assert response.json["error"] == "validation_error"
+    [sentence] = response.json["errors"]["url"]
+    assert says in sentence
+    assert api.get("admin", "/webhooks").json["items"] == []
+
+
+def test_a_url_changed_to_a_refused_one_is_refused_and_the_old_one_stays(api):
+    subscription = create(api, "https://crm.example/hooks")
+    path = f"/webhooks/{subscription['id']}"
+
+    for url in ("http://169.254.169.254/", "https://crm.example/a\nb", "http://crm.example:99999/"):
+        response = api.patch("admin", path, json={"url": url})
+        assert response.status_code == 422 and "url" in response.json["errors"], url
+    assert api.get("admin", path).json["url"] == "https://crm.example/hooks"
+    assert api.patch("admin", path, json={"url": "https://crm.example/v2"}).json["url"] == "https://crm.example/v2"
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused_without_saying_which(api, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("172.20.0.5", 443))])
+
+    response = api.post("admin", "/webhooks", json={"url": "https://db.internal.example/", "events": ["member.created"],
+                                                   "secret": SECRET})
+    assert response.status_code == 422
+    assert response.json["errors"]["url"] == ["Not allowed: the destination resolves to a private address; "
+                                              "webhooks are sent to public internet addresses only."]
+    assert "172.20" not in json.dumps(response.json)
+
+
 def test_deliveries_show_their_attempts_and_a_dead_one_can_be_replayed(api, app, receiver):
     app.config["LOYALTY_WEBHOOK_MAX_ATTEMPTS"] = 1
     try:
@@ -98,7 +149,7 @@ def test_deliveries_show_their_attempts_and_a_dead_one_can_be_replayed(api, app,
     assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("dead", 1, 500)
     assert delivery["event_type"] == "member.created"
     assert json.loads(delivery["body"])["data"]["member_id"] == member["id"]
-    assert [(a["status_code"], a["error"]) for a in delivery["attempt_log"]] == [(500, "HTTP 500 Internal Server Error")]
+    assert [(a["status_code"], a["error"]) for a in delivery["attempt_log"]] == [(500, "answered 500")]
     assert api.get("admin", f"/webhooks/{subscription['id']}").json["deliveries"]["dead"] == 1
 
     replayed = api.post("admin", f"/webhook-deliveries/{delivery['id']}/replay")
@@ -130,6 +181,21 @@ def test_replay_of_every_dead_delivery_and_pagination(api, app, receiver):
     response = api.post("admin", f"/webhooks/{subscription['id']}/replay")
     assert response.status_code == 200 and response.json == {"replayed": 3}
     assert deliver(app)["delivered"] == 3
+
+
+def test_subscriptions_are_listed_oldest_first_a_page_at_a_time(api):
+    made = [create(api, f"https://crm.example/hooks/{n}")["id"] for n in range(3)]
+    api.delete("admin", f"/webhooks/{made[1]}")
+
+    first = api.get("admin", "/webhooks?limit=1").json
+    assert [s["id"] for s in first["items"]] == [made[0]] and first["next_cursor"]
+    second = api.get("admin", f"/webhooks?limit=1&cursor={first['next_cursor']}").json
+    assert ([s["id"] for s in second["items"]], second["next_cursor"]) == ([made[2]], None)  # deleted: not listed
+    whole = api.get("admin", "/webhooks").json
+    assert ([s["id"] for s in whole["items"]], whole["next_cursor"]) == ([made[0], made[2]], None)
+    for query, field in [("limit=0", "limit"), ("limit=201", "limit"), ("cursor=%%%", "cursor")]:
+        response = api.get("admin", f"/webhooks?{query}")
+        assert response.status_code == 422 and field in response.json["errors"], query
 
 
 def test_pausing_editing_and_deleting_a_subscription(api):

@@ -43,6 +43,7 @@ class CampaignSchema(CampaignFieldsSchema):
 
 class CampaignListSchema(Schema):
     items = fields.List(fields.Nested(CampaignSchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 class CampaignStatsSchema(Schema):

@@ -41,6 +41,7 @@ class SubscriptionSchema(SubscriptionFieldsSchema):
 
 class SubscriptionListSchema(Schema):
     items = fields.List(fields.Nested(SubscriptionSchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 class AttemptSchema(Schema):
