@@ -1,5 +1,6 @@
 """Migration 0011 rewrites stored phones in E.164: members sharing a number are kept, reported and
 listed for an admin to merge; phones that are no valid number are left as they were and reported."""
+import logging
 import secrets
 from datetime import datetime, timedelta, timezone
 
@@ -52,17 +53,29 @@ def phones_by_label(ids):
     return {label: stored[member_id] for label, member_id in ids.items()}
 
 
-def test_upgrade_rewrites_phones_in_e164_and_keeps_and_reports_members_sharing_a_number(empty_database_url, capfd):
+class Report(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_upgrade_rewrites_phones_in_e164_and_keeps_and_reports_members_sharing_a_number(empty_database_url):
     app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database_url, "LOYALTY_LOG_LEVEL": "WARNING",
                       "LOYALTY_PHONE_REGION": "CN"})
     with app.app_context():
         upgrade(revision="0010")
         seed_tiers()
         ids = insert_legacy_members()
-        capfd.readouterr()
-
-        upgrade()
-        report = capfd.readouterr().err
+        report_handler = Report()
+        logging.getLogger("loyalty.migrations").addHandler(report_handler)
+        try:
+            upgrade()
+        finally:
+            logging.getLogger("loyalty.migrations").removeHandler(report_handler)
+        report = "\n".join(report_handler.lines)
 
         assert phones_by_label(ids) == {
             "national": "13800138000",  # the member already holding +8613800138000 keeps it
@@ -80,6 +93,7 @@ def test_upgrade_rewrites_phones_in_e164_and_keeps_and_reports_members_sharing_a
             assert f"Members {ids['e164']} and {ids[other]} share the phone +8613800138000" in report
         assert f"Members {ids['first of two']} and {ids['second of two']} share the phone +8613700137000" in report
         assert f"Member {ids['invalid']} has the phone '12345', which is not a valid number" in report
+        assert report.endswith("Phones in E.164: 3 rewritten, 5 shared with another member, 1 not valid numbers.")
 
         shared, invalid = service.phone_duplicates()
         assert {(s.phone, s.first.id, s.second.id) for s in shared} == {

@@ -30,7 +30,9 @@ down_revision = '0010'
 branch_labels = None
 depends_on = None
 
-log = logging.getLogger('alembic.runtime.migration')
+# Not an alembic.* logger: alembic.ini's logging setup resets those, and this report must reach the
+# operator (and a test) whoever configured logging.
+log = logging.getLogger('loyalty.migrations')
 BATCH = 1000
 
 
@@ -78,8 +80,10 @@ def upgrade():
         .values(phone=sa.bindparam('phone'))
     for start in range(0, len(rewrites), BATCH):
         connection.execute(update, rewrites[start:start + BATCH])
-    log.info('Phones in E.164: %s rewritten, %s shared with another member, %s not valid numbers.',
-             len(rewrites), sum(len(h) - 1 for h in by_number.values()), len(unreadable))
+    shared = sum(len(h) - 1 for h in by_number.values())
+    log.log(logging.WARNING if shared or unreadable else logging.INFO,
+            'Phones in E.164: %s rewritten, %s shared with another member, %s not valid numbers.',
+            len(rewrites), shared, len(unreadable))
 
 
 def downgrade():
