@@ -36,7 +36,7 @@ def commands():
     from flask_migrate.cli import db as migrations
 
     migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
-    return [serve, api_keys, ledger, jobs, scheduler, migrations]
+    return [serve, api_keys, ledger, jobs, scheduler, members, migrations]
 
 
 def prepare_database():
@@ -211,6 +211,36 @@ def run_job(job_id, as_of):
         return
     counts = ", ".join(f"{key} {value}" for key, value in record.summary.items())
     click.echo(f"{job.id} as of {day}: {counts} in {time.monotonic() - started:.1f} s")
+
+
+@click.group()
+def members():
+    """Check the members."""
+
+
+@members.command("duplicates")
+@with_appcontext
+def member_duplicates():
+    """Open members who share a phone number (left by the E.164 migration) and open members whose phone
+    is not a valid number. Merge each pair with POST /members/{first_id}/merge {"from_member_id": second_id}."""
+    from loyalty.members.service import phone_duplicates
+
+    shared, invalid = phone_duplicates()
+    click.echo("phone\tfirst_id\tfirst_member_no\tfirst_joined_at\tsecond_id\tsecond_member_no\tsecond_joined_at")
+    for pair in shared:
+        click.echo("\t".join(str(value) for value in (
+            pair.phone, pair.first.id, pair.first.member_no, _when(pair.first.joined_at),
+            pair.second.id, pair.second.member_no, _when(pair.second.joined_at))))
+    if invalid:
+        click.echo("\nNot valid phone numbers (correct them with PATCH /members/{id}):")
+        click.echo("member_id\tmember_no\tphone\tjoined_at")
+        for member in invalid:
+            click.echo(f"{member.id}\t{member.member_no}\t{member.phone}\t{_when(member.joined_at)}")
+    click.echo(f"{len(shared)} pairs share a phone number; {len(invalid)} phones are not valid numbers.")
+
+
+def _when(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @click.command()

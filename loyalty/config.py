@@ -17,6 +17,8 @@ def from_environment(instance_path):
         "SQLALCHEMY_ENGINE_OPTIONS": {"hide_parameters": True},
         "LOYALTY_CURRENCY": os.environ.get("LOYALTY_CURRENCY", "CNY").upper(),
         "LOYALTY_TIMEZONE": os.environ.get("LOYALTY_TIMEZONE", "Asia/Shanghai"),
+        # Where phone numbers written without a country code are (ISO 3166 code): loyalty/members/phones.py.
+        "LOYALTY_PHONE_REGION": _phone_region(os.environ.get("LOYALTY_PHONE_REGION") or "CN"),
         "LOYALTY_LOG_LEVEL": os.environ.get("LOYALTY_LOG_LEVEL", "INFO"),
         # Where a referral link points when no campaign names its own link template.
         "LOYALTY_REFERRAL_LINK": os.environ.get("LOYALTY_REFERRAL_LINK", "https://shop.example/join?ref={code}"),
@@ -68,6 +70,16 @@ def _number(name, default):
         return int(raw) if isinstance(default, int) else str(Decimal(raw))
     except (ValueError, ArithmeticError):
         raise SystemExit(f"{name}={raw!r} is not a number; unset it or give a number like {default}.") from None
+
+
+def _phone_region(raw):
+    from loyalty.members.phones import is_region
+
+    region = raw.strip().upper()
+    if not is_region(region):
+        raise SystemExit(f"LOYALTY_PHONE_REGION={raw!r} is not a region phone numbers know; give a two-letter "
+                         "country code like CN, HK or US.")
+    return region
 
 
 def normalise_database_url(url):

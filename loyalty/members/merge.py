@@ -11,6 +11,7 @@ from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members import phones, service
 from loyalty.members.models import MemberIdentity
 from loyalty.points import ledger
 from loyalty.points.models import Entry, Lot, PointsPayment, Purchase
@@ -69,6 +70,7 @@ def merge_members(survivor_id, other_id, actor, now=None):
         # The bulk moves bypassed the session: what it holds of these rows is stale now.
         db.session.expire_all()
         # Phone and email are unique: the survivor takes the other's where it has none.
+        _keep_the_e164_phone(survivor, other)
         for field in ("phone", "email", "birthday"):
             if getattr(survivor, field) is None and getattr(other, field) is not None:
                 value = getattr(other, field)
@@ -98,6 +100,17 @@ def merge_members(survivor_id, other_id, actor, now=None):
                      {"survivor": _summary(keep), "other": _summary(gone),
                       "moved": {key: str(value) for key, value in moved.items()}}, now)
     return survivor
+
+
+def _keep_the_e164_phone(survivor, other):
+    """Two spellings of one number (a pair the E.164 migration left): the survivor keeps the E.164 one."""
+    region = service.phone_region()
+    number = phones.e164_or_none(other.phone, region)
+    if number is not None and other.phone == number and phones.same_number(survivor.phone, number, region) \
+            and survivor.phone != number:
+        other.phone = None
+        db.session.flush()
+        survivor.phone = number
 
 
 def _summary(account):

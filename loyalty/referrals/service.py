@@ -17,6 +17,7 @@ from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.database import Points
+from loyalty.members import phones
 from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points.models import Purchase
@@ -173,7 +174,8 @@ def referrer_for_code(code, new_identities, now):
         raise ValidationFailed("No referral campaign is running now, so this code earns nothing; "
                                "register without it.", errors={"referral_code": ["No campaign is running."]})
     phone, email, identities = new_identities
-    own = (phone is not None and phone == referrer.phone) or (email is not None and email == referrer.email) \
+    region = current_app.config.get("LOYALTY_PHONE_REGION", "CN")  # any spelling of one number is the same phone
+    own = phones.same_number(phone, referrer.phone, region) or (email is not None and email == referrer.email) \
         or any((i.channel, i.external_id) in set(identities) for i in referrer.identities)
     if own:
         raise ValidationFailed("A member cannot use their own referral code.",

@@ -45,7 +45,7 @@ def test_registering_a_member_answers_201_with_every_member_field(api):
     member = response.json
     assert MEMBER_FIELDS <= set(member)
     assert member["name"] == "Li Lei"
-    assert member["phone"] == "13800000001"
+    assert member["phone"] == "+8613800000001"
     assert member["email"] == "li.lei@example.com"
     assert member["birthday"] == "1990-05-17"
     assert member["tier"] == {"code": "ordinary", "name": "普通"}
@@ -82,7 +82,7 @@ def test_each_member_gets_its_own_number_and_referral_code(api):
 
 
 @pytest.mark.parametrize("typed", ["+86 138 0000 0001", "+86-138-0000-0001", "+86 (138) 0000.0001"])
-def test_phone_is_stored_without_the_spaces_dashes_and_brackets_people_type(api, typed):
+def test_phone_is_stored_in_e164_without_the_spaces_dashes_and_brackets_people_type(api, typed):
     assert register(api, phone=typed)["phone"] == "+8613800000001"
 
 
@@ -137,8 +137,8 @@ def test_a_birthday_yesterday_is_accepted(api, app):
 
 
 def test_pos_and_admin_may_register_members_too(api):
-    assert register(api, role="pos", phone="13800000001")["phone"] == "13800000001"
-    assert register(api, role="admin", phone="13800000002")["phone"] == "13800000002"
+    assert register(api, role="pos", phone="13800000001")["phone"] == "+8613800000001"
+    assert register(api, role="admin", phone="13800000002")["phone"] == "+8613800000002"
 
 
 def test_a_known_referral_code_is_accepted_and_an_unknown_one_refused(api):
@@ -304,7 +304,7 @@ def test_the_member_app_changes_a_profile(api):
     assert response.status_code == 200
     changed = response.json
     assert (changed["name"], changed["email"], changed["phone"], changed["birthday"]) == (
-        "Li Lei Jr", "new@example.com", "13900000001", "1991-01-02")
+        "Li Lei Jr", "new@example.com", "+8613900000001", "1991-01-02")
     assert api.get("app", f"/members/{member['id']}").json == changed
     assert lookup(api, {"phone": "13800000001"}) == []
 
@@ -324,7 +324,7 @@ def test_keeping_ones_own_phone_is_not_a_conflict(api):
     response = api.patch("app", f"/members/{member['id']}", json={"phone": "138-0000-0001", "name": "Li"})
 
     assert response.status_code == 200
-    assert response.json["phone"] == "13800000001"
+    assert response.json["phone"] == "+8613800000001"
 
 
 def test_taking_another_members_phone_is_a_conflict_and_changes_nothing(api):
@@ -337,7 +337,7 @@ def test_taking_another_members_phone_is_a_conflict_and_changes_nothing(api):
     assert response.json["error"] == "conflict"
     assert response.json["member_id"] == owner["id"]
     unchanged = api.get("app", f"/members/{member['id']}").json
-    assert (unchanged["phone"], unchanged["name"]) == ("13800000002", "Before")
+    assert (unchanged["phone"], unchanged["name"]) == ("+8613800000002", "Before")
 
 
 def test_taking_another_members_email_is_a_conflict(api):

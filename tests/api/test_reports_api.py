@@ -131,7 +131,7 @@ def test_a_segment_page_shows_each_member_with_masked_phone_and_exact_figures(ap
 
     [no_b] = numbers(app, world.b)
     assert page == {"items": [{
-        "id": world.b, "member_no": no_b, "name": '王, "Big" B', "phone": "139****0002", "tier": "ordinary",
+        "id": world.b, "member_no": no_b, "name": '王, "Big" B', "phone": "+86139****0002", "tier": "ordinary",
         "lifecycle_stage": "dormant", "value_segment": "high_value", "available_points": D("460"),
         "spend_12_months": "760.00", "last_purchase_at": "2026-07-03T04:00:00Z"}], "next_cursor": None}
 
@@ -181,7 +181,7 @@ def test_the_csv_is_text_csv_with_a_header_row_and_parses_with_the_csv_module(ap
     assert list(csv.reader(io.StringIO(text))) == [
         HEADER,
         [a, "An", "+86138****0001", "ordinary", "active", "low_value", "200.00", "300.00", "2026-08-22T04:00:00Z"],
-        [b, '王, "Big" B', "139****0002", "ordinary", "dormant", "high_value", "460.00", "760.00",
+        [b, '王, "Big" B', "+86139****0002", "ordinary", "dormant", "high_value", "460.00", "760.00",
          "2026-07-03T04:00:00Z"],
         [c, "Chen", "+86138****0003", "ordinary", "new", "low_value", "30.50", "50.00", "2026-07-23T04:00:00Z"],
         [e, "Ed", "+86138****0005", "ordinary", "churned", "at_risk", "30.00", "30.00", "2026-05-04T04:00:00Z"],

@@ -315,7 +315,7 @@ def test_the_csv_has_a_header_row_and_a_row_per_member_with_masked_phones_and_ex
         HEADER,
         [member_no(w.a), "An", "+86138****0001", "ordinary", "active", "low_value", "200.00", "300.00",
          "2026-08-22T04:00:00Z"],
-        [member_no(w.b), '王, "Big" B', "139****0002", "ordinary", "dormant", "high_value", "460.00", "760.00",
+        [member_no(w.b), '王, "Big" B', "+86139****0002", "ordinary", "dormant", "high_value", "460.00", "760.00",
          "2026-07-03T04:00:00Z"],
         [member_no(w.c), "Chen", "+86138****0003", "ordinary", "new", "low_value", "30.50", "50.00",
          "2026-07-23T04:00:00Z"],

@@ -10,12 +10,14 @@ CHANNEL = [validate.Length(min=1, max=30), NOT_BLANK]
 
 
 class PhoneField(fields.String):
-    """A phone number as people type it ("138 0000-0001"), checked and normalised here so that
+    """A phone number as people type it ("138 0000-0001"), checked and put in E.164 here so that
     every invalid field of a request is reported at once."""
 
     def __init__(self, **kwargs):
         kwargs.setdefault("metadata", {}).setdefault(
-            "description", "6 to 15 digits, optionally starting with +; spaces, dashes and brackets are ignored")
+            "description", "A phone number in any usual spelling (+86 138 0013 8000, 13800138000, 0086 138-0013-8000): "
+                           "read in the deployment's region (LOYALTY_PHONE_REGION) unless it has a country code, "
+                           "stored and answered in E.164 (+8613800138000); not a valid number: 422")
         super().__init__(**kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
@@ -55,7 +57,7 @@ class MemberUpdateSchema(Schema):
 
 
 class MemberLookupSchema(Schema):
-    phone = fields.String()
+    phone = PhoneField()
     email = fields.String()
     channel = fields.String()
     external_id = fields.String()
