@@ -1,7 +1,10 @@
 """The HTTP API: one flask-smorest Blueprint per resource group under /api/v1."""
+import re
+from urllib.parse import unquote_to_bytes
+
 import flask_smorest
 import marshmallow as ma
-from flask import Response, abort, current_app
+from flask import Response, abort, g, request
 from flask_smorest import Api
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -9,6 +12,7 @@ from werkzeug.routing import IntegerConverter
 
 from loyalty import idempotency, qr
 from loyalty.api.schemas.common import MAX_ID, ErrorSchema
+from loyalty.json import MalformedBody, loads_request
 
 
 class LoyaltyApi(Api):
@@ -29,18 +33,57 @@ class ExactJSONParser(FlaskParser):
                                    "query": ma.RAISE, "querystring": ma.RAISE}
 
     def _raw_load_json(self, req):
-        raw = req.get_data(cache=True)
-        if not raw:
+        if not req.get_data(cache=True):
             return core.missing
-        if not is_json_request(req):
-            abort(415)
-        try:
-            return current_app.json.loads(raw)
-        except ValueError as error:
-            return self._handle_invalid_json_error(error, req)
+        return g.request_json  # read and checked by refuse_malformed_input, before any view
 
     def _handle_invalid_json_error(self, error, req, *args, **kwargs):
         abort(400, f"The body is not valid JSON ({error}); send a JSON object with the documented fields.")
+
+
+_QUERY_PARTS = re.compile(rb"[&=]")
+
+
+def refuse_malformed_input():
+    """Every request, before authentication and any view (app.before_request): what no operation can
+    take is refused here, once, rather than field by field. The address, the query string and the
+    headers must be valid UTF-8 (no lone surrogates) without NUL characters; a body must be JSON
+    (415) that loyalty.json.loads_request accepts (400: no duplicate keys, NULs, lone surrogates,
+    deep nesting or absurd numbers). PostgreSQL refuses a NUL in text, and nothing of ours means one."""
+    environ = request.environ
+    _check_text(_wsgi_bytes(environ.get("PATH_INFO", "")), "The address")
+    for part in _QUERY_PARTS.split(_wsgi_bytes(environ.get("QUERY_STRING", ""))):
+        _check_text(unquote_to_bytes(part.replace(b"+", b" ")), "The query string")
+    for name, value in request.headers.items():
+        if "\x00" in value:
+            abort(400, f"The {name} header has a NUL character; send it without.")
+    raw = request.get_data(cache=True)
+    if not raw:
+        return
+    if not is_json_request(request):
+        abort(415)
+    try:
+        g.request_json = loads_request(raw)
+    except MalformedBody as error:
+        abort(400, str(error))
+
+
+def _wsgi_bytes(text):
+    """WSGI hands the address and query over as bytes decoded as latin-1: the bytes again."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # a server that decoded them already
+        return text.encode("utf-8", "surrogatepass")
+
+
+def _check_text(raw, what):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        abort(400, f"{what} is not valid UTF-8 (percent-encoded bytes must spell UTF-8 text, "
+                   "without lone surrogates).")
+    if "\x00" in text:
+        abort(400, f"{what} has a NUL character (%00); send it without.")
 
 
 IDEMPOTENCY_KEY = {
@@ -61,7 +104,10 @@ class Blueprint(flask_smorest.Blueprint):
 
 
 class IdConverter(IntegerConverter):
-    """`<id:member_id>`: a record id, 1 to 2**63 - 1; anything else is a 404, not a database error."""
+    """`<id:member_id>`: a record id, 1 to 2**63 - 1, in ASCII digits; anything else (`/members/１`,
+    `/members/+1`) is a 404, not a database error."""
+
+    regex = r"[0-9]+"  # werkzeug's is \d+, which matches every script's digits
 
     def __init__(self, url_map):
         super().__init__(url_map, min=1, max=MAX_ID)
@@ -71,6 +117,7 @@ def register_blueprints(app):
     from loyalty.api import health, jobs, members, points, referrals, reports, rewards, rules, tiers, webhooks
 
     app.url_map.converters["id"] = IdConverter
+    app.before_request(refuse_malformed_input)
     # The largest request is a purchase of 500 items, well under 1 MiB; refuse more (413).
     if app.config.get("MAX_CONTENT_LENGTH") is None:
         app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024

@@ -1,11 +1,24 @@
-"""Fields for exact numbers, and the shapes shared by every resource group."""
+"""Fields for exact numbers, and the shapes shared by every resource group.
+
+Numbers are ASCII digits only (API.md): a number written as a string is `-?[0-9]+(.[0-9]+)?` (an
+integer without the fraction), so "１００", "١٠٠", "1_000", " 10.00 ", "+10", "1e3" and "0x10" are
+422 wherever a number is read, in a body or a query. JSON numbers are read by JSON's grammar
+(`1e2` is the number 100 there), exactly, as Decimals."""
+import re
 from datetime import timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
-LIMIT = Decimal("1e13")  # points and money: far beyond any real amount, well within a BIGINT of cents
+# Upper bounds of what one request may carry. Far beyond any real till or campaign, so a typo or a
+# hostile client cannot write a number the ledger's sums (balances, liabilities, reports over every
+# member) could overflow on: 10 million members at the bounds stay far inside a NUMERIC(18, 2).
+MAX_AMOUNT = Decimal("100000000.00")  # one purchase or refund: a hundred million is beyond any till
+MAX_POINTS = Decimal("10000000")  # one payment, adjustment (either sign), cost or grant of points
 MAX_ID = 2**63 - 1  # ids are 64-bit; a larger one names nothing and must not reach the database
+
+_ASCII_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
 
 
 class PointsField(fields.Decimal):
@@ -29,7 +42,7 @@ class PointsField(fields.Decimal):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
             raise ValidationError("Must be a number.")
-        number = _exact_decimal(value)
+        number = _exact_decimal(value, MAX_POINTS)
         if not self.signed and number <= 0:
             raise ValidationError("Must be greater than 0.")
         return number
@@ -49,24 +62,62 @@ class MoneyField(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
             raise ValidationError('Must be a decimal string such as "199.00".')
-        number = _exact_decimal(value)
+        number = _exact_decimal(value, MAX_AMOUNT)
         if number < 0 or (number == 0 and not self.allow_zero):
             raise ValidationError("Must be greater than 0." if not self.allow_zero else "Must not be negative.")
         return number
 
 
-def _exact_decimal(value):
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValidationError('Must be a decimal number such as 120.5.') from None
+def _exact_decimal(value, bound):
+    """A Decimal of at most 2 places within ±bound, from a JSON number or an ASCII decimal string."""
+    if isinstance(value, str):
+        if not _ASCII_DECIMAL.fullmatch(value):
+            raise ValidationError('Must be a decimal number such as 120.5, in ASCII digits.')
+        number = Decimal(value)
+    else:
+        number = Decimal(value)
     if not number.is_finite():
         raise ValidationError("Must be a finite number.")
-    if abs(number) >= LIMIT:  # checked first: quantizing 1e30 to cents would overflow the context
-        raise ValidationError("Must be less than 10 000 000 000 000.")
+    if number > bound:  # checked first: quantizing 1e30 to cents would overflow the context
+        raise ValidationError(f"Must be at most {_spaced(bound)}.")
+    if number < -bound:
+        raise ValidationError(f"Must be at least -{_spaced(bound)}.")
     if number.as_tuple().exponent < -2 and number != number.quantize(Decimal("0.01")):
         raise ValidationError("Must have at most 2 decimal places.")
-    return number.quantize(Decimal("0.01"))
+    return abs(number).quantize(Decimal("0.01")) if number == 0 else number.quantize(Decimal("0.01"))
+
+
+def _spaced(number):
+    """10 000 000, 100 000 000.00: how API.md writes large numbers."""
+    whole, _, fraction = f"{number:f}".partition(".")
+    return f"{int(whole):,}".replace(",", " ") + (f".{fraction}" if fraction else "")
+
+
+def _ascii_integer(field, value):
+    """marshmallow's Integer reads whatever int() does ("１００", "1_000", " 1 ", "+1") and truncates
+    1.5 to 1; every Integer field of every schema reads this instead: an int, an integral JSON
+    number, or a string of ASCII digits, within 64 bits (more would overflow the database)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, (Decimal, float)) and value == value and abs(value) != float("inf"):
+        if abs(value) > MAX_ID:
+            raise OverflowError(value)
+        number = int(value)  # a JSON 3.0; floats only from our own code, never from a body
+        if number != value:
+            raise ValueError(value)
+    elif isinstance(value, str) and _ASCII_INTEGER.fullmatch(value) and len(value) <= 20:
+        number = int(value)
+    else:
+        raise ValueError(value)
+    if abs(number) > MAX_ID:
+        raise OverflowError(value)
+    return number
+
+
+fields.Integer._format_num = _ascii_integer  # one rule for every schema, so no field can forget it
+fields.Integer.default_error_messages = {**fields.Integer.default_error_messages,
+                                         "invalid": "Not a valid integer: use ASCII digits.",
+                                         "too_large": f"Must be at most {MAX_ID}."}
 
 
 class Timestamp(fields.AwareDateTime):
