@@ -78,15 +78,28 @@ def floor_points(value):
 
 
 def eligible_amount(amount, items, rules):
-    """The part of a purchase that earns: the amount less items in excluded categories or SKUs."""
+    """The part of a purchase that earns: the amount less items in excluded categories or SKUs.
+
+    Codes compare case-folded: a till sending `TOBACCO` or `Tobacco` must not earn on what
+    marketing excluded as `tobacco`."""
     if not items:
         return amount
+    skus, categories = folded(rules.excluded_skus), folded(rules.excluded_categories)
     excluded = sum(
         (Decimal(item["amount"]) for item in items
-         if item.get("sku") in rules.excluded_skus or item.get("category") in rules.excluded_categories),
+         if _fold(item.get("sku")) in skus or _fold(item.get("category")) in categories),
         Decimal("0"),
     )
     return max(amount - excluded, Decimal("0")).quantize(CENT)
+
+
+def folded(codes):
+    """A set of category or SKU codes compared case-insensitively (str.casefold: ß is ss)."""
+    return frozenset(_fold(code) for code in codes)
+
+
+def _fold(code):
+    return code.casefold() if isinstance(code, str) else code
 
 
 def purchase_points(amount, items, rules, multiplier=Decimal("1")):
