@@ -211,6 +211,12 @@ def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
                                errors={"type": [f"Must be one of: {known}."]})
     with transaction():
         account = ledger.lock_account(member_id, now)
+        joined_at = account.member.joined_at
+        if occurred_at < joined_at - CLOCK_SKEW:  # the same allowance for a device's clock as above
+            raise ValidationFailed(
+                f"The activity time {occurred_at.isoformat()} is before the member joined "
+                f"({joined_at.isoformat()}); only activities since joining earn points.",
+                errors={"occurred_at": ["Must not be before the member joined."]})
         period = rules_mod.cap_period_key(occurred_at, kind.cap_period, tz)
         capped = kind.cap is not None and db.session.scalar(
             _AWARDED_IN_PERIOD, {"member_id": member_id, "type": type_, "period": period}) >= kind.cap

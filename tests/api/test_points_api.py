@@ -15,7 +15,8 @@ ENTRY_FIELDS = {"id", "type", "points", "balance_after", "description", "referen
 
 @pytest.fixture
 def member_id(api):
-    response = api.post("app", "/members", json={"name": "Li Lei", "phone": "13800000001"})
+    with clock.frozen_at(T0 - timedelta(days=30)):  # a member since before the tests' days
+        response = api.post("app", "/members", json={"name": "Li Lei", "phone": "13800000001"})
     assert response.status_code == 201, response.json
     return response.json["id"]
 
@@ -108,6 +109,18 @@ def test_items_in_excluded_categories_earn_nothing(api, member_id):
         {"sku": "TEA-1", "category": "drinks", "quantity": 1, "amount": "70.00"}])
 
     assert bought["points_earned"] == 70
+
+
+def test_excluded_categories_and_skus_match_whatever_the_case_the_till_sends(api, member_id):
+    set_rules(api, excluded_categories=["tobacco"], excluded_skus=["giftcard-100"])
+
+    bought = buy(api, member_id, "200.00", items=[
+        {"sku": "CIG-1", "category": "TOBACCO", "quantity": 1, "amount": "30.00"},
+        {"sku": "CIG-2", "category": "Tobacco", "quantity": 1, "amount": "20.00"},
+        {"sku": "GiftCard-100", "category": "cards", "quantity": 1, "amount": "100.00"},
+        {"sku": "TEA-1", "category": "drinks", "quantity": 1, "amount": "50.00"}])
+
+    assert bought["points_earned"] == 50
 
 
 def test_points_are_pending_for_the_return_window(api, member_id, assert_ledger_ok):
@@ -206,6 +219,30 @@ def test_an_activity_older_than_a_week_is_refused(api, member_id):
     with clock.frozen_at(T0):
         response = api.post("app", f"/members/{member_id}/activities", json={
             "type": "share", "event_id": "e1", "occurred_at": "2026-03-02T02:00:00Z"})
+
+    assert response.status_code == 422
+    assert "occurred_at" in response.json["errors"]
+
+
+def test_an_activity_from_before_the_member_joined_is_refused(api):
+    with clock.frozen_at(T0):
+        member_id = api.post("app", "/members", json={"name": "Han Meimei", "phone": "13800000002"}).json["id"]
+    with clock.frozen_at(T0 + timedelta(days=1)):
+        before = api.post("app", f"/members/{member_id}/activities", json={
+            "type": "share", "event_id": "e1", "occurred_at": "2026-03-09T02:00:00Z"})
+        since = api.post("app", f"/members/{member_id}/activities", json={
+            "type": "share", "event_id": "e2", "occurred_at": "2026-03-10T03:00:00Z"})
+
+    assert before.status_code == 422
+    assert before.json["errors"] == {"occurred_at": ["Must not be before the member joined."]}
+    assert "before the member joined" in before.json["message"]
+    assert since.status_code == 201 and since.json["points_awarded"] == 0.5
+
+
+def test_an_activity_more_than_a_few_minutes_in_the_future_is_refused(api, member_id):
+    with clock.frozen_at(T0):
+        response = api.post("app", f"/members/{member_id}/activities", json={
+            "type": "share", "event_id": "e1", "occurred_at": "2026-03-10T02:06:00Z"})
 
     assert response.status_code == 422
     assert "occurred_at" in response.json["errors"]

@@ -314,7 +314,7 @@ def test_concurrent_full_refunds_reverse_the_points_once(database, app, headers)
 
 @on_both_databases
 def test_concurrent_sign_ins_on_one_day_are_capped_at_one_award(database, app, headers):
-    member_id = setup(app, lambda: factories.member().id)
+    member_id = setup(app, lambda: factories.member(now=datetime(2026, 3, 1, tzinfo=timezone.utc)).id)
     noon_in_shanghai = datetime(2026, 3, 10, 4, 0, tzinfo=timezone.utc)
     with clock.frozen_at(noon_in_shanghai):
         results = race(app, [
@@ -333,7 +333,7 @@ def test_concurrent_sign_ins_on_one_day_are_capped_at_one_award(database, app, h
 @on_both_databases
 def test_concurrent_retries_of_one_activity_award_once(database, app, headers):
     """The same share event sent eight times at once: one award, seven replays of it."""
-    member_id = setup(app, lambda: factories.member().id)
+    member_id = setup(app, lambda: factories.member(now=datetime(2026, 3, 1, tzinfo=timezone.utc)).id)
     with clock.frozen_at(datetime(2026, 3, 10, 4, 0, tzinfo=timezone.utc)):
         results = race(app, [
             post(f"/members/{member_id}/activities", headers["app"], {"type": "share", "event_id": "same"})
