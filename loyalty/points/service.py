@@ -125,7 +125,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
                 ("purchase", purchase.id), now, available_at=available_at,
                 expires_at=rules_mod.expires_at(available_at, occurred_at, rules, tz))
         referrals.on_purchase(account, purchase, now)
-        tiers.upgrade_if_qualified(account.member, now)
+        tiers.upgrade_if_qualified(account.member, now, purchase=purchase)
     return Outcome(purchase, account.member)
 
 
@@ -172,6 +172,7 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
         purchase.refunded_amount += amount
         purchase.points_reversed += due
         referrals.on_refund(account, purchase, now)
+        tiers.undo_returned_upgrades(account.member, purchase, amount, now)
     return Outcome(refund, account.member)
 
 

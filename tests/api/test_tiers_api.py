@@ -382,7 +382,23 @@ def test_only_purchases_inside_the_window_count_towards_a_tier(api, member_id):
     assert page["qualifying"]["spend"] == "3000.00"
 
 
-def test_a_refund_lowers_the_qualifying_spend_but_downgrades_no_one_at_once(api, member_id):
+def test_a_refund_lowers_the_qualifying_spend_but_downgrades_no_one_whose_tier_it_did_not_buy(api, member_id):
+    buy(api, member_id, "3000.00", "R1")
+    later = buy(api, member_id, "1000.00", "R2")
+
+    refund = api.post("pos", f"/purchases/{later['purchase_id']}/refunds", json={"refund_no": "F1",
+                                                                                  "amount": "1000.00"})
+    page = member_tier(api, member_id)
+
+    assert refund.status_code == 201
+    assert refund.json["member"]["tier"]["code"] == "silver"
+    assert page["tier"]["code"] == "silver"
+    assert page["qualifying"]["spend"] == "3000.00"
+    assert page["keep"] == {"spend_needed": "0.00", "activities_needed": 0}
+    assert page["next"]["spend_needed"] == "7000.00"
+
+
+def test_a_refund_that_returns_the_spend_of_an_upgrade_undoes_it_in_its_own_answer(api, member_id):
     bought = buy(api, member_id, "3000.00", "R1")
 
     refund = api.post("pos", f"/purchases/{bought['purchase_id']}/refunds", json={"refund_no": "F1",
@@ -390,11 +406,13 @@ def test_a_refund_lowers_the_qualifying_spend_but_downgrades_no_one_at_once(api,
     page = member_tier(api, member_id)
 
     assert refund.status_code == 201
-    assert refund.json["member"]["tier"]["code"] == "silver"
-    assert page["tier"]["code"] == "silver"
+    assert refund.json["member"]["tier"]["code"] == "ordinary"
+    assert page["tier"]["code"] == "ordinary" and page["valid_until"] is None
     assert page["qualifying"]["spend"] == "2000.00"
-    assert page["keep"] == {"spend_needed": "1000.00", "activities_needed": 0}
-    assert page["next"]["spend_needed"] == "8000.00"
+    assert [(h["from"], h["to"], h["reason"], h["purchase_id"]) for h in page["history"]] == [
+        ("silver", "ordinary", "refund", bought["purchase_id"]),
+        ("ordinary", "silver", "upgrade", bought["purchase_id"])]
+    assert "refunded" in page["history"][0]["note"]
 
 
 def activity(api, member_id, type_, event_id):
@@ -560,7 +578,7 @@ def test_an_admin_puts_a_member_in_a_tier_with_a_reason_and_a_guarantee(api, app
     assert page["valid_until"] == "2027-06-30T16:00:00Z"
     assert page["next"]["code"] == "diamond"
     assert page["history"] == [{"from": "ordinary", "to": "gold", "reason": "manual",
-                                "note": "Compensation for a lost parcel", "at": T0_Z}]
+                                "note": "Compensation for a lost parcel", "purchase_id": None, "at": T0_Z}]
     assert api.get("app", f"/members/{member_id}").json["tier"] == {"code": "gold", "name": "黄金"}
     [(actor, entity_type, entity_id, before, after)] = audit_entries(app, "member.tier.set")
     assert "test admin" in actor
