@@ -139,7 +139,9 @@ def test_points_are_pending_for_the_return_window(api, member_id, assert_ledger_
     assert points["pending_lots"] == [{"points": 100, "available_at": "2026-03-17T02:00:00Z"}]
     assert refused.json["error"] == "insufficient_points"
     with clock.frozen_at(T0 + timedelta(days=7)):
-        paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P1", "points": 100})
+        again = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P1", "points": 100})
+        paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P2", "points": 100})
+    assert (again.status_code, again.json) == (409, refused.json)  # that payment was refused: it stays so
     assert paid.status_code == 201
     assert_ledger_ok()
 
