@@ -123,6 +123,41 @@ def test_excluded_categories_and_skus_match_whatever_the_case_the_till_sends(api
     assert bought["points_earned"] == 50
 
 
+@pytest.mark.parametrize("change, field", [
+    ({"points_per_unit": "100.01"}, "points_per_unit"), ({"points_per_unit": 1000000000}, "points_per_unit"),
+    ({"payment_points_per_unit": "0.99"}, "payment_points_per_unit"),
+    ({"payment_points_per_unit": "0.01"}, "payment_points_per_unit"),
+    ({"payment_points_per_unit": 10001}, "payment_points_per_unit"),
+    ({"pending_days": 366}, "pending_days"), ({"expiry_days": 3651}, "expiry_days"),
+    ({"excluded_skus": ["x"] * 501}, "excluded_skus"), ({"excluded_categories": [""]}, "excluded_categories"),
+    ({"activities": [{"type": "visit", "points": "10000.01"}]}, "activities"),
+    ({"activities": [{"type": "visit", "points": 1, "cap": 1001, "cap_period": "day"}]}, "activities"),
+])
+def test_earning_rules_beyond_their_documented_bounds_are_refused(api, change, field):
+    rules = api.get("marketing", "/earning-rules").json
+
+    response = api.put("marketing", "/earning-rules", json={**rules, **change})
+
+    assert response.status_code == 422
+    assert field in response.json["errors"]
+    assert api.get("marketing", "/earning-rules").json == rules
+
+
+def test_earning_rules_at_their_bounds_are_accepted(api, member_id):
+    set_rules(api, points_per_unit=100, payment_points_per_unit=1, pending_days=365, expiry_days=3650,
+              activities=[{"type": "visit", "points": 10000, "cap": 1000, "cap_period": "day"}])
+
+    bought = buy(api, member_id, "1.00", occurred_at="2026-03-10T02:00:00Z")
+    paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P1", "points": 1})
+    visit = api.post("app", f"/members/{member_id}/activities", json={"type": "visit", "event_id": "v1"})
+
+    assert bought["points_earned"] == 100 and bought["status"] == "pending"
+    assert paid.status_code == 409  # pending for a year: nothing to pay with yet
+    assert visit.status_code == 201 and visit.json["points_awarded"] == 10000
+    paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P2", "points": 1})
+    assert paid.status_code == 201 and paid.json["money_value"]["amount"] == "1.00"  # a point is worth 1.00 at most
+
+
 def test_points_are_pending_for_the_return_window(api, member_id, assert_ledger_ok):
     set_rules(api, pending_days=7)
 

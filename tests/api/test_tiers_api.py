@@ -210,7 +210,7 @@ REFUSED_GOLD = [
     (thresholds_equal_to_the_tier_under_it, "The gold thresholds must be above the silver ones.",
      {"tier": ["The gold thresholds must be above the silver ones."]}),
     (multiplier_below_one, "see 'errors'",
-     {"benefits": {"earn_multiplier": ["Must be greater than or equal to 1 and less than or equal to 100."]}}),
+     {"benefits": {"earn_multiplier": ["Must be greater than or equal to 1 and less than or equal to 10."]}}),
     (multiplier_below_the_tier_under_it, "The gold earn multiplier must not be below the silver one.",
      {"tier": ["The gold earn multiplier must not be below the silver one."]}),
     (mode_neither_all_nor_any, "see 'errors'", {"qualification": {"mode": ["Must be one of: all, any."]}}),
@@ -351,6 +351,38 @@ def test_one_big_purchase_goes_straight_to_diamond(api, member_id):
     assert bought["points_earned"] == 35000
     assert [(change["from"], change["to"], change["reason"]) for change in page["history"]] == [
         ("ordinary", "diamond", "upgrade")]
+
+
+@pytest.mark.parametrize("benefit, value, accepted", [
+    ("earn_multiplier", 10, True), ("earn_multiplier", "10.01", False), ("earn_multiplier", 100, False),
+    ("birthday_points", 100000, True), ("birthday_points", "100000.01", False), ("birthday_points", 10**9, False)])
+def test_tier_benefits_have_documented_bounds(api, benefit, value, accepted):
+    body = editable(api, "diamond")
+    body["benefits"][benefit] = value
+
+    response = api.put("marketing", "/tiers/diamond", json=body)
+
+    assert response.status_code == (200 if accepted else 422), response.json
+    if not accepted:
+        assert benefit in response.json["errors"]["benefits"]
+        assert api.get("app", "/tiers").json[3]["benefits"][benefit] == (2 if benefit == "earn_multiplier" else 100)
+
+
+def test_the_largest_purchase_at_the_largest_rate_and_multiplier_earns_without_overflow(api, member_id):
+    body = editable(api, "diamond")
+    body["benefits"]["earn_multiplier"] = 10
+    assert api.put("marketing", "/tiers/diamond", json=body).status_code == 200
+    rules = api.get("marketing", "/earning-rules").json
+    assert api.put("marketing", "/earning-rules", json={**rules, "points_per_unit": 100}).status_code == 200
+    api.put("admin", f"/members/{member_id}/tier", json={"tier": "diamond", "reason": "VIP"})
+
+    bought = buy(api, member_id, "99999999.99", "R-MAX")
+    refund = api.post("pos", f"/purchases/{bought['purchase_id']}/refunds",
+                      json={"refund_no": "F1", "amount": "33333333.33"})
+
+    assert bought["points_earned"] == Decimal("99999999990")  # 1e8 x 100 x 10, to the cent
+    assert refund.status_code == 201, refund.json
+    assert refund.json["points_reversed"] == Decimal("33333333330")
 
 
 def test_the_new_multiplier_applies_from_the_next_purchase(api, member_id):
