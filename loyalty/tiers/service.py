@@ -196,11 +196,12 @@ def undo_returned_upgrades(member, purchase, refunded, now):
     window below (their tier was met before the refund and is not met now) are undone, down to
     the first one that still stands: an upgrade the window still earns, an admin's manual tier,
     a downgrade (an earlier refund of the same purchase is seen through: it only cut the upgrade
-    down to what the rest of the purchase still paid for). The member goes to the tier they had before the earliest undone upgrade, or to
-    what the window still earns if that is higher, never above their tier now nor below a
-    guarantee still running; that tier's protection is the one it had (an earned tier keeps its
-    protection; the returned one loses it). One `refund` entry in the history, naming the
-    purchase, and a `tier.changed` event. Returns the change, or None."""
+    down to what the rest of the purchase still paid for). The member goes to the tier they had
+    before the earliest undone upgrade, or to what the window still earns if that is higher,
+    never above their tier now nor below a guarantee still running; that tier's protection is
+    the one it had (an earned tier keeps its protection; the returned one loses it). One `refund`
+    entry in the history, naming the purchase, and a `tier.changed` event. Returns the change,
+    or None."""
     ladder_now = ladder()
     by_code = {rule.code: rule for rule in ladder_now}
     current = by_code.get(member.tier_code)
