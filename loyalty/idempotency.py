@@ -11,6 +11,10 @@ kept for the key, so a duplicate of the request gets the same refusal even if po
 between (a till that was told "not enough points" and took cash must not be charged later by a
 retry). A refusal that says nothing about the outcome (malformed input, not found, a concurrent
 twin) is not kept: the request may be corrected or sent again.
+
+A points payment's refusal is also kept for its natural key (store + payment number) by the
+service, in the request's transaction: that refusal is committed with the key's record rather than
+rolled back, so no twin without this key can be charged in between (`recorded` errors).
 """
 import hashlib
 import json
@@ -82,7 +86,7 @@ def idempotent(view):
                                            created_at=clock.now())
                 db.session.add(record)
                 db.session.flush()  # claim the key now: a twin waits here until we commit
-                response = make_response(view(*args, **kwargs))
+                response = _answer(view, args, kwargs)
                 record.status = response.status_code
                 record.body = response.get_data(as_text=True)
         except IntegrityError:
@@ -97,6 +101,18 @@ def idempotent(view):
         return response
 
     return wrapper
+
+
+def _answer(view, args, kwargs):
+    """The view's answer; a refusal the use case `recorded` (kept for its natural key, a payment
+    number) is an answer committed with its record, under the locks that decided it: rolled
+    back, a twin without this key could be charged before the refusal was written again."""
+    try:
+        return make_response(view(*args, **kwargs))
+    except LoyaltyError as error:
+        if error.code in KEPT_REFUSALS and getattr(error, "recorded", False):
+            return handle_loyalty_error(error)
+        raise
 
 
 def _keep_refusal(scope, key, fingerprint, response):

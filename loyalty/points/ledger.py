@@ -10,13 +10,17 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy import orm
 
-from loyalty.errors import InsufficientPoints, NotFound
+from loyalty.errors import InsufficientPoints, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, LotAllocation
 from loyalty.webhooks import service as webhooks
 
 ZERO = Decimal("0.00")
+# The most points an account may hold or have earned: about a thousandth of what its BIGINT columns of
+# hundredths can store (9.2e16 points), so no balance, sum or later credit can overflow into a
+# database error. No real member comes near it (a largest purchase earns at most 1e11 points).
+MAX_ACCOUNT_POINTS = Decimal("1e14")
 SPEND_ORDER = (sa.nulls_last(Lot.expires_at.asc()), Lot.id.asc())  # earliest expiry first
 
 
@@ -127,6 +131,11 @@ def add_entry(account, type_, points, description, reference, now, expires_at=No
 def credit(account, type_, points, description, reference, now, *, available_at=None,
            expires_at=None, earned=True):
     """Add points as a new lot. Pending until `available_at`; debt is paid from it first."""
+    if max(account.balance, account.lifetime_earned) + points > MAX_ACCOUNT_POINTS:
+        raise ValidationFailed(
+            f"This credit of {points} points would take the member's points past "
+            f"{MAX_ACCOUNT_POINTS:,.0f}, the most an account holds; check the amount.",
+            errors={"points": [f"The account would exceed {MAX_ACCOUNT_POINTS:,.0f} points."]})
     available_at = available_at or now
     pending = available_at > now
     if pending:

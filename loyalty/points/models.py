@@ -177,6 +177,25 @@ class PointsPayment(db.Model):
     reversal_entry = relationship("Entry", foreign_keys=[reversal_entry_id])
 
 
+class PaymentRefusal(db.Model):
+    """A points payment refused on the state of the account (insufficient points), kept for its
+    natural key: the same store and payment number sent again gets the same refusal, even if
+    points have arrived since (the till took cash instead; a retry must not charge the member)."""
+
+    __tablename__ = "points_payment_refusals"
+    __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    store_id: Mapped[str] = mapped_column(sa.String(40))
+    payment_no: Mapped[str] = mapped_column(sa.String(64))
+    points = mapped_column(Points(), nullable=False)
+    available = mapped_column(Points(), nullable=False)  # what the member had: the refusal's figures
+    error: Mapped[str] = mapped_column(sa.String(30))
+    message: Mapped[str] = mapped_column(sa.String(300))
+    created_at = mapped_column(UTCDateTime, nullable=False)
+
+
 class EarningRulesRow(db.Model):
     """The programme's earning rules: one row, a validated document (see points/rules.py)."""
 

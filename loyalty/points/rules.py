@@ -9,6 +9,23 @@ CENT = Decimal("0.01")
 EXPIRY_POLICIES = ("never", "days_after_available", "end_of_month", "end_of_year")
 CAP_PERIODS = ("day", "week", "month", "year")
 
+# Bounds on what marketing may set (PUT /earning-rules answers 422 beyond them). Each is far above
+# any real programme (DESIGN.md's default is 1 point per yuan, 0.5 point per sign-in, 100 points to
+# pay 1 yuan) and low enough that no arithmetic on a valid purchase can overflow: the largest
+# amount (1e8) x MAX_POINTS_PER_UNIT x the largest tier multiplier (10) is 1e11 points, far inside
+# a BIGINT of hundredths (9.2e16 points) and a Decimal context of 28 digits.
+MAX_POINTS_PER_UNIT = Decimal("100")  # a hundred times the default: beyond it, a typo (1e9)
+MAX_ACTIVITY_POINTS = Decimal("10000")  # one sign-in or review is never worth a big purchase's points
+MAX_ACTIVITY_CAP = 1000  # rewarded events of one type per period: more is no cap at all
+MAX_PENDING_DAYS = 365  # a return window longer than a year holds points nobody can use
+MAX_EXPIRY_DAYS = 3650  # ten years; "never" is its own policy
+MAX_EXCLUDED_CODES = 500  # excluded categories or SKUs, each list
+# The till rate: at least 1 point pays 1.00 (a point is worth at most one currency unit, against
+# 0.01 by default, so a mistyped rate cannot turn 10 points into 1 000.00); at most 10 000 points
+# pay 1.00 (100 points a cent: payments stay whole cents for ordinary point counts).
+MIN_PAYMENT_POINTS_PER_UNIT = Decimal("1")
+MAX_PAYMENT_POINTS_PER_UNIT = Decimal("10000")
+
 
 @dataclass(frozen=True)
 class ActivityType:
@@ -78,15 +95,28 @@ def floor_points(value):
 
 
 def eligible_amount(amount, items, rules):
-    """The part of a purchase that earns: the amount less items in excluded categories or SKUs."""
+    """The part of a purchase that earns: the amount less items in excluded categories or SKUs.
+
+    Codes compare case-folded: a till sending `TOBACCO` or `Tobacco` must not earn on what
+    marketing excluded as `tobacco`."""
     if not items:
         return amount
+    skus, categories = folded(rules.excluded_skus), folded(rules.excluded_categories)
     excluded = sum(
         (Decimal(item["amount"]) for item in items
-         if item.get("sku") in rules.excluded_skus or item.get("category") in rules.excluded_categories),
+         if _fold(item.get("sku")) in skus or _fold(item.get("category")) in categories),
         Decimal("0"),
     )
     return max(amount - excluded, Decimal("0")).quantize(CENT)
+
+
+def folded(codes):
+    """A set of category or SKU codes compared case-insensitively (str.casefold: ß is ss)."""
+    return frozenset(_fold(code) for code in codes)
+
+
+def _fold(code):
+    return code.casefold() if isinstance(code, str) else code
 
 
 def purchase_points(amount, items, rules, multiplier=Decimal("1")):

@@ -14,13 +14,13 @@ from flask import current_app
 
 from loyalty import audit, clock, settings_cache
 from loyalty.database import transaction
-from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from loyalty.errors import Conflict, Forbidden, InsufficientPoints, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
-from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot, Purchase,
-                                   PointsPayment, Refund)
+from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot, PaymentRefusal,
+                                   PointsPayment, Purchase, Refund)
 from loyalty.points.rules import EarningRules
 from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
@@ -125,7 +125,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
                 ("purchase", purchase.id), now, available_at=available_at,
                 expires_at=rules_mod.expires_at(available_at, occurred_at, rules, tz))
         referrals.on_purchase(account, purchase, now)
-        tiers.upgrade_if_qualified(account.member, now)
+        tiers.upgrade_if_qualified(account.member, now, purchase=purchase)
     return Outcome(purchase, account.member)
 
 
@@ -172,6 +172,7 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
         purchase.refunded_amount += amount
         purchase.points_reversed += due
         referrals.on_refund(account, purchase, now)
+        tiers.undo_returned_upgrades(account.member, purchase, amount, now)
     return Outcome(refund, account.member)
 
 
@@ -211,6 +212,12 @@ def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
                                errors={"type": [f"Must be one of: {known}."]})
     with transaction():
         account = ledger.lock_account(member_id, now)
+        joined_at = account.member.joined_at
+        if occurred_at < joined_at - CLOCK_SKEW:  # the same allowance for a device's clock as above
+            raise ValidationFailed(
+                f"The activity time {occurred_at.isoformat()} is before the member joined "
+                f"({joined_at.isoformat()}); only activities since joining earn points.",
+                errors={"occurred_at": ["Must not be before the member joined."]})
         period = rules_mod.cap_period_key(occurred_at, kind.cap_period, tz)
         capped = kind.cap is not None and db.session.scalar(
             _AWARDED_IN_PERIOD, {"member_id": member_id, "type": type_, "period": period}) >= kind.cap
@@ -266,7 +273,11 @@ def adjust_points(member_id, points, reason, actor, now=None):
 # --- points as payment ----------------------------------------------------------------------------
 
 def pay_with_points(member_id, store_id, payment_no, points, now=None):
-    """Take points as money at the till. Never below zero: `insufficient_points` otherwise."""
+    """Take points as money at the till. Never below zero: `insufficient_points` otherwise.
+
+    A refusal is an answer too: it is kept for the store and payment number (in the refusal's
+    own transaction, under the account's lock), so the same payment sent again is refused again,
+    even if points have arrived since: the till took cash, and a retry must not charge the member."""
     now = now or clock.now()
     currency, _ = settings()
     rules = current_rules()
@@ -277,6 +288,7 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
             f"Points pay in whole cents: {rules.payment_points_per_unit.normalize():f} points are 1 "
             f"{currency}, so pay a multiple of {step} points.",
             errors={"points": [f"Must be a multiple of {step}."]})
+    refused = None
     with transaction():
         existing = _payment_by_number(store_id, payment_no)
         if existing is None:
@@ -284,19 +296,54 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
             existing = _payment_by_number(store_id, payment_no)
         if existing is not None:
             if (existing.member_id, existing.points) != (member_id, points):
-                raise Conflict(f"Payment {payment_no} of store {store_id} was already recorded with a "
-                               "different member or points; use a new payment number.")
+                raise _payment_number_taken(store_id, payment_no)
             return Outcome(existing, _member(existing.member_id), replayed=True)
-        payment = PointsPayment(member_id=member_id, store_id=store_id, payment_no=payment_no,
-                                points=points, money_amount=value, currency=currency,
-                                status="completed", created_at=now)
-        db.session.add(payment)
-        db.session.flush()
-        payment.entry = ledger.debit(
-            account, "payment", points,
-            f"Paid {value} {currency} at store {store_id} (payment {payment_no})",
-            ("payment", payment.id), now)
+        refusal = _refusal_by_number(store_id, payment_no)
+        if refusal is None and account.available < points:
+            refusal = _keep_payment_refusal(account, store_id, payment_no, points, now)
+        if refusal is not None:
+            if (refusal.member_id, refusal.points) != (member_id, points):
+                raise _payment_number_taken(store_id, payment_no)
+            refused = _refusal_error(refusal)
+        else:
+            payment = PointsPayment(member_id=member_id, store_id=store_id, payment_no=payment_no,
+                                    points=points, money_amount=value, currency=currency,
+                                    status="completed", created_at=now)
+            db.session.add(payment)
+            db.session.flush()
+            payment.entry = ledger.debit(
+                account, "payment", points,
+                f"Paid {value} {currency} at store {store_id} (payment {payment_no})",
+                ("payment", payment.id), now)
+    if refused is not None:
+        raise refused  # after the commit (or inside a caller's transaction, which keeps it)
     return Outcome(payment, account.member)
+
+
+def _payment_number_taken(store_id, payment_no):
+    return Conflict(f"Payment {payment_no} of store {store_id} was already recorded with a "
+                    "different member or points; use a new payment number.")
+
+
+def _keep_payment_refusal(account, store_id, payment_no, points, now):
+    """Record the refusal of a payment (the account is locked); a twin's record if it got there
+    first (the insert waits for it on PostgreSQL)."""
+    available = max(account.available, ZERO)
+    refusal = _insert_new(PaymentRefusal, dict(
+        member_id=account.member_id, store_id=store_id, payment_no=payment_no, points=points,
+        available=available, error=InsufficientPoints.code,
+        message=f"The member has {available} points available; {points} are needed.", created_at=now),
+        (PaymentRefusal.store_id, PaymentRefusal.payment_no))
+    return refusal or _refusal_by_number(store_id, payment_no)
+
+
+def _refusal_error(refusal):
+    """The refusal as the error it was first answered with: the same status and body. It is
+    `recorded` in the transaction: a caller that holds the transaction open (the Idempotency-Key
+    path, loyalty/idempotency.py) commits it rather than rolling it back."""
+    error = InsufficientPoints(refusal.message, available=refusal.available, needed=refusal.points)
+    error.recorded = True
+    return error
 
 
 def reverse_payment(payment_id, store_id, now=None):
@@ -434,6 +481,12 @@ def _purchase_by_receipt(store_id, receipt_no):
 def _payment_by_number(store_id, payment_no):
     return db.session.scalar(sa.select(PointsPayment).where(
         PointsPayment.store_id == store_id, PointsPayment.payment_no == payment_no))
+
+
+def _refusal_by_number(store_id, payment_no):
+    return db.session.scalar(sa.select(PaymentRefusal).where(
+        PaymentRefusal.store_id == store_id, PaymentRefusal.payment_no == payment_no)
+        .execution_options(populate_existing=True))
 
 
 def _check_positive(amount, what):

@@ -33,7 +33,9 @@ class TierChange(db.Model):
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
     from_code: Mapped[str | None] = mapped_column(sa.String(20))
     to_code: Mapped[str] = mapped_column(sa.String(20))
-    reason: Mapped[str] = mapped_column(sa.String(20))  # upgrade | downgrade | manual
+    reason: Mapped[str] = mapped_column(sa.String(20))  # upgrade | downgrade | manual | refund
     note: Mapped[str | None] = mapped_column(sa.String(200))
+    # The purchase that made an upgrade, or whose refund undid one: a refund finds what it returned.
+    purchase_id: Mapped[int | None] = mapped_column(sa.ForeignKey("purchases.id"))
     actor: Mapped[str | None] = mapped_column(sa.String(150))
     created_at = mapped_column(UTCDateTime, nullable=False)

@@ -5,6 +5,12 @@ from decimal import Decimal
 
 ZERO_MONEY = Decimal("0.00")
 MODES = ("all", "any")
+# Bounds on the benefits marketing may set (PUT /tiers/{code} answers 422 beyond them). The default
+# ladder tops out at 2x and 100 birthday points; 10x keeps a purchase's points (amount x points per
+# unit x multiplier, see points.rules.MAX_POINTS_PER_UNIT) far from any overflow, and a birthday
+# gift of 100 000 points (1 000.00 at the default till rate) is more than any programme gives.
+MAX_EARN_MULTIPLIER = Decimal("10")
+MAX_BIRTHDAY_POINTS = Decimal("100000")
 
 
 @dataclass(frozen=True)
@@ -114,6 +120,10 @@ def validate_ladder(tiers):
     for tier in ordered:
         if tier.earn_multiplier < 1:
             problems.append(f"The {tier.code} earn multiplier must be at least 1.")
+        if tier.earn_multiplier > MAX_EARN_MULTIPLIER:
+            problems.append(f"The {tier.code} earn multiplier must be at most {MAX_EARN_MULTIPLIER}.")
+        if not 0 <= tier.birthday_points <= MAX_BIRTHDAY_POINTS:
+            problems.append(f"The {tier.code} birthday points must be 0 to {MAX_BIRTHDAY_POINTS}.")
         if tier.mode not in MODES:
             problems.append(f"The {tier.code} qualification mode must be 'all' or 'any'.")
     return problems

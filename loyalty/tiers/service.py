@@ -166,9 +166,10 @@ _QUALIFYING = sa.select(
 )
 
 
-def upgrade_if_qualified(member, now):
+def upgrade_if_qualified(member, now, purchase=None):
     """Inside a purchase's or activity's transaction (the account is locked): if the window now
-    qualifies the member for a higher tier, move them up at once (skipping tiers if need be)."""
+    qualifies the member for a higher tier, move them up at once (skipping tiers if need be).
+    The history names the `purchase` that made the upgrade, so a refund of it can find it."""
     ladder_now = ladder()
     current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
     if current.rank == ladder_now[-1].rank:
@@ -179,15 +180,90 @@ def upgrade_if_qualified(member, now):
         return None
     _, _, _, tz = settings()
     return _move(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
-                 note=f"Qualifying spend {spend}, {activities} activities")
+                 note=f"Qualifying spend {spend}, {activities} activities",
+                 purchase_id=None if purchase is None else purchase.id)
 
 
-def _move(member, to_code, reason, now, held_until, note=None, actor=None):
+# How far back a refund looks through the member's tier history for upgrades it undoes.
+UNDO_SCAN_LIMIT = 50
+
+
+def undo_returned_upgrades(member, purchase, refunded, now):
+    """Inside a refund's transaction (the account is locked, the purchase's refunded amount
+    already raised by `refunded`): a tier bought and returned is not kept.
+
+    The upgrades made since the purchase was recorded, newest first, that this refund takes the
+    window below (their tier was met before the refund and is not met now) are undone, down to
+    the first one that still stands: an upgrade the window still earns, an admin's manual tier,
+    a downgrade (an earlier refund of the same purchase is seen through: it only cut the upgrade
+    down to what the rest of the purchase still paid for). The member goes to the tier they had
+    before the earliest undone upgrade, or to what the window still earns if that is higher,
+    never above their tier now nor below a guarantee still running; that tier's protection is
+    the one it had (an earned tier keeps its protection; the returned one loses it). One `refund`
+    entry in the history, naming the purchase, and a `tier.changed` event. Returns the change,
+    or None."""
+    ladder_now = ladder()
+    by_code = {rule.code: rule for rule in ladder_now}
+    current = by_code.get(member.tier_code)
+    if current is None or current.rank == ladder_now[0].rank:
+        return None
+    db.session.flush()  # the window must see the refund
+    spend, activities, start = qualifying(member.id, now)
+    if purchase.occurred_at < start:
+        return None  # outside the window: the refund changes nothing it counts
+    earned = rules.tier_for(spend, activities, ladder_now)
+    if earned.rank >= current.rank:
+        return None
+    before_refund = spend + refunded
+    changes = db.session.scalars(
+        sa.select(TierChange).where(TierChange.member_id == member.id,
+                                    TierChange.created_at >= purchase.created_at)
+        .order_by(TierChange.id.desc()).limit(UNDO_SCAN_LIMIT)).all()
+    undone, cut_to = None, None
+    for change in changes:
+        if change.reason == "refund" and change.purchase_id == purchase.id:
+            cut_to = by_code.get(change.to_code)  # an earlier refund of it left the upgrade this far
+            continue
+        reached = by_code.get(change.to_code)
+        if reached is not None and cut_to is not None and cut_to.rank < reached.rank:
+            reached = cut_to
+        cut_to = None
+        if (change.reason != "upgrade" or reached is None or reached.met_by(spend, activities)
+                or not reached.met_by(before_refund, activities)):
+            break
+        undone = change
+    if undone is None:
+        return None
+    target = max(by_code.get(undone.from_code, ladder_now[0]), earned, key=lambda rule: rule.rank)
+    guarantee = _guarantee(member, now)
+    if guarantee and guarantee[0] in by_code:
+        target = max(target, min(by_code[guarantee[0]], current, key=lambda rule: rule.rank),
+                     key=lambda rule: rule.rank)
+    if target.rank >= current.rank:
+        return None
+    _, _, _, tz = settings()
+    if target.code == undone.from_code:  # back where they were: as they were
+        previous = db.session.scalar(
+            sa.select(TierChange).where(TierChange.member_id == member.id, TierChange.id < undone.id)
+            .order_by(TierChange.id.desc()).limit(1))
+        since = member.joined_at if previous is None else previous.created_at
+        held = (protected_until(clock.local_date(previous.created_at, tz))
+                if previous is not None and previous.reason in ("upgrade", "manual") else None)
+    else:  # the window still earns a tier between: as if the upgrade had reached only that one
+        since = undone.created_at
+        held = protected_until(clock.local_date(undone.created_at, tz))
+    note = (f"Purchase {purchase.receipt_no} at store {purchase.store_id} refunded: qualifying spend "
+            f"{spend}, {activities} activities no longer earn {undone.to_code}")
+    return _move(member, target.code, "refund", now, held_until=held, since=since, note=note[:200],
+                 purchase_id=purchase.id)
+
+
+def _move(member, to_code, reason, now, held_until, note=None, actor=None, purchase_id=None, since=None):
     change = TierChange(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason,
-                        note=note, actor=actor, created_at=now)
+                        note=note, actor=actor, purchase_id=purchase_id, created_at=now)
     db.session.add(change)
     member.tier_code = to_code
-    member.tier_since = now
+    member.tier_since = since or now
     member.tier_held_until = held_until
     member.updated_at = now
     webhooks.emit("tier.changed", {"member_id": member.id, "from": change.from_code, "to": to_code,
@@ -254,7 +330,8 @@ def member_tier(member_id, now=None):
         "keep": {"spend_needed": keep_spend, "activities_needed": keep_activities},
         "next": None,
         "history": [{"from": change.from_code, "to": change.to_code, "reason": change.reason,
-                     "note": change.note, "at": change.created_at} for change in history],
+                     "note": change.note, "purchase_id": change.purchase_id, "at": change.created_at}
+                    for change in history],
     }
     if upcoming is not None:
         spend_needed, activities_needed = rules.shortfall(upcoming, spend, activities)

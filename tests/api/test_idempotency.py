@@ -262,6 +262,41 @@ def test_the_same_store_and_payment_number_is_debited_once(api, assert_ledger_ok
     assert_ledger_ok()
 
 
+def test_a_payment_refused_by_its_number_is_refused_again_after_points_arrive(api, assert_ledger_ok):
+    """No Idempotency-Key: the store and payment number are the payment's identity, refusals too."""
+    member_id = new_member(api)
+    body = {"member_id": member_id, "payment_no": "P1", "points": 500}
+    first = api.post("pos", "/points-payments", json=body)
+    api.post("pos", "/purchases", json={"member_id": member_id, "receipt_no": "R1", "amount": "900.00"})
+
+    again = api.post("pos", "/points-payments", json=body)
+    with_a_key = api.post("pos", "/points-payments", json=body, **with_key("pay-late"))
+    other_points = api.post("pos", "/points-payments", json={**body, "points": 400})
+
+    assert (first.status_code, first.json["error"]) == (409, "insufficient_points")
+    assert (again.status_code, again.json) == (409, first.json)
+    assert (with_a_key.status_code, with_a_key.json) == (409, first.json)
+    assert (other_points.status_code, other_points.json["error"]) == (409, "conflict")
+    assert points(api, member_id)["available"] == 900
+    assert [e["type"] for e in history(api, member_id)] == ["earn_purchase"]
+    assert_ledger_ok()
+
+
+def test_a_payment_refused_under_an_idempotency_key_is_remembered_by_its_number_too(api):
+    member_id = new_member(api)
+    body = {"member_id": member_id, "payment_no": "P1", "points": 500}
+    first = api.post("pos", "/points-payments", json=body, **with_key("pay-1"))
+    api.post("pos", "/purchases", json={"member_id": member_id, "receipt_no": "R1", "amount": "900.00"})
+
+    without_key = api.post("pos", "/points-payments", json=body)
+    other_key = api.post("pos", "/points-payments", json=body, **with_key("pay-2"))
+
+    assert (first.status_code, first.json["error"]) == (409, "insufficient_points")
+    assert (without_key.status_code, without_key.json) == (409, first.json)
+    assert (other_key.status_code, other_key.json) == (409, first.json)
+    assert points(api, member_id)["available"] == 900
+
+
 def test_a_payment_number_reused_for_other_points_is_a_conflict(api):
     member_id = new_member(api)
     api.post("admin", f"/members/{member_id}/adjustments", json={"points": 500, "reason": "gift"})

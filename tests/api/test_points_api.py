@@ -15,7 +15,8 @@ ENTRY_FIELDS = {"id", "type", "points", "balance_after", "description", "referen
 
 @pytest.fixture
 def member_id(api):
-    response = api.post("app", "/members", json={"name": "Li Lei", "phone": "13800000001"})
+    with clock.frozen_at(T0 - timedelta(days=30)):  # a member since before the tests' days
+        response = api.post("app", "/members", json={"name": "Li Lei", "phone": "13800000001"})
     assert response.status_code == 201, response.json
     return response.json["id"]
 
@@ -110,6 +111,53 @@ def test_items_in_excluded_categories_earn_nothing(api, member_id):
     assert bought["points_earned"] == 70
 
 
+def test_excluded_categories_and_skus_match_whatever_the_case_the_till_sends(api, member_id):
+    set_rules(api, excluded_categories=["tobacco"], excluded_skus=["giftcard-100"])
+
+    bought = buy(api, member_id, "200.00", items=[
+        {"sku": "CIG-1", "category": "TOBACCO", "quantity": 1, "amount": "30.00"},
+        {"sku": "CIG-2", "category": "Tobacco", "quantity": 1, "amount": "20.00"},
+        {"sku": "GiftCard-100", "category": "cards", "quantity": 1, "amount": "100.00"},
+        {"sku": "TEA-1", "category": "drinks", "quantity": 1, "amount": "50.00"}])
+
+    assert bought["points_earned"] == 50
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"points_per_unit": "100.01"}, "points_per_unit"), ({"points_per_unit": 1000000000}, "points_per_unit"),
+    ({"payment_points_per_unit": "0.99"}, "payment_points_per_unit"),
+    ({"payment_points_per_unit": "0.01"}, "payment_points_per_unit"),
+    ({"payment_points_per_unit": 10001}, "payment_points_per_unit"),
+    ({"pending_days": 366}, "pending_days"), ({"expiry_days": 3651}, "expiry_days"),
+    ({"excluded_skus": ["x"] * 501}, "excluded_skus"), ({"excluded_categories": [""]}, "excluded_categories"),
+    ({"activities": [{"type": "visit", "points": "10000.01"}]}, "activities"),
+    ({"activities": [{"type": "visit", "points": 1, "cap": 1001, "cap_period": "day"}]}, "activities"),
+])
+def test_earning_rules_beyond_their_documented_bounds_are_refused(api, change, field):
+    rules = api.get("marketing", "/earning-rules").json
+
+    response = api.put("marketing", "/earning-rules", json={**rules, **change})
+
+    assert response.status_code == 422
+    assert field in response.json["errors"]
+    assert api.get("marketing", "/earning-rules").json == rules
+
+
+def test_earning_rules_at_their_bounds_are_accepted(api, member_id):
+    set_rules(api, points_per_unit=100, payment_points_per_unit=1, pending_days=365, expiry_days=3650,
+              activities=[{"type": "visit", "points": 10000, "cap": 1000, "cap_period": "day"}])
+
+    bought = buy(api, member_id, "1.00", occurred_at="2026-03-10T02:00:00Z")
+    paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P1", "points": 1})
+    visit = api.post("app", f"/members/{member_id}/activities", json={"type": "visit", "event_id": "v1"})
+
+    assert bought["points_earned"] == 100 and bought["status"] == "pending"
+    assert paid.status_code == 409  # pending for a year: nothing to pay with yet
+    assert visit.status_code == 201 and visit.json["points_awarded"] == 10000
+    paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P2", "points": 1})
+    assert paid.status_code == 201 and paid.json["money_value"]["amount"] == "1.00"  # a point is worth 1.00 at most
+
+
 def test_points_are_pending_for_the_return_window(api, member_id, assert_ledger_ok):
     set_rules(api, pending_days=7)
 
@@ -126,7 +174,9 @@ def test_points_are_pending_for_the_return_window(api, member_id, assert_ledger_
     assert points["pending_lots"] == [{"points": 100, "available_at": "2026-03-17T02:00:00Z"}]
     assert refused.json["error"] == "insufficient_points"
     with clock.frozen_at(T0 + timedelta(days=7)):
-        paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P1", "points": 100})
+        again = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P1", "points": 100})
+        paid = api.post("pos", "/points-payments", json={"member_id": member_id, "payment_no": "P2", "points": 100})
+    assert (again.status_code, again.json) == (409, refused.json)  # that payment was refused: it stays so
     assert paid.status_code == 201
     assert_ledger_ok()
 
@@ -206,6 +256,30 @@ def test_an_activity_older_than_a_week_is_refused(api, member_id):
     with clock.frozen_at(T0):
         response = api.post("app", f"/members/{member_id}/activities", json={
             "type": "share", "event_id": "e1", "occurred_at": "2026-03-02T02:00:00Z"})
+
+    assert response.status_code == 422
+    assert "occurred_at" in response.json["errors"]
+
+
+def test_an_activity_from_before_the_member_joined_is_refused(api):
+    with clock.frozen_at(T0):
+        member_id = api.post("app", "/members", json={"name": "Han Meimei", "phone": "13800000002"}).json["id"]
+    with clock.frozen_at(T0 + timedelta(days=1)):
+        before = api.post("app", f"/members/{member_id}/activities", json={
+            "type": "share", "event_id": "e1", "occurred_at": "2026-03-09T02:00:00Z"})
+        since = api.post("app", f"/members/{member_id}/activities", json={
+            "type": "share", "event_id": "e2", "occurred_at": "2026-03-10T03:00:00Z"})
+
+    assert before.status_code == 422
+    assert before.json["errors"] == {"occurred_at": ["Must not be before the member joined."]}
+    assert "before the member joined" in before.json["message"]
+    assert since.status_code == 201 and since.json["points_awarded"] == 0.5
+
+
+def test_an_activity_more_than_a_few_minutes_in_the_future_is_refused(api, member_id):
+    with clock.frozen_at(T0):
+        response = api.post("app", f"/members/{member_id}/activities", json={
+            "type": "share", "event_id": "e1", "occurred_at": "2026-03-10T02:06:00Z"})
 
     assert response.status_code == 422
     assert "occurred_at" in response.json["errors"]

@@ -210,7 +210,7 @@ REFUSED_GOLD = [
     (thresholds_equal_to_the_tier_under_it, "The gold thresholds must be above the silver ones.",
      {"tier": ["The gold thresholds must be above the silver ones."]}),
     (multiplier_below_one, "see 'errors'",
-     {"benefits": {"earn_multiplier": ["Must be greater than or equal to 1 and less than or equal to 100."]}}),
+     {"benefits": {"earn_multiplier": ["Must be greater than or equal to 1 and less than or equal to 10."]}}),
     (multiplier_below_the_tier_under_it, "The gold earn multiplier must not be below the silver one.",
      {"tier": ["The gold earn multiplier must not be below the silver one."]}),
     (mode_neither_all_nor_any, "see 'errors'", {"qualification": {"mode": ["Must be one of: all, any."]}}),
@@ -353,6 +353,38 @@ def test_one_big_purchase_goes_straight_to_diamond(api, member_id):
         ("ordinary", "diamond", "upgrade")]
 
 
+@pytest.mark.parametrize("benefit, value, accepted", [
+    ("earn_multiplier", 10, True), ("earn_multiplier", "10.01", False), ("earn_multiplier", 100, False),
+    ("birthday_points", 100000, True), ("birthday_points", "100000.01", False), ("birthday_points", 10**9, False)])
+def test_tier_benefits_have_documented_bounds(api, benefit, value, accepted):
+    body = editable(api, "diamond")
+    body["benefits"][benefit] = value
+
+    response = api.put("marketing", "/tiers/diamond", json=body)
+
+    assert response.status_code == (200 if accepted else 422), response.json
+    if not accepted:
+        assert benefit in response.json["errors"]["benefits"]
+        assert api.get("app", "/tiers").json[3]["benefits"][benefit] == (2 if benefit == "earn_multiplier" else 100)
+
+
+def test_the_largest_purchase_at_the_largest_rate_and_multiplier_earns_without_overflow(api, member_id):
+    body = editable(api, "diamond")
+    body["benefits"]["earn_multiplier"] = 10
+    assert api.put("marketing", "/tiers/diamond", json=body).status_code == 200
+    rules = api.get("marketing", "/earning-rules").json
+    assert api.put("marketing", "/earning-rules", json={**rules, "points_per_unit": 100}).status_code == 200
+    api.put("admin", f"/members/{member_id}/tier", json={"tier": "diamond", "reason": "VIP"})
+
+    bought = buy(api, member_id, "99999999.99", "R-MAX")
+    refund = api.post("pos", f"/purchases/{bought['purchase_id']}/refunds",
+                      json={"refund_no": "F1", "amount": "33333333.33"})
+
+    assert bought["points_earned"] == Decimal("99999999990")  # 1e8 x 100 x 10, to the cent
+    assert refund.status_code == 201, refund.json
+    assert refund.json["points_reversed"] == Decimal("33333333330")
+
+
 def test_the_new_multiplier_applies_from_the_next_purchase(api, member_id):
     crossing = buy(api, member_id, "3000.00", "R1")
     next_one = buy(api, member_id, "100.00", "R2")
@@ -382,7 +414,23 @@ def test_only_purchases_inside_the_window_count_towards_a_tier(api, member_id):
     assert page["qualifying"]["spend"] == "3000.00"
 
 
-def test_a_refund_lowers_the_qualifying_spend_but_downgrades_no_one_at_once(api, member_id):
+def test_a_refund_lowers_the_qualifying_spend_but_downgrades_no_one_whose_tier_it_did_not_buy(api, member_id):
+    buy(api, member_id, "3000.00", "R1")
+    later = buy(api, member_id, "1000.00", "R2")
+
+    refund = api.post("pos", f"/purchases/{later['purchase_id']}/refunds", json={"refund_no": "F1",
+                                                                                  "amount": "1000.00"})
+    page = member_tier(api, member_id)
+
+    assert refund.status_code == 201
+    assert refund.json["member"]["tier"]["code"] == "silver"
+    assert page["tier"]["code"] == "silver"
+    assert page["qualifying"]["spend"] == "3000.00"
+    assert page["keep"] == {"spend_needed": "0.00", "activities_needed": 0}
+    assert page["next"]["spend_needed"] == "7000.00"
+
+
+def test_a_refund_that_returns_the_spend_of_an_upgrade_undoes_it_in_its_own_answer(api, member_id):
     bought = buy(api, member_id, "3000.00", "R1")
 
     refund = api.post("pos", f"/purchases/{bought['purchase_id']}/refunds", json={"refund_no": "F1",
@@ -390,11 +438,13 @@ def test_a_refund_lowers_the_qualifying_spend_but_downgrades_no_one_at_once(api,
     page = member_tier(api, member_id)
 
     assert refund.status_code == 201
-    assert refund.json["member"]["tier"]["code"] == "silver"
-    assert page["tier"]["code"] == "silver"
+    assert refund.json["member"]["tier"]["code"] == "ordinary"
+    assert page["tier"]["code"] == "ordinary" and page["valid_until"] is None
     assert page["qualifying"]["spend"] == "2000.00"
-    assert page["keep"] == {"spend_needed": "1000.00", "activities_needed": 0}
-    assert page["next"]["spend_needed"] == "8000.00"
+    assert [(h["from"], h["to"], h["reason"], h["purchase_id"]) for h in page["history"]] == [
+        ("silver", "ordinary", "refund", bought["purchase_id"]),
+        ("ordinary", "silver", "upgrade", bought["purchase_id"])]
+    assert "refunded" in page["history"][0]["note"]
 
 
 def activity(api, member_id, type_, event_id):
@@ -560,7 +610,7 @@ def test_an_admin_puts_a_member_in_a_tier_with_a_reason_and_a_guarantee(api, app
     assert page["valid_until"] == "2027-06-30T16:00:00Z"
     assert page["next"]["code"] == "diamond"
     assert page["history"] == [{"from": "ordinary", "to": "gold", "reason": "manual",
-                                "note": "Compensation for a lost parcel", "at": T0_Z}]
+                                "note": "Compensation for a lost parcel", "purchase_id": None, "at": T0_Z}]
     assert api.get("app", f"/members/{member_id}").json["tier"] == {"code": "gold", "name": "黄金"}
     [(actor, entity_type, entity_id, before, after)] = audit_entries(app, "member.tier.set")
     assert "test admin" in actor

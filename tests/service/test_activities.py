@@ -75,7 +75,7 @@ def test_the_sign_in_day_ends_at_local_midnight_not_utc_midnight(ctx):
 
 
 def test_a_backdated_sign_in_counts_in_the_day_it_happened(ctx):
-    member = factories.member(now=T0)
+    member = factories.member(now=T0 - timedelta(days=2))
     act(member.id, "sign_in", "today")
 
     yesterday = act(member.id, "sign_in", "yesterday", occurred_at=T0 - timedelta(days=1))
@@ -110,8 +110,8 @@ def test_caps_count_per_type(ctx):
 
 
 def test_review_is_capped_at_five_a_month(ctx):
-    member = factories.member(now=T0)
     start = utc(2026, 3, 1, 2)  # 10:00 on 1 March, local
+    member = factories.member(now=start)
 
     march = [act(member.id, "review", f"r{n}", now=start + timedelta(days=n)) for n in range(6)]
 
@@ -220,6 +220,26 @@ def test_an_activity_in_the_future_or_over_a_week_old_is_refused(ctx, offset):
 
     assert "occurred_at" in refused.value.errors
     assert entry_count() == 0
+
+
+def test_an_activity_from_before_the_member_joined_is_refused(ctx):
+    member = factories.member(now=T0)
+
+    with pytest.raises(ValidationFailed) as refused:
+        act(member.id, "sign_in", "e1", occurred_at=T0 - timedelta(hours=1), now=T0 + timedelta(hours=1))
+
+    assert refused.value.errors == {"occurred_at": ["Must not be before the member joined."]}
+    assert "before the member joined" in refused.value.message
+    assert entry_count() == 0
+    assert act(member.id, "sign_in", "e1", occurred_at=T0, now=T0 + timedelta(hours=1)).record.capped is False
+
+
+def test_an_activity_a_device_clock_places_just_before_joining_counts(ctx):
+    member = factories.member(now=T0)
+
+    outcome = act(member.id, "sign_in", "e1", occurred_at=T0 - timedelta(minutes=4), now=T0)
+
+    assert awarded(outcome) == (D("0.50"), False)
 
 
 def test_activity_points_expire_like_other_points(ctx):

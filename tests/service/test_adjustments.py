@@ -122,3 +122,21 @@ def test_an_adjustment_for_an_unknown_member_is_not_found_and_not_audited(ctx):
         adjust(999_999, "10")
 
     assert audit_entries() == []
+
+
+def test_a_credit_that_would_take_an_account_past_its_largest_balance_is_refused(ctx):
+    from loyalty.points.ledger import MAX_ACCOUNT_POINTS
+
+    member = factories.member(now=T0)
+    adjust(member.id, MAX_ACCOUNT_POINTS - D("1.00"))
+
+    with pytest.raises(ValidationFailed) as refused:
+        adjust(member.id, D("1.01"))
+    with pytest.raises(ValidationFailed):
+        factories.purchase(member.id, "2.00", now=T0)
+
+    assert "the most an account holds" in refused.value.message
+    assert balances(member.id)[0] == MAX_ACCOUNT_POINTS - D("1.00")
+    adjust(member.id, D("1.00"))  # exactly the largest balance is fine
+    assert balances(member.id)[0] == MAX_ACCOUNT_POINTS
+    assert_ledger_ok()

@@ -192,6 +192,33 @@ def test_many_tills_competing_for_one_balance_never_overdraw(database, app, head
 
 
 @on_both_databases
+def test_copies_of_one_payment_racing_the_points_that_would_pay_it_all_get_one_answer(database, app, headers):
+    """Eight copies of one payment (some with Idempotency-Keys of their own, some without) race
+    a credit that would make it affordable: either every copy is refused or every copy is the one
+    payment, never a refusal for the till and a charge for the member."""
+    for round_ in range(4):
+        member_id = setup(app, lambda: member_with_points(10))
+        body = {"member_id": member_id, "payment_no": f"PAY-{round_}", "points": 50}
+        copies = [post("/points-payments", headers["pos"], body,
+                       {"Idempotency-Key": f"k-{round_}-{n}"} if n % 2 else None) for n in range(8)]
+        credit = post(f"/members/{member_id}/adjustments", headers["admin"], {"points": 100, "reason": "gift"})
+        results = race(app, copies + [credit])
+        answers = outcomes(results[:8])
+        assert answers in ([(201, None)] * 8, [(409, "insufficient_points")] * 8), (round_, answers)
+        assert results[8].status_code == 201
+        if answers[0][0] == 409:
+            assert len({r.get_data() for r in results[:8]}) == 1  # the same body, word for word
+            assert account(app, member_id)["available"] == D(110)
+            assert count(app, PointsPayment, PointsPayment.member_id == member_id) == 0
+        else:
+            assert account(app, member_id)["available"] == D(60)
+            assert count(app, PointsPayment, PointsPayment.member_id == member_id) == 1
+        [again] = race(app, [post("/points-payments", headers["pos"], body)])
+        assert outcome(again) == answers[0]
+    assert_ledger_exact(app)
+
+
+@on_both_databases
 def test_fifty_retries_of_one_purchase_credit_it_once(database, app, headers):
     member_id = setup(app, lambda: factories.member().id)
     body = {"member_id": member_id, "receipt_no": "RETRY-1", "amount": "123.45"}
@@ -314,7 +341,7 @@ def test_concurrent_full_refunds_reverse_the_points_once(database, app, headers)
 
 @on_both_databases
 def test_concurrent_sign_ins_on_one_day_are_capped_at_one_award(database, app, headers):
-    member_id = setup(app, lambda: factories.member().id)
+    member_id = setup(app, lambda: factories.member(now=datetime(2026, 3, 1, tzinfo=timezone.utc)).id)
     noon_in_shanghai = datetime(2026, 3, 10, 4, 0, tzinfo=timezone.utc)
     with clock.frozen_at(noon_in_shanghai):
         results = race(app, [
@@ -333,7 +360,7 @@ def test_concurrent_sign_ins_on_one_day_are_capped_at_one_award(database, app, h
 @on_both_databases
 def test_concurrent_retries_of_one_activity_award_once(database, app, headers):
     """The same share event sent eight times at once: one award, seven replays of it."""
-    member_id = setup(app, lambda: factories.member().id)
+    member_id = setup(app, lambda: factories.member(now=datetime(2026, 3, 1, tzinfo=timezone.utc)).id)
     with clock.frozen_at(datetime(2026, 3, 10, 4, 0, tzinfo=timezone.utc)):
         results = race(app, [
             post(f"/members/{member_id}/activities", headers["app"], {"type": "share", "event_id": "same"})

@@ -424,6 +424,7 @@ class LedgerMachine(RuleBasedStateMachine):
             event("a payment was refused")
             with pytest.raises(InsufficientPoints):
                 self.call(service.pay_with_points, member_id, STORE, payment_no, points, now=self.now)
+            self.accounts[member_id] = model  # the refusal is recorded: its settling of the account stays
             return
         taken = model.debit(points)
         outcome = self.call(service.pay_with_points, member_id, STORE, payment_no, points, now=self.now)

@@ -60,11 +60,46 @@ def test_insufficient_points_are_refused_and_nothing_changes(ctx):
     assert balances(member.id)[0] == D("99.00")
     assert entries(member.id) == [("earn_purchase", D("99.00"))]
     assert lots(member.id) == [("available", D("99.00"), D("99.00"))]
-    # The payment number is still free: the till can try again once it has the points.
-    factories.purchase(member.id, "1.00", now=T0)
-    assert pay(member.id, "100").replayed is False
-    assert balances(member.id)[0] == D("0.00")
     assert_ledger_ok()
+
+
+def test_a_refused_payment_number_is_refused_again_even_after_points_arrive(ctx):
+    """The till was told "not enough points" and took cash: a repeat of the same payment
+    (a retry, a double send) must not charge the member now that they have the points."""
+    member = rich_member("99.00")
+    with pytest.raises(InsufficientPoints) as first:
+        pay(member.id, "100")
+    factories.purchase(member.id, "500.00", now=T0 + timedelta(minutes=1))
+
+    with pytest.raises(InsufficientPoints) as again:
+        pay(member.id, "100", now=T0 + timedelta(minutes=2))
+
+    assert (again.value.message, again.value.extra) == (first.value.message, first.value.extra)
+    assert again.value.extra == {"available": D("99.00"), "needed": D("100.00")}
+    assert balances(member.id)[0] == D("599.00")
+    assert [kind for kind, _ in entries(member.id)] == ["earn_purchase", "earn_purchase"]
+    # a new payment number is a new payment, decided on the points there are now
+    assert pay(member.id, "100", payment_no="P2", now=T0 + timedelta(minutes=3)).replayed is False
+    assert balances(member.id)[0] == D("499.00")
+    assert_ledger_ok()
+
+
+@pytest.mark.parametrize("change", ["points", "member", "store"])
+def test_a_refused_payment_number_reused_for_another_payment_is_a_conflict(ctx, change):
+    member = rich_member("99.00")
+    other = rich_member("500.00")
+    with pytest.raises(InsufficientPoints):
+        pay(member.id, "100")
+
+    if change == "store":  # the number is the store's own: another store's P1 is another payment
+        assert pay(member.id, "50", store_id="S2").replayed is False
+        return
+    with pytest.raises(Conflict) as refused:
+        pay(other.id if change == "member" else member.id, "100" if change == "member" else "50")
+
+    assert "P1" in refused.value.message
+    assert entries(other.id) == [("earn_purchase", D("500.00"))]
+    assert entries(member.id) == [("earn_purchase", D("99.00"))]
 
 
 def test_spending_takes_the_earliest_expiring_points_first(ctx):

@@ -143,13 +143,14 @@ def test_spend_older_than_the_window_does_not_count():
     assert tiers.qualifying(member.id, T0)[0] == D("600.00")
 
 
-def test_refunds_lower_the_qualifying_spend_but_downgrade_no_one_at_once():
+def test_refunds_lower_the_qualifying_spend_but_downgrade_no_one_whose_tier_they_did_not_buy():
     member = new_member(now=T0)
-    purchase = factories.purchase(member.id, "3500.00", now=T0).record
+    factories.purchase(member.id, "3500.00", now=T0)
+    later = factories.purchase(member.id, "500.00", now=T0 + timedelta(minutes=5)).record
 
-    points.refund_purchase(purchase.id, "S1", "F1", D("1000.00"), now=T0 + timedelta(hours=1))
+    points.refund_purchase(later.id, "S1", "F1", D("500.00"), now=T0 + timedelta(hours=1))
 
-    assert tiers.qualifying(member.id, T0 + timedelta(hours=1))[0] == D("2500.00")
+    assert tiers.qualifying(member.id, T0 + timedelta(hours=1))[0] == D("3500.00")
     assert tier_of(member.id) == "silver"
     assert_ledger_ok()
 
@@ -229,6 +230,7 @@ def test_the_recompute_upgrades_members_a_lowered_threshold_now_admits():
 
 def test_the_recompute_respects_a_refund_once_protection_ends():
     member = new_member(now=T0)
+    tiers.set_member_tier(member.id, "silver", "welcome offer", "test", now=T0)  # not bought: kept
     purchase = factories.purchase(member.id, "3500.00", now=T0).record
     points.refund_purchase(purchase.id, "S1", "F1", D("1000.00"), now=T0 + timedelta(days=1))
     factories.purchase(member.id, "10.00", now=utc(2027, 3, 1))  # still buying, but not enough

@@ -55,6 +55,13 @@ def test_excluded_skus_and_categories_earn_nothing():
     assert purchase_points(D("100.00"), items, rules) == (D("20.00"), D("20.00"))
 
 
+def test_excluded_skus_and_categories_match_case_folded():
+    rules = replace(RULES, excluded_skus=("GiftCard",), excluded_categories=("tobacco", "STRASSE"))
+    items = [item("giftcard", "50.00"), item("CIG", "30.00", "TOBACCO"), item("X", "5.00", "straße"),
+             item("MILK", "20.00", "Food")]
+    assert purchase_points(D("105.00"), items, rules) == (D("20.00"), D("20.00"))
+
+
 def test_items_that_are_not_excluded_do_not_change_the_points():
     rules = replace(RULES, excluded_skus=("GIFTCARD",))
     items = [item("MILK", "20.00", "food"), item("BREAD", "10.50", "food")]

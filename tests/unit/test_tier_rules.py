@@ -127,3 +127,19 @@ def test_months_after_is_the_inverse_on_ordinary_days():
 
 def test_a_tier_rule_compares_by_its_qualification_not_its_perks():
     assert TierRule("x", 1, perks=("a",)) == TierRule("x", 1, perks=("b",))
+
+
+def test_a_ladder_with_a_multiplier_or_birthday_gift_beyond_its_bound_is_refused():
+    from dataclasses import replace
+
+    from loyalty.tiers.rules import DEFAULT_LADDER, MAX_BIRTHDAY_POINTS, MAX_EARN_MULTIPLIER, validate_ladder
+
+    ordinary, silver, gold, diamond = DEFAULT_LADDER
+    at_bounds = (ordinary, silver, gold, replace(diamond, earn_multiplier=MAX_EARN_MULTIPLIER,
+                                                 birthday_points=MAX_BIRTHDAY_POINTS))
+    beyond = (ordinary, silver, gold, replace(diamond, earn_multiplier=MAX_EARN_MULTIPLIER + 1,
+                                              birthday_points=MAX_BIRTHDAY_POINTS + 1))
+
+    assert validate_ladder(at_bounds) == []
+    assert validate_ladder(beyond) == ["The diamond earn multiplier must be at most 10.",
+                                       "The diamond birthday points must be 0 to 100000."]

@@ -3,7 +3,9 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from loyalty.api.schemas.common import (Identifier, MoneyField, MoneyValueSchema, PointsField, RecordId,
                                        Timestamp)
 from loyalty.api.schemas.members import MemberSchema
-from loyalty.points.rules import CAP_PERIODS, EXPIRY_POLICIES
+from loyalty.points.rules import (CAP_PERIODS, EXPIRY_POLICIES, MAX_ACTIVITY_CAP, MAX_ACTIVITY_POINTS,
+                                  MAX_EXCLUDED_CODES, MAX_EXPIRY_DAYS, MAX_PAYMENT_POINTS_PER_UNIT,
+                                  MAX_PENDING_DAYS, MAX_POINTS_PER_UNIT, MIN_PAYMENT_POINTS_PER_UNIT)
 
 STORE = validate.Length(min=1, max=40)
 
@@ -156,8 +158,8 @@ class PaymentResultSchema(Schema):
 class ActivityTypeSchema(Schema):
     type = fields.String(required=True, validate=[validate.Length(min=1, max=30),
                                                   validate.Regexp(r"^[a-z][a-z0-9_]*$")])
-    points = PointsField(required=True)
-    cap = fields.Integer(allow_none=True, load_default=None, validate=validate.Range(min=1))
+    points = PointsField(required=True, validate=validate.Range(max=MAX_ACTIVITY_POINTS))
+    cap = fields.Integer(allow_none=True, load_default=None, validate=validate.Range(min=1, max=MAX_ACTIVITY_CAP))
     cap_period = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(CAP_PERIODS))
     description = fields.String(load_default="", validate=validate.Length(max=100))
 
@@ -168,17 +170,25 @@ class ActivityTypeSchema(Schema):
 
 
 class EarningRulesSchema(Schema):
-    points_per_unit = PointsField(required=True, metadata={"description": "Points per currency unit spent"})
+    points_per_unit = PointsField(required=True, validate=validate.Range(max=MAX_POINTS_PER_UNIT),
+                                  metadata={"description": f"Points per currency unit spent (at most "
+                                                           f"{MAX_POINTS_PER_UNIT})"})
     min_amount = MoneyField(required=True, allow_zero=True,
                             metadata={"description": "Purchases below this earn nothing"})
-    excluded_categories = fields.List(fields.String(), load_default=list)
-    excluded_skus = fields.List(fields.String(), load_default=list)
-    pending_days = fields.Integer(required=True, validate=validate.Range(min=0, max=365))
+    excluded_categories = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list,
+                                      validate=validate.Length(max=MAX_EXCLUDED_CODES),
+                                      metadata={"description": "Compared case-insensitively"})
+    excluded_skus = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list,
+                                validate=validate.Length(max=MAX_EXCLUDED_CODES),
+                                metadata={"description": "Compared case-insensitively"})
+    pending_days = fields.Integer(required=True, validate=validate.Range(min=0, max=MAX_PENDING_DAYS))
     expiry_policy = fields.String(required=True, validate=validate.OneOf(EXPIRY_POLICIES))
-    expiry_days = fields.Integer(load_default=365, validate=validate.Range(min=1, max=3650))
-    payment_points_per_unit = PointsField(required=True, metadata={
-        "description": "Points that pay one currency unit at the till"})
-    activities = fields.List(fields.Nested(ActivityTypeSchema), required=True)
+    expiry_days = fields.Integer(load_default=365, validate=validate.Range(min=1, max=MAX_EXPIRY_DAYS))
+    payment_points_per_unit = PointsField(
+        required=True, validate=validate.Range(min=MIN_PAYMENT_POINTS_PER_UNIT, max=MAX_PAYMENT_POINTS_PER_UNIT),
+        metadata={"description": f"Points that pay one currency unit at the till ({MIN_PAYMENT_POINTS_PER_UNIT} "
+                                 f"to {MAX_PAYMENT_POINTS_PER_UNIT}: a point is worth at most 1.00)"})
+    activities = fields.List(fields.Nested(ActivityTypeSchema), required=True, validate=validate.Length(max=50))
 
     @validates_schema
     def unique_activity_types(self, data, **kwargs):

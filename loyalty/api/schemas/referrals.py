@@ -3,14 +3,17 @@ from marshmallow import Schema, fields, validate
 from loyalty.api.schemas.common import MoneyField, PointsField, Timestamp
 
 COUNT = validate.Range(min=1, max=1_000_000)
+# A referral or ambassador reward of at most 100 000 points (1 000.00 at the default till rate).
+MAX_CAMPAIGN_POINTS = 100_000
+CAMPAIGN_POINTS = validate.Range(min=0, max=MAX_CAMPAIGN_POINTS)
 
 
 class CampaignFieldsSchema(Schema):
     name = fields.String(validate=validate.Length(min=1, max=100))
     starts_at = Timestamp()
     ends_at = Timestamp(allow_none=True)
-    referrer_points = PointsField(signed=True, validate=validate.Range(min=0))
-    referee_points = PointsField(signed=True, validate=validate.Range(min=0))
+    referrer_points = PointsField(signed=True, validate=CAMPAIGN_POINTS)
+    referee_points = PointsField(signed=True, validate=CAMPAIGN_POINTS)
     min_first_purchase = MoneyField(allow_zero=True, metadata={
         "description": "The referee's first purchase must be at least this much to qualify"})
     qualify_within_days = fields.Integer(validate=validate.Range(min=1, max=3650), metadata={
@@ -20,7 +23,7 @@ class CampaignFieldsSchema(Schema):
     max_rewards_per_referrer = fields.Integer(allow_none=True, validate=COUNT)
     ambassador_threshold = fields.Integer(allow_none=True, validate=COUNT, metadata={
         "description": "Qualified referrals that make a member an ambassador (推荐大使)"})
-    ambassador_bonus_points = PointsField(signed=True, validate=validate.Range(min=0))
+    ambassador_bonus_points = PointsField(signed=True, validate=CAMPAIGN_POINTS)
     link_template = fields.String(validate=validate.Length(min=8, max=500), metadata={
         "example": "https://shop.example/join?ref={code}"})
 
@@ -28,8 +31,8 @@ class CampaignFieldsSchema(Schema):
 class CampaignCreateSchema(CampaignFieldsSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     starts_at = Timestamp(required=True)
-    referrer_points = PointsField(required=True, signed=True, validate=validate.Range(min=0))
-    referee_points = PointsField(required=True, signed=True, validate=validate.Range(min=0))
+    referrer_points = PointsField(required=True, signed=True, validate=CAMPAIGN_POINTS)
+    referee_points = PointsField(required=True, signed=True, validate=CAMPAIGN_POINTS)
     min_first_purchase = MoneyField(required=True, allow_zero=True)
     qualify_within_days = fields.Integer(required=True, validate=validate.Range(min=1, max=3650))
     link_template = fields.String(required=True, validate=validate.Length(min=8, max=500))

@@ -7,6 +7,9 @@ from loyalty import clock
 from loyalty.rewards.service import MAX_QUANTITY, voucher_status
 
 VOUCHER_STATUSES = ["issued", "used", "expired", "void"]
+# A reward costs at most 10 000 000 points (100 000.00 at the default till rate): beyond, a typo.
+# Times MAX_QUANTITY it stays far inside a BIGINT of hundredths.
+MAX_POINTS_COST = 10_000_000
 
 
 class RewardFieldsSchema(Schema):
@@ -17,7 +20,7 @@ class RewardFieldsSchema(Schema):
     description = fields.String(validate=validate.Length(max=2000))
     kind = fields.String(validate=validate.OneOf(KINDS))
     cash_value = MoneyField(allow_none=True, metadata={"description": "A cash voucher's money value"})
-    points_cost = PointsField()
+    points_cost = PointsField(validate=validate.Range(max=MAX_POINTS_COST))
     stock = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=10**9),
                            metadata={"description": "Units left; null for unlimited"})
     per_member_limit = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=10**6),
@@ -36,7 +39,7 @@ class RewardFieldsSchema(Schema):
 class RewardCreateSchema(RewardFieldsSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     kind = fields.String(required=True, validate=validate.OneOf(KINDS))
-    points_cost = PointsField(required=True)
+    points_cost = PointsField(required=True, validate=validate.Range(max=MAX_POINTS_COST))
     voucher_valid_days = fields.Integer(required=True, validate=validate.Range(min=0, max=3650))
 
 

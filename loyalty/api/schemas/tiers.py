@@ -1,9 +1,7 @@
 from marshmallow import Schema, fields, validate
 
 from loyalty.api.schemas.common import MoneyField, PointsField, Timestamp
-from loyalty.tiers.rules import MODES
-
-NUMBER_AT_LEAST_0 = validate.Range(min=0)
+from loyalty.tiers.rules import MAX_BIRTHDAY_POINTS, MAX_EARN_MULTIPLIER, MODES
 
 
 class QualificationSchema(Schema):
@@ -16,10 +14,12 @@ class QualificationSchema(Schema):
 
 
 class BenefitsSchema(Schema):
-    earn_multiplier = PointsField(required=True, validate=validate.Range(min=1, max=100),
-                                  metadata={"description": "Points per point a lowest-tier member earns"})
-    birthday_points = PointsField(required=True, signed=True, validate=NUMBER_AT_LEAST_0,
-                                  metadata={"description": "Points given on the member's birthday"})
+    earn_multiplier = PointsField(required=True, validate=validate.Range(min=1, max=MAX_EARN_MULTIPLIER),
+                                  metadata={"description": "Points per point a lowest-tier member earns "
+                                                           f"(1 to {MAX_EARN_MULTIPLIER})"})
+    birthday_points = PointsField(required=True, signed=True, validate=validate.Range(min=0, max=MAX_BIRTHDAY_POINTS),
+                                  metadata={"description": "Points given on the member's birthday "
+                                                           f"(at most {MAX_BIRTHDAY_POINTS})"})
     service_level = fields.String(required=True, validate=validate.Length(max=200))
     perks = fields.List(fields.String(validate=validate.Length(min=1, max=100)), required=True,
                         validate=validate.Length(max=30))
@@ -61,8 +61,11 @@ class NextTierSchema(NeededSchema):
 class TierChangeSchema(Schema):
     from_ = fields.String(data_key="from", attribute="from", allow_none=True)
     to = fields.String()
-    reason = fields.String(metadata={"enum": ["upgrade", "downgrade", "manual"]})
+    reason = fields.String(metadata={"enum": ["upgrade", "downgrade", "manual", "refund"], "description":
+                                     "`refund`: a refund took back the spend an upgrade was reached with"})
     note = fields.String(allow_none=True)
+    purchase_id = fields.Integer(allow_none=True, metadata={
+        "description": "The purchase that made the upgrade, or whose refund undid it"})
     at = Timestamp()
 
 
