@@ -7,7 +7,7 @@ A points payment refused for insufficient points is kept for its natural key (st
 payment_no), so the same payment sent again gets the same refusal even if points arrived since.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-29 10:20:00
 
 """
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 
 revision = '0012'
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
