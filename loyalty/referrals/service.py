@@ -32,9 +32,17 @@ CAMPAIGN_FIELDS = ("name", "starts_at", "ends_at", "referrer_points", "referee_p
 
 # --- campaigns ------------------------------------------------------------------------------------
 
+# What a new campaign is unless marketing says otherwise: a marketer decides the name and the two
+# rewards; it starts now, any first purchase within 30 days qualifies, a refund within 30 days of
+# it takes the rewards back, and links point where the deployment's do (LOYALTY_REFERRAL_LINK).
+CAMPAIGN_DEFAULTS = {"return_window_days": 30, "ambassador_bonus_points": ZERO, "min_first_purchase": ZERO,
+                     "qualify_within_days": 30}
+
+
 def create_campaign(fields, actor, now=None):
     now = now or clock.now()
-    fields = {"return_window_days": 30, "ambassador_bonus_points": ZERO, **fields}
+    fields = {**CAMPAIGN_DEFAULTS, "starts_at": now, "link_template": current_app.config["LOYALTY_REFERRAL_LINK"],
+              **fields}
     with transaction():
         _lock_campaigns()
         _check_campaign(fields, exclude_id=None)

@@ -42,9 +42,14 @@ def _tz():
 
 # --- the catalog ----------------------------------------------------------------------------------
 
+# What a new reward is unless marketing says otherwise: a marketer decides the name, the kind and
+# the cost; a voucher is good for a month, like most retailers' coupons.
+REWARD_DEFAULTS = {"description": "", "limit_period": "ever", "active": True, "voucher_valid_days": 30}
+
+
 def create_reward(fields, actor, now=None):
     now = now or clock.now()
-    fields = {"description": "", "limit_period": "ever", "active": True, **fields}
+    fields = {**REWARD_DEFAULTS, **fields}
     _check_reward(fields)
     with transaction():
         reward = Reward(**{key: fields.get(key) for key in EDITABLE}, created_at=now, updated_at=now)

@@ -243,8 +243,25 @@ def test_a_campaign_without_its_required_fields_lists_each_one(api):
     response = api.post("marketing", "/referral-campaigns", json={"name": "Bring a friend"})
 
     body = assert_error(response, 422, "validation_error")
-    assert set(body["errors"]) == {"starts_at", "referrer_points", "referee_points", "min_first_purchase",
-                                   "qualify_within_days", "link_template"}
+    assert set(body["errors"]) == {"referrer_points", "referee_points"}
+
+
+def test_a_campaign_needs_only_its_name_and_rewards_and_the_rest_has_documented_defaults(api, app):
+    app.config["LOYALTY_REFERRAL_LINK"], before = "https://shop.test/r/{code}", app.config["LOYALTY_REFERRAL_LINK"]
+    try:
+        response = api.post("marketing", "/referral-campaigns",
+                            json={"name": "Bring a friend", "referrer_points": 100, "referee_points": 50})
+    finally:
+        app.config["LOYALTY_REFERRAL_LINK"] = before
+
+    assert response.status_code == 201, response.json
+    campaign = response.json
+    assert (campaign["min_first_purchase"], campaign["qualify_within_days"], campaign["return_window_days"]) == (
+        "0.00", 30, 30)
+    assert campaign["link_template"] == "https://shop.test/r/{code}"
+    assert campaign["ends_at"] is None
+    started = datetime.fromisoformat(campaign["starts_at"].replace("Z", "+00:00"))
+    assert abs((datetime.now(timezone.utc) - started).total_seconds()) < 60  # it runs from now
 
 
 @pytest.mark.parametrize("method, path, body", [

@@ -257,7 +257,15 @@ def test_the_required_fields_of_a_reward(api):
 
     assert_error(response, 422, "validation_error")
     assert response.json["errors"] == {field: ["Missing data for required field."]
-                                       for field in ("name", "kind", "points_cost", "voucher_valid_days")}
+                                       for field in ("name", "kind", "points_cost")}
+
+
+def test_a_reward_needs_only_its_name_kind_and_cost_and_its_vouchers_last_30_days(api):
+    reward = api.post("marketing", "/rewards", json={"name": "Tote bag", "kind": "goods", "points_cost": 500})
+
+    assert reward.status_code == 201, reward.json
+    assert reward.json["voucher_valid_days"] == 30
+    assert (reward.json["active"], reward.json["stock"], reward.json["per_member_limit"]) == (True, None, None)
 
 
 def test_marketing_changes_a_reward_and_the_change_is_audit_logged(api, app):

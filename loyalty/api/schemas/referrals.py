@@ -29,13 +29,20 @@ class CampaignFieldsSchema(Schema):
 
 
 class CampaignCreateSchema(CampaignFieldsSchema):
+    """Only what a marketer must decide is required; the rest has the defaults of
+    referrals.service.CAMPAIGN_DEFAULTS (documented on each field)."""
+
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    starts_at = Timestamp(required=True)
     referrer_points = PointsField(required=True, signed=True, validate=CAMPAIGN_POINTS)
     referee_points = PointsField(required=True, signed=True, validate=CAMPAIGN_POINTS)
-    min_first_purchase = MoneyField(required=True, allow_zero=True)
-    qualify_within_days = fields.Integer(required=True, validate=validate.Range(min=1, max=3650))
-    link_template = fields.String(required=True, validate=validate.Length(min=8, max=500))
+    starts_at = Timestamp(metadata={"description": "Default: now"})
+    min_first_purchase = MoneyField(allow_zero=True, metadata={
+        "description": "The referee's first purchase must be at least this much to qualify (default 0.00: any)"})
+    qualify_within_days = fields.Integer(validate=validate.Range(min=1, max=3650), metadata={
+        "description": "Days after joining within which the first purchase must come (default 30)"})
+    link_template = fields.String(validate=validate.Length(min=8, max=500), metadata={
+        "description": "Where a member's referral link points, with {code} (default: LOYALTY_REFERRAL_LINK)",
+        "example": "https://shop.example/join?ref={code}"})
 
 
 class CampaignSchema(CampaignFieldsSchema):

@@ -40,7 +40,8 @@ class RewardCreateSchema(RewardFieldsSchema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     kind = fields.String(required=True, validate=validate.OneOf(KINDS))
     points_cost = PointsField(required=True, validate=validate.Range(max=MAX_POINTS_COST))
-    voucher_valid_days = fields.Integer(required=True, validate=validate.Range(min=0, max=3650))
+    voucher_valid_days = fields.Integer(validate=validate.Range(min=0, max=3650), metadata={
+        "description": "Days a voucher stays valid after today (default 30)"})
 
 
 class RewardSchema(RewardFieldsSchema):
