@@ -238,26 +238,24 @@ def scheduler():
 def demo(members, seed, force):
     """Fill an empty database with a believable year: members, purchases, refunds, activities,
     referrals, rewards, tags; then the nightly jobs. A second run changes nothing."""
+    import contextlib
     import sys
     import time
 
     from loyalty import demo as world
 
     prepare_database()
-    started, bar = time.monotonic(), None
-
-    def start(total):
-        nonlocal bar
-        if sys.stdout.isatty():
-            bar = click.progressbar(length=total, label=f"Demo world ({members} members, seed {seed})")
-            bar.__enter__()
-    try:
-        report = world.fill(seed, members, force=force, start=start, progress=lambda n: bar and bar.update(n))
-    except LoyaltyError as error:
-        raise click.ClickException(error.message) from None
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+    started, bars = time.monotonic(), []
+    with contextlib.ExitStack() as stack:
+        def start(total):
+            if sys.stdout.isatty():
+                label = f"Demo world ({members} members, seed {seed})"
+                bars.append(stack.enter_context(click.progressbar(length=total, label=label)))
+        try:
+            report = world.fill(seed, members, force=force, start=start,
+                                progress=lambda count: bars and bars[0].update(count))
+        except LoyaltyError as error:
+            raise click.ClickException(error.message) from None
     for line in world.report_lines(report, world.summary(), time.monotonic() - started):
         click.echo(line)
 

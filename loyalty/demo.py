@@ -49,6 +49,7 @@ from loyalty.rewards import service as rewards
 from loyalty.rewards.models import Redemption, Reward, Voucher
 from loyalty.segments import service as segments
 from loyalty.segments.models import MemberTag
+from loyalty.webhooks.models import Subscription
 
 DEFAULT_MEMBERS = 2000
 DEFAULT_SEED = 1
@@ -85,7 +86,8 @@ LAST_NAMES = ("Wang", "Li", "Zhang", "Chen", "Lin", "Huang", "Wong", "Chan", "Le
               "Taylor", "Miller", "Johnson", "Martin", "Müller", "Dubois")
 CATEGORIES = (("apparel", "AP", 35), ("shoes", "SH", 15), ("accessories", "AC", 15), ("beauty", "BE", 20),
               ("home", "HO", 10), ("food", "FD", 5))
-TAGS = ("newsletter", "wechat-group", "birthday-club", "complained", "staff", "influencer")
+TAGS = (("newsletter", 30), ("wechat-group", 30), ("birthday-club", 15), ("complained", 8), ("staff", 4),
+        ("influencer", 5))
 VIP_TAG = "vip-preview-night"
 # Spend over the last 12 months of the members made to reach a tier (the default ladder's
 # thresholds are 3 000, 10 000 and 30 000): (share of members, at least, spend range, purchases).
@@ -166,10 +168,11 @@ def plan(rng: random.Random, members: int, anchor: datetime, tz: str = "Asia/Sha
     start = anchor - timedelta(days=SPAN_DAYS)
     zone = ZoneInfo(tz)
     people = _people(rng, members, start, anchor)
-    big = _big_spenders(rng, members)
+    lapsed = _lapsed(rng, people, start)
+    big = _big_spenders(rng, members, exclude=lapsed)
     events = [Event(start - timedelta(days=1), "setup")]
     for person in people:
-        events.extend(_life(rng, person, big.get(person.index), anchor, zone))
+        events.extend(_life(rng, person, big.get(person.index) or lapsed.get(person.index), anchor, zone))
     events.sort(key=lambda event: event.at)  # stable: a person's events keep their order on a tie
     while not events[-1].traceable:
         # A redemption or a voucher used in the world's last minutes leaves no key to find it by:
@@ -184,6 +187,7 @@ def _people(rng, members, start, anchor):
     joined = sorted(start + timedelta(seconds=int(span * rng.random() ** 0.85)) + timedelta(minutes=1)
                     for _ in range(members))
     joined = [min(at, anchor - timedelta(hours=1)) for at in joined]
+    joined[0] = start + timedelta(hours=2)  # the first member joined the day the programme opened
     influence = [rng.paretovariate(1.2) for _ in range(members)]
     phones, emails, people = set(), set(), []
     for index in range(members):
@@ -221,10 +225,19 @@ def _ascii(text):
     return text.replace("ü", "ue")
 
 
-def _big_spenders(rng, members):
+def _lapsed(rng, people, start):
+    """{person index: (tier, spend, purchases)}: a few of the first to join spent enough for silver in
+    their first weeks, more than a year ago, and little since: tonight's recompute, their tier's
+    protection over, takes them down."""
+    first = [person.index for person in people if person.joined_at < start + timedelta(days=12)]
+    chosen = rng.sample(first, min(len(first), max(1, len(people) // 100)))
+    return {index: ("lapsed", (3_300, 6_000), (2, 4)) for index in chosen}
+
+
+def _big_spenders(rng, members, exclude=()):
     """{person index: (tier, spend range, purchases range)}: members who will reach silver, gold or
     diamond, chosen among the first 40% to join (so that a year of spending fits their time)."""
-    early = list(range(max(1, int(members * 0.4))))
+    early = [index for index in range(max(1, int(members * 0.4))) if index not in exclude]
     rng.shuffle(early)
     chosen = {}
     for tier, share, at_least, spend, count in BIG_SPENDERS:
@@ -245,7 +258,19 @@ def _life(rng, person, big, anchor, zone):
     buys = big is not None or rng.random() > (0.35 if person.referrer is not None else 0.12)
 
     times, amounts = [], []
-    if big is not None:
+    if big is not None and big[0] == "lapsed":
+        _, (low, high), (fewest, most) = big
+        count = rng.randint(fewest, most)
+        weights = [rng.lognormvariate(0, 0.3) for _ in range(count)]
+        amounts = [_price(rng, rng.randint(low, high) * w / sum(weights)) for w in weights]
+        # The spending ends while the upgrade's 12 months of protection can still run out by now.
+        times = sorted(_between(rng, joined + timedelta(minutes=5), anchor - timedelta(days=368))
+                       for _ in range(count))
+        later = rng.randint(0, 3)  # and a few small purchases since
+        times += sorted(_between(rng, anchor - timedelta(days=300), anchor - timedelta(days=20))
+                        for _ in range(later))
+        amounts += [_price(rng, rng.uniform(60, 400)) for _ in range(later)]
+    elif big is not None:
         _, (low, high), (fewest, most) = big
         target = Decimal(rng.randint(low, high))
         count = rng.randint(fewest, most)
@@ -285,7 +310,7 @@ def _life(rng, person, big, anchor, zone):
         events += _redemptions(rng, person, times, spend, home, anchor)
     if rng.random() < (0.6 if big is not None else 0.15):
         tags = {VIP_TAG} if big is not None and rng.random() < 0.7 else set()
-        tags |= set(rng.sample(TAGS, rng.choice((1, 1, 2))))
+        tags |= set(rng.choices([tag for tag, _ in TAGS], [weight for _, weight in TAGS], k=rng.choice((1, 1, 2))))
         events.append(Event(_between(rng, joined, anchor - timedelta(minutes=10)), "tag", person.index,
                             {"tags": sorted(tags)}))
     return events
@@ -457,8 +482,9 @@ def _existing_anchor(seed, members):
 
 
 def _check_database(world, force):
-    """The demo fills an empty database: members it did not make are refused unless forced, and a
-    demo phone number that belongs to someone else is refused always (their purchases would mix)."""
+    """The demo fills an empty database: members it did not make are refused unless forced; a demo
+    phone number that belongs to someone else (their purchases would mix) and webhook subscribers
+    (they would hear of made-up people) are refused always."""
     planned = {person.phone: person.name for person in world.people}
     ours = 0
     phones = list(planned)
@@ -470,7 +496,14 @@ def _check_database(world, force):
                                "part of the demo world; choose another --seed.")
             ours += 1
     total = db.session.scalar(sa.select(sa.func.count()).select_from(Member))
+    listening = db.session.scalar(sa.select(sa.func.count()).select_from(Subscription).where(
+        Subscription.active.is_(True), Subscription.deleted_at.is_(None)))
     db.session.rollback()
+    if listening:
+        # Not even with --force: other systems would be told of made-up members and purchases.
+        raise Conflict(f"This database has {listening} active webhook subscriptions; the demo's made-up "
+                       "members, purchases and tier changes would be sent to them. Pause or delete them "
+                       "first, or run the demo on an empty database.")
     if total > ours and not force:
         raise Conflict(f"This database has {total - ours} members who are not part of the demo world. "
                        "`loyalty demo` fills an empty database with made-up members, purchases and "

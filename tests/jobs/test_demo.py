@@ -15,7 +15,9 @@ from loyalty.points.service import seed_rules
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
 from loyalty.segments.models import MemberTag
+from loyalty.tiers.models import TierChange
 from loyalty.tiers.service import seed_tiers
+from loyalty.webhooks import service as webhooks
 from tests.conftest import empty_tables
 
 DAY = datetime(2026, 6, 15, 4, 0, tzinfo=timezone.utc)
@@ -56,6 +58,10 @@ def test_demo_world_has_members_in_several_tiers_stages_and_segments(app, runner
         assert count(Voucher, Voucher.status == "used") > 0
         assert count(PointsPayment) > 0
         assert count(MemberTag) > 0
+        # Upgrades as purchases qualified during the year; tonight's recompute takes down a member
+        # whose silver year is over.
+        assert count(TierChange, TierChange.reason == "upgrade") >= 3
+        assert count(TierChange, TierChange.reason == "downgrade") >= 1
         joined = db.session.scalars(sa.select(Member.joined_at)).all()
         assert (DAY - min(joined)).days > 365  # a year of history, not a day of it
         receipts = db.session.scalars(sa.select(Purchase.receipt_no)).all()
@@ -104,12 +110,24 @@ def test_demo_refuses_a_database_with_other_members_unless_forced(app, runner, a
     assert_ledger_ok()
 
 
+def test_demo_refuses_a_database_whose_webhooks_would_hear_of_it_even_forced(app, runner):
+    with app.app_context():
+        webhooks.create_subscription({"url": "https://crm.example/hooks", "events": ["member.created"],
+                                      "secret": "s" * 32}, actor="admin test")
+        db.session.remove()
+    refused = make(runner, "--members", "20", "--force")
+    assert refused.exit_code != 0
+    assert "1 active webhook subscriptions" in refused.output
+    assert row_counts(app)["members"] == 0
+
+
 def test_demo_killed_half_way_finishes_the_same_world_without_doubling(app, runner, monkeypatch,
                                                                        assert_ledger_ok):
     assert make(runner, "--members", "25").exit_code == 0
     whole = row_counts(app)
     with app.app_context():
         world = _world()
+        db.session.remove()  # its read transaction would hold up PostgreSQL's TRUNCATE
         empty_tables()
         settings_cache.forget()
         seed_rules()
