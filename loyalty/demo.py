@@ -187,7 +187,7 @@ def _people(rng, members, start, anchor):
     joined = sorted(start + timedelta(seconds=int(span * rng.random() ** 0.85)) + timedelta(minutes=1)
                     for _ in range(members))
     joined = [min(at, anchor - timedelta(hours=1)) for at in joined]
-    joined[0] = start + timedelta(hours=2)  # the first member joined the day the programme opened
+    joined[0] = min(joined[0], start + timedelta(hours=2))  # the first member joined on the first day
     influence = [rng.paretovariate(1.2) for _ in range(members)]
     phones, emails, people = set(), set(), []
     for index in range(members):
@@ -198,7 +198,8 @@ def _people(rng, members, start, anchor):
         else:
             (surname, surname_py), (given, given_py) = rng.choice(SURNAMES), rng.choice(GIVEN)
             name = surname + given
-            handle = rng.choice((f"{given_py}.{surname_py}", f"{surname_py}{given_py}", f"{surname_py}_{given_py}"))
+            handle = rng.choice((f"{given_py}.{surname_py}", f"{surname_py}{given_py}",
+                                 f"{surname_py}_{given_py}"))
         phone = None
         while phone is None or phone in phones:
             phone = f"+86{rng.choice(PHONE_PREFIXES)}{rng.randrange(10**8):08d}"
@@ -646,7 +647,8 @@ def summary(now=None):
     def count(model, *where):
         return db.session.scalar(sa.select(sa.func.count()).select_from(model).where(*where))
 
-    spend = db.session.scalar(sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Purchase.amount), 0), Money())))
+    spend = db.session.scalar(
+        sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Purchase.amount), 0), Money())))
     referral_counts = dict(db.session.execute(
         sa.select(Referral.status, sa.func.count()).group_by(Referral.status)).all())
     return {

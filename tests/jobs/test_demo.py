@@ -40,7 +40,8 @@ def test_demo_world_has_members_in_several_tiers_stages_and_segments(app, runner
     result = make(runner, "--members", "40")
     assert result.exit_code == 0, result.output
     with app.app_context():
-        people = db.session.execute(sa.select(Member.tier_code, Member.lifecycle_stage, Member.value_segment)).all()
+        people = db.session.execute(
+            sa.select(Member.tier_code, Member.lifecycle_stage, Member.value_segment)).all()
         assert len(people) == 40
         assert len({tier for tier, _, _ in people}) >= 3
         assert "ordinary" in {tier for tier, _, _ in people}
