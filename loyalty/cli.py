@@ -36,7 +36,7 @@ def commands():
     from flask_migrate.cli import db as migrations
 
     migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
-    return [serve, api_keys, ledger, jobs, scheduler, members, migrations]
+    return [serve, api_keys, ledger, jobs, scheduler, members, demo, migrations]
 
 
 def prepare_database():
@@ -257,6 +257,37 @@ def scheduler():
     for job in registry.JOBS:
         click.echo(f"scheduled {job.id} at '{schedule_of(app, job)}' ({app.config['LOYALTY_TIMEZONE']})")
     build(app).start()
+
+
+@click.command()
+@click.option("--members", default=2000, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many members the world has.")
+@click.option("--seed", default=1, show_default=True, type=int, help="The same seed makes the same world.")
+@click.option("--force", is_flag=True, help="Add the demo world to a database that has other members.")
+@with_appcontext
+def demo(members, seed, force):
+    """Fill an empty database with a believable year: members, purchases, refunds, activities,
+    referrals, rewards, tags; then the nightly jobs. A second run changes nothing."""
+    import contextlib
+    import sys
+    import time
+
+    from loyalty import demo as world
+
+    prepare_database()
+    started, bars = time.monotonic(), []
+    with contextlib.ExitStack() as stack:
+        def start(total):
+            if sys.stdout.isatty():
+                label = f"Demo world ({members} members, seed {seed})"
+                bars.append(stack.enter_context(click.progressbar(length=total, label=label)))
+        try:
+            report = world.fill(seed, members, force=force, start=start,
+                                progress=lambda count: bars and bars[0].update(count))
+        except LoyaltyError as error:
+            raise click.ClickException(error.message) from None
+    for line in world.report_lines(report, world.summary(), time.monotonic() - started):
+        click.echo(line)
 
 
 for _command in commands():
