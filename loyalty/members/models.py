@@ -51,12 +51,3 @@ class MemberIdentity(db.Model):
 
     member = relationship("Member", back_populates="identities")
 
-
-def _tier(member):
-    """The member's tier as answers show it (its name from the ladder this process keeps)."""
-    from loyalty.tiers.service import ladder
-    name = next((tier.name for tier in ladder() if tier.code == member.tier_code), member.tier_code)
-    return {"code": member.tier_code, "name": name}
-
-
-Member.tier = property(_tier)

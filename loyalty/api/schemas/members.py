@@ -3,6 +3,7 @@ from marshmallow import Schema, fields, validate, validates_schema, ValidationEr
 from loyalty.api.schemas.common import PointsField, RecordId, Timestamp
 from loyalty.errors import ValidationFailed
 from loyalty.members import service
+from loyalty.tiers.service import ladder
 
 NOT_BLANK = validate.Regexp(r"\s*\S", error="Must not be blank.")
 NAME = [validate.Length(min=1, max=100), NOT_BLANK]
@@ -78,6 +79,15 @@ class TierRefSchema(Schema):
     name = fields.String()
 
 
+class TierRef(fields.Nested):
+    """A member's tier as answers show it: its code, and its name from the ladder this process keeps
+    (settings_cache), not a query per member."""
+
+    def _serialize(self, code, attr, obj, **kwargs):
+        name = next((tier.name for tier in ladder() if tier.code == code), code)
+        return super()._serialize({"code": code, "name": name}, attr, obj, **kwargs)
+
+
 class BalanceSchema(Schema):
     available = PointsField(signed=True)
     pending = PointsField(signed=True)
@@ -93,7 +103,7 @@ class MemberSchema(Schema):
     birthday = fields.Date(allow_none=True)
     channel = fields.String(allow_none=True)
     external_ids = fields.Method("get_external_ids")
-    tier = fields.Nested(TierRefSchema)
+    tier = TierRef(TierRefSchema, attribute="tier_code")
     points = fields.Nested(BalanceSchema, attribute="account")
     lifecycle_stage = fields.String(allow_none=True)
     referral_code = fields.String()
