@@ -1,16 +1,26 @@
-"""The loyalty service: `create_app()` builds it as a list of register_* calls."""
+"""The loyalty service: `create_app()` builds it as a list of register_* calls.
+
+The `loyalty` command (loyalty/cli.py) builds its app with this factory; the app does not know the
+command, so imports run one way: cli -> this package -> api -> services -> models."""
 import logging
 import os
 
 from flask import Flask
 
+import loyalty.models  # noqa: F401  every table, so Alembic and the app see one schema
+from loyalty import api
 from loyalty import config as config_module
+from loyalty.api import docs_assets
+from loyalty.database import configure_engine, render_migration_type
+from loyalty.errors import register_error_handlers
+from loyalty.extensions import db, migrate
+from loyalty.json import DecimalJSONProvider
 
 
 def create_app(config=None):
     app = Flask(__name__, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
-    app.json = _json_provider(app)
+    app.json = DecimalJSONProvider(app)
     app.config.from_mapping(config_module.API_SETTINGS)
     app.config.from_mapping(config_module.from_environment(app.instance_path))
     if config:
@@ -20,15 +30,8 @@ def create_app(config=None):
     register_logging(app)
     register_extensions(app)
     register_blueprints(app)
-    register_errorhandlers(app)
-    register_commands(app)
+    register_error_handlers(app)
     return app
-
-
-def _json_provider(app):
-    from loyalty.json import DecimalJSONProvider
-
-    return DecimalJSONProvider(app)
 
 
 def register_logging(app):
@@ -37,11 +40,6 @@ def register_logging(app):
 
 
 def register_extensions(app):
-    from loyalty.database import configure_engine, render_migration_type
-    from loyalty.extensions import db, migrate
-
-    import loyalty.models  # noqa: F401  every table, so Alembic and the app see one schema
-
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True,
                      render_item=render_migration_type)
@@ -50,23 +48,8 @@ def register_extensions(app):
 
 
 def register_blueprints(app):
-    from loyalty.api import docs_assets
-    from loyalty.api import register_blueprints as register_api
-
-    register_api(app)
+    api.register_blueprints(app)
     app.register_blueprint(docs_assets.blp)
-
-
-def register_errorhandlers(app):
-    from loyalty.errors import register_error_handlers
-
-    register_error_handlers(app)
-
-
-def register_commands(app):
-    from loyalty.cli import register
-
-    register(app)
 
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")

@@ -5,10 +5,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty.database import BigId, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model, db
 
 
-class AuditEntry(db.Model):
+class AuditEntry(Model):
     __tablename__ = "audit_log"
     __table_args__ = (sa.Index("ix_audit_log_entity", "entity_type", "entity_id"),)
 
@@ -24,10 +24,11 @@ class AuditEntry(db.Model):
 
 def document(obj, keys):
     """The JSON document of `obj`'s `keys` for an audit entry: decimals as strings, times in ISO."""
-    return {key: _plain(getattr(obj, key)) for key in keys}
+    return {key: plain(getattr(obj, key)) for key in keys}
 
 
-def _plain(value):
+def plain(value):
+    """A value as an audit document holds it: decimals as strings, times in ISO 8601, None as null."""
     if isinstance(value, Decimal):
         return str(value)
     if hasattr(value, "isoformat"):

@@ -15,13 +15,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 from loyalty import audit, clock
 from loyalty.database import BigId, UTCDateTime, transaction
 from loyalty.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
-from loyalty.extensions import db
+from loyalty.extensions import Model, db
 
 ROLES = ("admin", "marketing", "pos", "app")
 KEY_PREFIX = "lk_"
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -3,48 +3,46 @@
 `main` is a plain click group, not Flask's: `loyalty --help` shows our commands only (Flask's
 `run`, `routes`, `shell` and its dotenv and `--app` options are not ours to offer), and the app is
 built from the environment, like the web process builds it."""
+import contextlib
 import logging
+import sys
+import time
 
 import click
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import current_app
 from flask.cli import ScriptInfo, with_appcontext
+from flask_migrate import upgrade
+from flask_migrate.cli import db as migrations
+from werkzeug.serving import run_simple
 
-from loyalty import auth
+from loyalty import auth, clock, create_app
+from loyalty import demo as world
 from loyalty.errors import LoyaltyError
-
-
-def create_cli_app():
-    from loyalty import create_app
-
-    return create_app()
+from loyalty.extensions import db
+from loyalty.jobs import registry, runner
+from loyalty.jobs import scheduler as schedules
+from loyalty.members.service import phone_duplicates
+from loyalty.points.service import seed_rules
+from loyalty.points.verify import broken_accounts
+from loyalty.tiers.service import seed_tiers
 
 
 @click.group(help="Loyalty points and membership tiers.",
-             context_settings={"obj": ScriptInfo(create_app=create_cli_app, set_debug_flag=False,
+             context_settings={"obj": ScriptInfo(create_app=create_app, set_debug_flag=False,
                                                  load_dotenv_defaults=False)})
 def main():
     pass
 
 
-def register(app):
-    """The same commands on the app's own `flask` group, which tests drive with app.test_cli_runner()."""
-    for command in commands():
-        app.cli.add_command(command)
-
-
 def commands():
-    from flask_migrate.cli import db as migrations
-
     migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
     return [serve, api_keys, ledger, jobs, scheduler, members, demo, migrations]
 
 
 def prepare_database():
     """Bring an embedded (SQLite) database to the newest schema; seed defaults on any database."""
-    from loyalty.extensions import db
-    from loyalty.points.service import seed_rules
-    from loyalty.tiers.service import seed_tiers
-
     if db.engine.dialect.name == "sqlite":
         migrate_to_head()
     seed_rules()
@@ -57,12 +55,6 @@ def prepare_database():
 
 def migrate_to_head():
     """Upgrade only when the schema is behind: a start with nothing to migrate prints nothing."""
-    from alembic.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-    from flask_migrate import upgrade
-
-    from loyalty.extensions import db
-
     head = ScriptDirectory.from_config(current_app.extensions["migrate"].migrate.get_config()).get_current_head()
     quiet = logging.getLogger("alembic.runtime.migration")
     level, quiet.level = quiet.level, logging.WARNING  # "Context impl SQLiteImpl." on every start
@@ -90,8 +82,6 @@ def serve(host, port, debug):
 
 
 def run_server(host, port, app, debug):
-    from werkzeug.serving import run_simple
-
     run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=debug)
 
 
@@ -147,8 +137,6 @@ def ledger():
 @with_appcontext
 def verify():
     """Check every account's invariants; exit 1 if any is broken."""
-    from loyalty.points.verify import broken_accounts
-
     broken = broken_accounts()
     for item in broken:
         click.echo(f"member {item.member_id}: {item.problem}")
@@ -166,15 +154,12 @@ def jobs():
 @with_appcontext
 def list_jobs():
     """The jobs, with when they run (cron, in the deployment's time zone) and their last run."""
-    from loyalty.jobs import registry, runner
-    from loyalty.jobs.scheduler import schedule_of
-
     last = runner.last_runs()
     click.echo("job\tschedule\tlast run\tdescription")
     for job in registry.JOBS:
         run = last.get(job.id)
         ran = f"last run {run.as_of} {run.outcome}" if run else "never run"
-        click.echo(f"{job.id}\t{schedule_of(current_app, job)}\t{ran}\t{job.description}")
+        click.echo(f"{job.id}\t{schedules.schedule_of(current_app, job)}\t{ran}\t{job.description}")
 
 
 @jobs.command("run")
@@ -186,12 +171,6 @@ def run_job(job_id, as_of):
     """Run one job once, as of a day; a progress bar on a terminal, a summary line at the end.
 
     If another runner holds the job's lock, says so and exits 0 without doing anything."""
-    import sys
-    import time
-
-    from loyalty import clock
-    from loyalty.jobs import registry, runner
-
     job = registry.get(job_id)
     if job is None:
         known = ", ".join(j.id for j in registry.JOBS)
@@ -223,8 +202,6 @@ def members():
 def member_duplicates():
     """Open members who share a phone number (left by the E.164 migration) and open members whose phone
     is not a valid number. Merge each pair with POST /members/{first_id}/merge {"from_member_id": second_id}."""
-    from loyalty.members.service import phone_duplicates
-
     shared, invalid = phone_duplicates()
     click.echo("phone\tfirst_id\tfirst_member_no\tfirst_joined_at\tsecond_id\tsecond_member_no\tsecond_joined_at")
     for pair in shared:
@@ -247,16 +224,13 @@ def _when(moment):
 @with_appcontext
 def scheduler():
     """Run the scheduled jobs on their cron times, in this process, until stopped."""
-    from loyalty.jobs import registry
-    from loyalty.jobs.scheduler import build, schedule_of
-
     # APScheduler logs every job as it is added and every run it starts and ends; the echo below and
     # jobs.runner's one line per run say the same, so only its warnings and errors are kept.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     app = current_app._get_current_object()
     for job in registry.JOBS:
-        click.echo(f"scheduled {job.id} at '{schedule_of(app, job)}' ({app.config['LOYALTY_TIMEZONE']})")
-    build(app).start()
+        click.echo(f"scheduled {job.id} at '{schedules.schedule_of(app, job)}' ({app.config['LOYALTY_TIMEZONE']})")
+    schedules.build(app).start()
 
 
 @click.command()
@@ -268,12 +242,6 @@ def scheduler():
 def demo(members, seed, force):
     """Fill an empty database with a believable year: members, purchases, refunds, activities,
     referrals, rewards, tags; then the nightly jobs. A second run changes nothing."""
-    import contextlib
-    import sys
-    import time
-
-    from loyalty import demo as world
-
     prepare_database()
     started, bars = time.monotonic(), []
     with contextlib.ExitStack() as stack:

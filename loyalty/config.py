@@ -3,6 +3,8 @@ import json
 import os
 from decimal import Decimal
 
+from loyalty.members.phones import is_region
+
 
 def from_environment(instance_path):
     """Return the settings of this deployment as a dict of Flask config keys."""
@@ -73,8 +75,6 @@ def _number(name, default):
 
 
 def _phone_region(raw):
-    from loyalty.members.phones import is_region
-
     region = raw.strip().upper()
     if not is_region(region):
         raise SystemExit(f"LOYALTY_PHONE_REGION={raw!r} is not a region phone numbers know; give a two-letter "

@@ -17,7 +17,7 @@ class LoyaltyError(Exception):
 
     status = 400
     code = "bad_request"
-    headers = {}
+    headers: dict[str, str] = {}
 
     def __init__(self, message, errors=None, **extra):
         super().__init__(message)

@@ -1,4 +1,6 @@
 """The extension objects, created here and bound to the app in create_app. Nothing starts here."""
+from typing import TYPE_CHECKING
+
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
@@ -18,4 +20,10 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+# The models' base class. Flask-SQLAlchemy builds db.Model at run time, which a type checker cannot
+# see; it is a subclass of Base, so checking against Base is true to what runs.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 migrate = Migrate()

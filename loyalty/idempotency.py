@@ -28,14 +28,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 from loyalty import clock
 from loyalty.database import BigId, UTCDateTime, transaction
 from loyalty.errors import IdempotencyConflict, LoyaltyError, ValidationFailed, handle_loyalty_error
-from loyalty.extensions import db
+from loyalty.extensions import Model, db
 
 REPLAY_HEADER = "Idempotent-Replayed"
 KEPT_REFUSALS = {"insufficient_points", "out_of_stock", "limit_reached", "not_eligible", "voucher_used",
                  "voucher_expired", "voucher_void"}
 
 
-class IdempotencyRecord(db.Model):
+class IdempotencyRecord(Model):
     __tablename__ = "idempotency_keys"
     __table_args__ = (sa.UniqueConstraint("api_key_id", "key"),)
 

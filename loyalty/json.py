@@ -24,7 +24,7 @@ class DecimalJSONProvider(JSONProvider):
 
     def dumps(self, obj, **kwargs):
         kwargs.setdefault("ensure_ascii", False)
-        return simplejson.dumps(obj, use_decimal=True, default=_default, **kwargs)
+        return simplejson.dumps(obj, use_decimal=True, default=json_default, **kwargs)
 
     def loads(self, s, **kwargs):
         return simplejson.loads(s, use_decimal=True, **kwargs)
@@ -112,10 +112,11 @@ def _too_deep():
     return f"The body is nested too deeply; no request needs more than {MAX_DEPTH} levels of objects and lists."
 
 
-def _default(value):
+def json_default(value):
+    """What neither JSON nor simplejson's decimals cover: times and dates, in ISO 8601."""
     if hasattr(value, "isoformat"):
         return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-__all__ = ["DecimalJSONProvider", "Decimal", "MalformedBody", "loads_request"]
+__all__ = ["DecimalJSONProvider", "Decimal", "MalformedBody", "json_default", "loads_request"]

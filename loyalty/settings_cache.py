@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from loyalty.extensions import db
 
-_WATCHED = {}  # mapped class -> the cache name its rows feed
+_WATCHED: dict[type, str] = {}  # mapped class -> the cache name its rows feed
 _CHANGED = "settings_cache_changed"  # session.info: names this session's flushes wrote
 
 

@@ -5,9 +5,11 @@ import socket
 
 import pytest
 import sqlalchemy as sa
+from flask.testing import FlaskCliRunner
 from flask_migrate import upgrade
 
 from loyalty import auth, create_app, settings_cache
+from loyalty.cli import main
 from loyalty.extensions import db
 from loyalty.points.service import seed_rules
 from loyalty.tiers.service import seed_tiers
@@ -108,7 +110,13 @@ def client(app):
 
 @pytest.fixture
 def runner(app):
-    return app.test_cli_runner()
+    """`runner.invoke(args=[...])` runs the `loyalty` command on the test app."""
+    return CommandRunner(app)
+
+
+class CommandRunner(FlaskCliRunner):
+    def invoke(self, cli=None, args=None, **kwargs):
+        return super().invoke(cli or main, args, **kwargs)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from loyalty.members import merge, service
 from loyalty.members.models import Member
 from loyalty.points.models import Account
 from loyalty.tiers.service import seed_tiers
+from tests.conftest import CommandRunner
 from tests.test_migrations import empty_database_url  # noqa: F401 (a fixture)
 
 T0 = datetime(2025, 1, 1, 4, 0, tzinfo=timezone.utc)
@@ -103,7 +104,7 @@ def test_upgrade_rewrites_phones_in_e164_and_keeps_and_reports_members_sharing_a
             ("+8613700137000", ids["first of two"], ids["second of two"]),
         }
         assert [m.id for m in invalid] == [ids["invalid"]]
-        listing = app.test_cli_runner().invoke(args=["members", "duplicates"]).output.splitlines()
+        listing = CommandRunner(app).invoke(args=["members", "duplicates"]).output.splitlines()
         assert listing[0].startswith("phone\tfirst_id\tfirst_member_no\tfirst_joined_at\t")
         assert listing[-1] == "4 pairs share a phone number; 1 phones are not valid numbers."
 

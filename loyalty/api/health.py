@@ -5,7 +5,7 @@ from marshmallow import Schema, fields
 from loyalty.errors import error_response
 from loyalty.extensions import db
 
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 
 blp = Blueprint("health", __name__, description="Liveness and database reachability")
 

@@ -1,7 +1,7 @@
 from flask import current_app
 from flask.views import MethodView
 
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 from loyalty.api.schemas.jobs import JobsQuerySchema, JobsSchema
 from loyalty.auth import roles
 from loyalty.jobs import registry, runner

@@ -1,7 +1,7 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api import QR_RESPONSES, Blueprint, qr_response
+from loyalty.api.base import QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
                                          MemberSchema, MemberUpdateSchema)
 from loyalty.api.schemas.members import MergeSchema

@@ -11,7 +11,7 @@ from loyalty.idempotency import REPLAY_HEADER
 from loyalty.members.service import member_id_for
 from loyalty.points import service
 
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 
 blp = Blueprint("points", __name__, description="The points ledger: earning, refunds, payments, history")
 

@@ -1,7 +1,7 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api import QR_RESPONSES, Blueprint, qr_response
+from loyalty.api.base import QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.common import ListQuerySchema
 from loyalty.api.schemas.members import MemberSchema
 from loyalty.api.schemas.referrals import (ApplyCodeSchema, CampaignCreateSchema, CampaignFieldsSchema,

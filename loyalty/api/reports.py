@@ -4,11 +4,12 @@ from flask import Response, g, stream_with_context
 from flask.views import MethodView
 
 from loyalty import audit
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 from loyalty.api.schemas.reports import (AuditPageSchema, AuditQuerySchema, LiabilitySchema, OverviewSchema,
                                          SegmentPageSchema, SegmentQuerySchema, TagsSchema)
 from loyalty.auth import roles
-from loyalty.points.service import decode_cursor, encode_cursor
+from loyalty.cursors import decode_cursor, encode_cursor
+from loyalty.members.lookup import member_or_404
 from loyalty.segments import service
 
 blp = Blueprint("reports", __name__, description="Marketing: segments, tags, reports; the audit log")
@@ -57,7 +58,7 @@ class MemberTags(MethodView):
     @blp.response(200, TagsSchema)
     def get(self, member_id):
         """The member's tags"""
-        service._member(member_id)
+        member_or_404(member_id)
         return {"tags": service.member_tags(member_id)}
 
     @roles("marketing")

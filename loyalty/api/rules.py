@@ -6,7 +6,7 @@ from loyalty.auth import roles
 from loyalty.points import service
 from loyalty.points.rules import EarningRules
 
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 
 blp = Blueprint("earning-rules", __name__, description="How points are earned, held, expired and spent")
 

@@ -1,7 +1,7 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 from loyalty.api.schemas.tiers import MemberTierSchema, MemberTierSetSchema, TierSchema
 from loyalty.auth import roles
 from loyalty.tiers import service

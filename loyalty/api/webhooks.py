@@ -1,13 +1,13 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api import Blueprint
+from loyalty.api.base import Blueprint
 from loyalty.api.schemas.common import ListQuerySchema
 from loyalty.api.schemas.webhooks import (DeliveryPageSchema, DeliveryQuerySchema, DeliverySchema, ReplayedSchema,
                                           SubscriptionCreateSchema, SubscriptionFieldsSchema, SubscriptionListSchema,
                                           SubscriptionSchema)
 from loyalty.auth import roles
-from loyalty.points.service import decode_cursor, encode_cursor
+from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.webhooks import service
 
 blp = Blueprint("webhooks", __name__, description="Webhook subscriptions, deliveries and replays")

@@ -12,9 +12,12 @@ from flask import current_app
 from loyalty import clock
 from loyalty.database import Money, Points, UTCDateTime, transaction
 from loyalty.extensions import db
-from loyalty.jobs.points_jobs import BATCH, _cutoff, _ranges
+from loyalty.jobs.models import JobRun
+from loyalty.jobs.points_jobs import BATCH, day_cutoff, id_ranges
 from loyalty.members.models import Member
+from loyalty.points import rules as rules_mod
 from loyalty.points.models import Activity, Purchase
+from loyalty.points.settings import current_rules
 from loyalty.webhooks import service as webhooks
 
 
@@ -27,7 +30,7 @@ def lifecycle(as_of, progress=None, now=None, batch=BATCH):
     active: a purchase or an activity within LOYALTY_LIFECYCLE_ACTIVE_DAYS (30); dormant: quiet
     for longer, up to LOYALTY_LIFECYCLE_CHURN_DAYS (90); churned: quiet for longer than that."""
     now = now or clock.now()
-    at = _cutoff(as_of, now)
+    at = day_cutoff(as_of, now)
     when = UTCDateTime()
     new_since = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_NEW_DAYS")), when)
     active_since = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_ACTIVE_DAYS")), when)
@@ -67,7 +70,7 @@ def _update_column(column, computed, batch, progress, now):
     aggregates (`computed(low, high)`, a subquery of member_id, value), then one UPDATE ... FROM of
     the members whose value differs (NULL-safe). No query and no correlated subquery per member."""
     changed = 0
-    for low, high in _ranges(batch):
+    for low, high in id_ranges(batch):
         with transaction():
             values = computed(low, high)
             result = db.session.execute(
@@ -89,7 +92,7 @@ def value_segments(as_of, progress=None, now=None, batch=BATCH):
     an average below LOYALTY_SEGMENT_POTENTIAL_MAX_AVERAGE (300.00); low_value: the other buyers.
     Members who never bought have no segment."""
     now = now or clock.now()
-    at = _cutoff(as_of, now)
+    at = day_cutoff(as_of, now)
     year_ago = at - timedelta(days=365)
     at_risk_since = at - timedelta(days=_setting("LOYALTY_SEGMENT_AT_RISK_DAYS"))
     net = Purchase.amount - Purchase.refunded_amount
@@ -149,9 +152,6 @@ def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
     Days the job missed (the scheduler was down, a run failed) are caught up: the birthdays of
     every day after the last successful run, at most LOYALTY_BIRTHDAY_CATCH_UP_DAYS (7) back, are
     given too, each in its own year. A first run ever looks at `as_of` alone."""
-    from loyalty.points import rules as rules_mod
-    from loyalty.points.service import current_rules
-
     now = now or clock.now()
     tz = _setting("LOYALTY_TIMEZONE")
     expires = rules_mod.expires_at(now, now, current_rules(), tz)
@@ -163,8 +163,6 @@ def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
 
 def _birthday_days(as_of):
     """`as_of`, after the days since the last successful run (within the catch-up limit)."""
-    from loyalty.jobs.models import JobRun
-
     last = db.session.scalar(sa.select(sa.func.max(JobRun.as_of)).where(
         JobRun.job_id == "members.birthday_bonus", JobRun.outcome == "succeeded", JobRun.as_of <= as_of))
     if last is None or last == as_of:
@@ -186,7 +184,7 @@ def _birthday_gifts(day, now, expires, progress, batch):
     when = UTCDateTime()
     bind = [sa.bindparam("now", type_=when), sa.bindparam("expires", type_=when)]
     given = 0
-    for low, high in _ranges(batch):
+    for low, high in id_ranges(batch):
         params.update(low=low, high=high)
         with transaction():
             due = (f"FROM members m JOIN tiers t ON t.code = m.tier_code JOIN accounts a ON a.member_id = m.id "

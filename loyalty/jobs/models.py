@@ -3,10 +3,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty.database import BigId, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 
-class JobRun(db.Model):
+class JobRun(Model):
     __tablename__ = "job_runs"
     __table_args__ = (sa.Index("ix_job_runs_job", "job_id", "id"),)
 
@@ -22,7 +22,7 @@ class JobRun(db.Model):
     runner: Mapped[str] = mapped_column(sa.String(100))  # host:pid
 
 
-class JobLock(db.Model):
+class JobLock(Model):
     """One row per job. A runner holds it while `heartbeat_at` is fresh; a runner killed half-way
     leaves a stale heartbeat, and the next run takes the lock over."""
 
@@ -34,7 +34,7 @@ class JobLock(db.Model):
     heartbeat_at = mapped_column(UTCDateTime)
 
 
-class Notification(db.Model):
+class Notification(Model):
     """A message to deliver to a member (by whatever channel the deployment uses); `dedupe_key`
     makes a job that queues it again for the same reason a no-op."""
 

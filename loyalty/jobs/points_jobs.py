@@ -13,6 +13,7 @@ import json
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from flask import current_app
 
 from loyalty import clock
@@ -27,12 +28,12 @@ BATCH = 50_000
 EXPIRY_DESCRIPTION = "Points expired"
 
 
-def _cutoff(as_of, now):
+def day_cutoff(as_of, now):
     """The end of local day `as_of`, but never later than now: a job does not act ahead of time."""
     return min(now, clock.end_of_local_day(as_of, current_app.config["LOYALTY_TIMEZONE"]))
 
 
-def _ranges(batch):
+def id_ranges(batch):
     first, last = db.session.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
     db.session.rollback()
     if first is None:
@@ -138,9 +139,9 @@ def expire_range(low, high, cutoff, now):
 
 def release_pending(as_of, progress=None, now=None, batch=BATCH):
     now = now or clock.now()
-    cutoff = _cutoff(as_of, now)
+    cutoff = day_cutoff(as_of, now)
     lots = members = 0
-    for low, high in _ranges(batch):
+    for low, high in id_ranges(batch):
         with transaction():
             count, touched = release_range(low, high, cutoff, now)
         lots, members = lots + count, members + touched
@@ -153,9 +154,9 @@ def expire_points(as_of, progress=None, now=None, batch=BATCH):
     """Release what has become available first (a lot may have become available and expired since
     the last run, and released points pay debts before anything expires), then expire."""
     now = now or clock.now()
-    cutoff = _cutoff(as_of, now)
+    cutoff = day_cutoff(as_of, now)
     released = expired = members = 0
-    for low, high in _ranges(batch):
+    for low, high in id_ranges(batch):
         with transaction():
             count, _ = release_range(low, high, cutoff, now)
             gone, touched = expire_range(low, high, cutoff, now)
@@ -185,7 +186,7 @@ def expiry_reminders(as_of, progress=None, now=None, days=None):
             expiries[expires_at] = (f"expires:{last_day}", expires_at.isoformat(), last_day)
         return expiries[expires_at]
 
-    for low, high in _ranges(BATCH):
+    for low, high in id_ranges(BATCH):
         with transaction():
             rows = db.session.execute(
                 sa.select(Lot.member_id, Lot.expires_at, sa.func.sum(Lot.remaining))
@@ -232,19 +233,17 @@ def _queue_reminders(fresh, now):
         # psycopg expand a placeholder per value in Python, and an array parameter per column is
         # adapted element by element. Each payload is written as the JSON column type writes it
         # (json.dumps), and a `json` element keeps that text as it is.
-        from sqlalchemy.dialects.postgresql import insert
         given = sa.func.json_array_elements(sa.cast(sa.bindparam("rows", type_=sa.Text), sa.JSON)) \
             .table_valued("value").render_derived(name="given")
         rows = sa.select(sa.cast(given.c.value.op("->>")(0), sa.BigInteger), sa.literal("points_expiring"),
                          given.c.value.op("->>")(1), given.c.value.op("->", return_type=sa.JSON)(2),
                          sa.literal(now, UTCDateTime()))
-        statement = (insert(table).from_select(["member_id", "kind", "dedupe_key", "payload", "created_at"], rows)
+        statement = (postgresql.insert(table).from_select(["member_id", "kind", "dedupe_key", "payload", "created_at"], rows)
                      .on_conflict_do_nothing().returning(table.c.id))
         queued = db.session.execute(statement, {"rows": json.dumps(fresh)})
     else:
-        from sqlalchemy.dialects.sqlite import insert
         # RETURNING makes SQLAlchemy send them as multi-row INSERTs ("insertmanyvalues").
-        queued = db.session.execute(insert(table).on_conflict_do_nothing().returning(table.c.id), [
+        queued = db.session.execute(sqlite.insert(table).on_conflict_do_nothing().returning(table.c.id), [
             {"member_id": member_id, "kind": "points_expiring", "dedupe_key": key, "payload": payload,
              "created_at": now} for member_id, key, payload in fresh])
     return len(queued.all())

@@ -10,6 +10,7 @@ import threading
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from loyalty import clock
 from loyalty.database import transaction
@@ -28,10 +29,7 @@ def acquire(job_id, holder, now):
     """True if `holder` now holds the job's lock."""
     with transaction():
         # The lock's row, once per job ever; two runners creating it at once is no error.
-        if db.session.get_bind().dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        insert = postgresql.insert if db.session.get_bind().dialect.name == "postgresql" else sqlite.insert
         db.session.execute(insert(JobLock).values(job_id=job_id).on_conflict_do_nothing())
         taken = db.session.execute(
             sa.update(JobLock).where(JobLock.job_id == job_id, sa.or_(

@@ -8,6 +8,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from loyalty import clock
+from loyalty.extensions import db
 from loyalty.jobs import registry, runner
 
 log = logging.getLogger("loyalty.scheduler")
@@ -30,8 +31,6 @@ def build(app, scheduler_class=BlockingScheduler):
 def run_job(app, job_id):
     """One scheduled run, as of the local day it starts on."""
     with app.app_context():
-        from loyalty.extensions import db
-
         job = registry.get(job_id)
         as_of = clock.local_date(clock.now(), app.config["LOYALTY_TIMEZONE"])
         try:

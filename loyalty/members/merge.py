@@ -88,7 +88,7 @@ def merge_members(survivor_id, other_id, actor, now=None):
             ledger.pay_debt(keep, now)
         ladder = {tier.code: tier.rank for tier in tiers.ladder()}
         if ladder.get(other.tier_code, 0) > ladder.get(survivor.tier_code, 0):
-            tiers._move(survivor, other.tier_code, "manual", now, held_until=other.tier_held_until,
+            tiers.move_tier(survivor, other.tier_code, "manual", now, held_until=other.tier_held_until,
                         note=f"Merged from member {other.member_no}", actor=actor)
         ledger.add_entry(keep, "adjust", 0, f"Merged from member {other.member_no}: {moved['points']} points, "
                          f"{moved['lots']} lots and {moved['entries']} entries", ("merge", other.id), now)

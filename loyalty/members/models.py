@@ -2,10 +2,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from loyalty.database import BigId, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 
-class Member(db.Model):
+class Member(Model):
     __tablename__ = "members"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -38,7 +38,7 @@ class Member(db.Model):
     account = relationship("Account", uselist=False, lazy="joined", back_populates="member")
 
 
-class MemberIdentity(db.Model):
+class MemberIdentity(Model):
     """One channel identity (app, store, mini-program...) of a member: unique across members."""
 
     __tablename__ = "member_identities"

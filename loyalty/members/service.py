@@ -10,6 +10,7 @@ from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members import phones
+from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
 from loyalty.referrals import service as referrals
@@ -115,15 +116,7 @@ def update_member(member_id, changes: dict, now=None):
 
 
 def get_member(member_id, for_update=False):
-    query = sa.select(Member).where(Member.id == member_id)
-    if for_update:
-        # Lock the member row only: its account is eagerly outer-joined, and PostgreSQL refuses
-        # FOR UPDATE on the nullable side of an outer join.
-        query = query.with_for_update(of=Member, key_share=True)
-    member = db.session.execute(query).unique().scalar_one_or_none()
-    if member is None:
-        raise NotFound(f"No member with id {member_id}.")
-    return member
+    return member_or_404(member_id, lock=for_update)
 
 
 def find_members(phone=None, email=None, channel=None, external_id=None, card=None):

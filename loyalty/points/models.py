@@ -4,12 +4,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from loyalty.database import BigId, Money, Points, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 ZERO = sa.text("0")
 
 
-class Account(db.Model):
+class Account(Model):
     """A member's balances. Changed only in the transaction that writes the entries behind it."""
 
     __tablename__ = "accounts"
@@ -32,7 +32,7 @@ class Account(db.Model):
         return self.available + self.pending
 
 
-class Entry(db.Model):
+class Entry(Model):
     """One change of a member's points. Never updated, never deleted."""
 
     __tablename__ = "ledger_entries"
@@ -58,7 +58,7 @@ class Entry(db.Model):
         return {"type": self.reference_type, "id": self.reference_id}
 
 
-class Lot(db.Model):
+class Lot(Model):
     """The points of one credit: pending until `available_at`, spendable until `expires_at`."""
 
     __tablename__ = "lots"
@@ -83,7 +83,7 @@ class Lot(db.Model):
     entry = relationship("Entry")
 
 
-class LotAllocation(db.Model):
+class LotAllocation(Model):
     """How many points a debit took from which lot, so a reversal can put them back."""
 
     __tablename__ = "lot_allocations"
@@ -96,7 +96,7 @@ class LotAllocation(db.Model):
     entry = relationship("Entry")
 
 
-class Purchase(db.Model):
+class Purchase(Model):
     __tablename__ = "purchases"
     __table_args__ = (sa.UniqueConstraint("store_id", "receipt_no"),
                       # Covers the nightly jobs' per-member window aggregates (migration 0010).
@@ -122,7 +122,7 @@ class Purchase(db.Model):
     lot = relationship("Lot")
 
 
-class Refund(db.Model):
+class Refund(Model):
     __tablename__ = "refunds"
     __table_args__ = (sa.UniqueConstraint("purchase_id", "refund_no"),)
 
@@ -135,7 +135,7 @@ class Refund(db.Model):
     created_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class Activity(db.Model):
+class Activity(Model):
     """A behaviour event (sign-in, share, review...). `period` is the cap window it counts in."""
 
     __tablename__ = "activities"
@@ -154,7 +154,7 @@ class Activity(db.Model):
     created_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class PointsPayment(db.Model):
+class PointsPayment(Model):
     """Points taken as money at the till."""
 
     __tablename__ = "points_payments"
@@ -177,7 +177,7 @@ class PointsPayment(db.Model):
     reversal_entry = relationship("Entry", foreign_keys=[reversal_entry_id])
 
 
-class PaymentRefusal(db.Model):
+class PaymentRefusal(Model):
     """A points payment refused on the state of the account (insufficient points), kept for its
     natural key: the same store and payment number sent again gets the same refusal, even if
     points have arrived since (the till took cash instead; a retry must not charge the member)."""
@@ -196,7 +196,7 @@ class PaymentRefusal(db.Model):
     created_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class EarningRulesRow(db.Model):
+class EarningRulesRow(Model):
     """The programme's earning rules: one row, a validated document (see points/rules.py)."""
 
     __tablename__ = "earning_rules"

@@ -46,7 +46,7 @@ class EarningRules:
     expiry_policy: str = "days_after_available"
     expiry_days: int = 365
     payment_points_per_unit: Decimal = Decimal("100")
-    activities: tuple = field(default_factory=lambda: DEFAULT_ACTIVITIES)
+    activities: tuple["ActivityType", ...] = field(default_factory=lambda: DEFAULT_ACTIVITIES)
 
     def activity(self, type_name):
         return next((a for a in self.activities if a.type == type_name), None)
@@ -82,7 +82,7 @@ class EarningRules:
         )
 
 
-DEFAULT_ACTIVITIES = (
+DEFAULT_ACTIVITIES: tuple[ActivityType, ...] = (
     ActivityType("sign_in", Decimal("0.5"), cap=1, cap_period="day", description="Daily sign-in"),
     ActivityType("share", Decimal("0.5"), cap=3, cap_period="day", description="Share to a friend"),
     ActivityType("review", Decimal("2"), cap=5, cap_period="month", description="Product review"),

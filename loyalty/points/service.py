@@ -3,25 +3,41 @@
 Every write has a natural key (store + receipt, purchase + refund number, member + activity
 event, store + payment number); repeating one returns the first result with `replayed=True`.
 """
-import base64
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
 
-from loyalty import audit, clock, settings_cache
+from loyalty import audit, clock
+from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.database import transaction
-from loyalty.errors import Conflict, Forbidden, InsufficientPoints, NotFound, ValidationFailed
+from loyalty.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientPoints,
+    NotFound,
+    ValidationFailed,
+)
 from loyalty.extensions import db
-from loyalty.members.models import Member
+from loyalty.members.lookup import member_or_404
+from loyalty.outcome import Outcome
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
-from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot, PaymentRefusal,
-                                   PointsPayment, Purchase, Refund)
+from loyalty.points.models import (
+    Account,
+    Activity,
+    EarningRulesRow,
+    Entry,
+    Lot,
+    PaymentRefusal,
+    PointsPayment,
+    Purchase,
+    Refund,
+)
 from loyalty.points.rules import EarningRules
+from loyalty.points.settings import current_rules
 from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
 
@@ -31,14 +47,6 @@ CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a till's clock may ru
 ACTIVITY_BACKDATE_LIMIT = timedelta(days=7)
 
 
-@dataclass
-class Outcome:
-    """What a write use case returns: its record, the member after it, and whether it is a replay."""
-
-    record: object
-    member: Member
-    replayed: bool = False
-
 
 def settings():
     config = current_app.config
@@ -46,19 +54,6 @@ def settings():
 
 
 # --- earning rules ------------------------------------------------------------------------------
-
-def current_rules():
-    """The earning rules in force (kept a few seconds per process: loyalty/settings_cache.py)."""
-    return settings_cache.cached("earning_rules", _read_rules)
-
-
-def _read_rules():
-    row = db.session.get(EarningRulesRow, 1)
-    return EarningRules() if row is None else EarningRules.from_document(row.settings)
-
-
-settings_cache.watch(EarningRulesRow, "earning_rules")
-
 
 def seed_rules(now=None):
     """Store the default rules if none are stored yet. Safe to run on every start."""
@@ -118,7 +113,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
             if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
                 raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
                                "different member or amount; use a new receipt number.")
-            return Outcome(existing, _member(existing.member_id), replayed=True)
+            return Outcome(existing, member_or_404(existing.member_id), replayed=True)
         if points > 0:
             _, purchase.lot = ledger.credit(
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
@@ -297,7 +292,7 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
         if existing is not None:
             if (existing.member_id, existing.points) != (member_id, points):
                 raise _payment_number_taken(store_id, payment_no)
-            return Outcome(existing, _member(existing.member_id), replayed=True)
+            return Outcome(existing, member_or_404(existing.member_id), replayed=True)
         refusal = _refusal_by_number(store_id, payment_no)
         if refusal is None and account.available < points:
             refusal = _keep_payment_refusal(account, store_id, payment_no, points, now)
@@ -373,7 +368,7 @@ def points_summary(member_id, now=None):
     If lots have become available or expired since the account was last settled, it is settled
     now, so a member never sees points that are gone or misses points that have arrived."""
     now = now or clock.now()
-    _member(member_id)
+    member_or_404(member_id)
     if ledger.has_due_lots(member_id, now):
         with transaction():
             ledger.lock_account(member_id, now)
@@ -399,7 +394,7 @@ def points_summary(member_id, now=None):
 
 def history(member_id, types=None, limit=50, cursor=None):
     """Entries newest first, keyset-paginated on the entry id."""
-    _member(member_id)
+    member_or_404(member_id)
     query = sa.select(Entry).where(Entry.member_id == member_id)
     if types:
         unknown = set(types) - set(ENTRY_TYPES)
@@ -421,21 +416,6 @@ def get_purchase(purchase_id):
     return purchase
 
 
-def encode_cursor(last_id):
-    return base64.urlsafe_b64encode(str(last_id).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor):
-    try:
-        value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
-        if not 0 < value < 2**63:
-            raise ValueError(value)
-        return value
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed("The cursor is not one this service gave out; start again without it.",
-                               errors={"cursor": ["Invalid cursor."]}) from None
-
-
 def earn_multiplier(account):
     """The multiplier of the member's tier as the purchase starts: an upgrade the purchase itself
     earns applies from the next one."""
@@ -444,11 +424,6 @@ def earn_multiplier(account):
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def _member(member_id):
-    member = db.session.get(Member, member_id)
-    if member is None:
-        raise NotFound(f"No member with id {member_id}.")
-    return member
 
 
 def _claim_receipt(values):

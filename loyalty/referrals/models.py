@@ -3,12 +3,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from loyalty.database import BigId, Money, Points, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 ZERO = sa.text("0")
 
 
-class ReferralCampaign(db.Model):
+class ReferralCampaign(Model):
     __tablename__ = "referral_campaigns"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -28,7 +28,7 @@ class ReferralCampaign(db.Model):
     updated_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class Referral(db.Model):
+class Referral(Model):
     """A referred member under the campaign that was running when they joined. Its terms are
     copied from that campaign then, so later edits of the campaign do not change them."""
 

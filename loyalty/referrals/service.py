@@ -13,14 +13,17 @@ import sqlalchemy as sa
 from flask import current_app
 
 from loyalty import audit, clock
-from loyalty.database import transaction
+from loyalty.cursors import decode_cursor, encode_cursor
+from loyalty.database import Points, transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.database import Points
 from loyalty.members import phones
+from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.points import ledger
+from loyalty.points import rules as rules_mod
 from loyalty.points.models import Purchase
+from loyalty.points.settings import current_rules
 from loyalty.referrals.models import Referral, ReferralCampaign
 from loyalty.webhooks import service as webhooks
 
@@ -112,7 +115,6 @@ def campaign_document(campaign):
 def campaigns(limit=50, cursor=None):
     """(a page of the campaigns, latest start first; the cursor of the next page or None). The cursor
     names the page's last campaign, and the next page starts after its (starts_at, id)."""
-    from loyalty.points.service import decode_cursor, encode_cursor
     query = sa.select(ReferralCampaign).order_by(ReferralCampaign.starts_at.desc(), ReferralCampaign.id.desc())
     if cursor:
         last = db.session.get(ReferralCampaign, decode_cursor(cursor))
@@ -315,9 +317,6 @@ def on_refund(account, purchase, now):
 
 
 def _bonus_expiry(now):
-    from loyalty.points import rules as rules_mod
-    from loyalty.points.service import current_rules
-
     return rules_mod.expires_at(now, now, current_rules(), current_app.config["LOYALTY_TIMEZONE"])
 
 
@@ -335,9 +334,7 @@ def expire_referrals(as_of, progress=None, now=None):
 
 
 def member_referral(member_id):
-    member = db.session.get(Member, member_id)
-    if member is None:
-        raise NotFound(f"No member with id {member_id}.")
+    member = member_or_404(member_id)
     counts = dict(db.session.execute(
         sa.select(Referral.status, sa.func.count()).where(Referral.referrer_id == member_id)
         .group_by(Referral.status)).all())

@@ -3,13 +3,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from loyalty.database import BigId, Money, Points, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 KINDS = ("goods", "service", "coupon", "cash_voucher")
 LIMIT_PERIODS = ("month", "ever")
 
 
-class Reward(db.Model):
+class Reward(Model):
     __tablename__ = "rewards"
     __table_args__ = (sa.CheckConstraint("stock IS NULL OR stock >= 0", name="stock_not_negative"),)
 
@@ -32,7 +32,7 @@ class Reward(db.Model):
     updated_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class Redemption(db.Model):
+class Redemption(Model):
     __tablename__ = "redemptions"
     __table_args__ = (sa.Index("ix_redemptions_member", "member_id", "id"),)
 
@@ -54,7 +54,7 @@ class Redemption(db.Model):
     vouchers = relationship("Voucher", back_populates="redemption", lazy="selectin", order_by="Voucher.id")
 
 
-class Voucher(db.Model):
+class Voucher(Model):
     __tablename__ = "vouchers"
     __table_args__ = (sa.Index("ix_vouchers_member_reward", "member_id", "reward_id", "created_at"),)
 

@@ -3,7 +3,6 @@ store accepts. Every write is one transaction; redemptions and cancellations loc
 account first (like every balance change), stock is taken with a conditional UPDATE, and a voucher
 is used with a conditional UPDATE, so two tills scanning it at once cannot both succeed."""
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -11,11 +10,25 @@ import sqlalchemy as sa
 from flask import current_app
 
 from loyalty import audit, clock
+from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.database import transaction
-from loyalty.errors import (Conflict, InsufficientPoints, LimitReached, NotEligible, NotFound,
-                            OutOfStock, ValidationFailed, VoucherExpired, VoucherUsed, VoucherVoid)
+from loyalty.errors import (
+    Conflict,
+    InsufficientPoints,
+    LimitReached,
+    NotEligible,
+    NotFound,
+    OutOfStock,
+    ValidationFailed,
+    VoucherExpired,
+    VoucherUsed,
+    VoucherVoid,
+)
 from loyalty.extensions import db
+from loyalty.members.lookup import member_or_404
+from loyalty.outcome import Outcome
 from loyalty.points import ledger
+from loyalty.points.models import Entry
 from loyalty.rewards.models import KINDS, LIMIT_PERIODS, Redemption, Reward, Voucher
 from loyalty.tiers import service as tiers
 from loyalty.webhooks import service as webhooks
@@ -28,12 +41,6 @@ EDITABLE = ("name", "description", "kind", "cash_value", "points_cost", "stock",
             "limit_period", "min_tier", "valid_from", "valid_until", "voucher_valid_days", "active",
             "image_url")
 
-
-@dataclass
-class Outcome:
-    record: object
-    member: object = None
-    replayed: bool = False
 
 
 def _tz():
@@ -122,7 +129,7 @@ def catalog(member_id=None, include_inactive=False, now=None):
     rewards = db.session.scalars(query).all()
     if member_id is None:
         return [{"reward": reward} for reward in rewards]
-    member = _member(member_id)
+    member = member_or_404(member_id)
     if ledger.has_due_lots(member_id, now):  # points released or expired since the last write
         with transaction():
             ledger.lock_account(member_id, now)
@@ -268,15 +275,12 @@ def cancel_redemption(redemption_id, actor, now=None):
 
 
 def _entry(entry_id):
-    from loyalty.points.models import Entry
     return db.session.get(Entry, entry_id)
 
 
 def member_redemptions(member_id, limit=50, cursor=None):
     """The member's redemptions with their vouchers, newest first, keyset-paginated."""
-    from loyalty.points.service import decode_cursor, encode_cursor
-
-    _member(member_id)
+    member_or_404(member_id)
     query = sa.select(Redemption).where(Redemption.member_id == member_id).order_by(Redemption.id.desc())
     if cursor:
         query = query.where(Redemption.id < decode_cursor(cursor))
@@ -332,10 +336,4 @@ def use_voucher(code, store_id, now=None):
     return voucher
 
 
-def _member(member_id):
-    from loyalty.members.models import Member
-    member = db.session.get(Member, member_id)
-    if member is None:
-        raise NotFound(f"No member with id {member_id}.")
-    return member
 

@@ -2,10 +2,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty.database import UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 
-class MemberTag(db.Model):
+class MemberTag(Model):
     """A label marketing puts on a member ("vip-event-2026", "complained"), to list them by it."""
 
     __tablename__ = "member_tags"

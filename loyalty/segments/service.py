@@ -15,8 +15,11 @@ from loyalty import audit, clock
 from loyalty.database import Money, Points, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, Purchase
+from loyalty.points.settings import current_rules
+from loyalty.referrals.service import active_campaign, campaign_stats
 from loyalty.segments.models import MemberTag
 from loyalty.tiers.models import Tier
 
@@ -44,7 +47,7 @@ def add_tags(member_id, tags, actor, now=None):
     now = now or clock.now()
     tags = _clean_tags(tags)
     with transaction():
-        _member(member_id, lock=True)
+        member_or_404(member_id, lock=True)
         have = set(member_tags(member_id))
         for tag in tags:
             if tag not in have:
@@ -58,7 +61,7 @@ def remove_tags(member_id, tags, actor, now=None):
     now = now or clock.now()
     tags = _clean_tags(tags)
     with transaction():
-        _member(member_id, lock=True)
+        member_or_404(member_id, lock=True)
         have = set(member_tags(member_id))
         db.session.execute(sa.delete(MemberTag).where(MemberTag.member_id == member_id, MemberTag.tag.in_(tags)))
         if have & set(tags):
@@ -71,11 +74,6 @@ def member_tags(member_id):
                                    .order_by(MemberTag.tag)))
 
 
-def _member(member_id, lock=False):
-    member = db.session.get(Member, member_id, with_for_update={"of": Member, "key_share": True} if lock else None)
-    if member is None:
-        raise NotFound(f"No member with id {member_id}.")
-    return member
 
 
 # --- segments -------------------------------------------------------------------------------------
@@ -172,9 +170,6 @@ def _inert(value):
 # --- reports --------------------------------------------------------------------------------------
 
 def overview(now=None):
-    from loyalty.points.service import current_rules
-    from loyalty.referrals.service import active_campaign, campaign_stats
-
     now = now or clock.now()
     # One pass over the members: counts by (tier, stage, segment), at most a few dozen groups.
     by_tier = {code: 0 for code in _tier_codes()}  # the ladder's order, empty tiers as 0

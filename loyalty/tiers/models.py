@@ -2,10 +2,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty.database import BigId, Money, Points, ScaledDecimal, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 
-class Tier(db.Model):
+class Tier(Model):
     """A rung of the ladder. Thresholds and benefits are data that marketing edits."""
 
     __tablename__ = "tiers"
@@ -23,7 +23,7 @@ class Tier(db.Model):
     updated_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class TierChange(db.Model):
+class TierChange(Model):
     """The history of a member's tier: from, to, why, when (and who, for a manual change)."""
 
     __tablename__ = "tier_changes"

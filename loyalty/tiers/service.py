@@ -16,6 +16,7 @@ from loyalty import audit, clock, settings_cache
 from loyalty.database import Money, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points.models import Activity, Purchase
@@ -179,7 +180,7 @@ def upgrade_if_qualified(member, now, purchase=None):
     if reached.rank <= current.rank:
         return None
     _, _, _, tz = settings()
-    return _move(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
+    return move_tier(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
                  note=f"Qualifying spend {spend}, {activities} activities",
                  purchase_id=None if purchase is None else purchase.id)
 
@@ -254,11 +255,11 @@ def undo_returned_upgrades(member, purchase, refunded, now):
         held = protected_until(clock.local_date(undone.created_at, tz))
     note = (f"Purchase {purchase.receipt_no} at store {purchase.store_id} refunded: qualifying spend "
             f"{spend}, {activities} activities no longer earn {undone.to_code}")
-    return _move(member, target.code, "refund", now, held_until=held, since=since, note=note[:200],
+    return move_tier(member, target.code, "refund", now, held_until=held, since=since, note=note[:200],
                  purchase_id=purchase.id)
 
 
-def _move(member, to_code, reason, now, held_until, note=None, actor=None, purchase_id=None, since=None):
+def move_tier(member, to_code, reason, now, held_until, note=None, actor=None, purchase_id=None, since=None):
     change = TierChange(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason,
                         note=note, actor=actor, purchase_id=purchase_id, created_at=now)
     db.session.add(change)
@@ -288,15 +289,15 @@ def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=N
             raise ValidationFailed(f"No tier {code!r}; choose one of: {known}.",
                                    errors={"tier": [f"Must be one of: {known}."]})
         before = {"tier": member.tier_code, "guaranteed_tier": member.tier_guaranteed_code,
-                  "guaranteed_until": _iso(member.tier_guaranteed_until)}
+                  "guaranteed_until": audit.plain(member.tier_guaranteed_until)}
         guarantee = clock.end_of_local_day(guaranteed_until, tz) if guaranteed_until else None
-        _move(member, code, "manual", now, held_until=protected_until(clock.local_date(now, tz)),
+        move_tier(member, code, "manual", now, held_until=protected_until(clock.local_date(now, tz)),
               note=reason, actor=actor)
         # A new manual tier replaces any earlier guarantee; without a date there is none.
         member.tier_guaranteed_code = code if guarantee else None
         member.tier_guaranteed_until = guarantee
         audit.record(actor, "member.tier.set", "member", member_id, before,
-                     {"tier": code, "guaranteed_until": _iso(guarantee), "reason": reason}, now)
+                     {"tier": code, "guaranteed_until": audit.plain(guarantee), "reason": reason}, now)
     return member
 
 
@@ -304,9 +305,7 @@ def member_tier(member_id, now=None):
     """Everything the app shows about a member's tier: where they are, since when, until when at
     least, the window's figures, what the next tier needs, what keeping this one needs, history."""
     now = now or clock.now()
-    member = db.session.get(Member, member_id)
-    if member is None:
-        raise NotFound(f"No member with id {member_id}.")
+    member = member_or_404(member_id)
     ladder_now = ladder()
     current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
     spend, activities, start = qualifying(member_id, now)
@@ -348,8 +347,6 @@ def _guarantee(member, now):
     return None
 
 
-def _iso(value):
-    return None if value is None else value.isoformat()
 
 
 # --- the recompute: everyone, set-based ------------------------------------------------------------
@@ -399,7 +396,7 @@ def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
                                TierChange.created_at == now).order_by(TierChange.member_id))], now)
             moved = _moves_counted(low, high, now)
             counted = db.session.scalar(sa.select(sa.func.count()).select_from(Member)
-                                        .where(Member.id.between(low, high)))
+                                        .where(Member.id.between(low, high))) or 0
         totals["members"] += counted
         totals["upgraded"] += moved.get("upgrade", 0)
         totals["downgraded"] += moved.get("downgrade", 0)

@@ -3,13 +3,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from loyalty.database import BigId, UTCDateTime
-from loyalty.extensions import db
+from loyalty.extensions import Model
 
 EVENTS = ("member.created", "points.credited", "points.expiring", "tier.changed", "referral.rewarded",
           "voucher.used")
 
 
-class Subscription(db.Model):
+class Subscription(Model):
     """An endpoint of another system. `secret` signs each body (HMAC-SHA256); it is shown to
     nobody after it is set. A paused subscription keeps its deliveries until it is resumed; a
     deleted one cancels them."""
@@ -32,7 +32,7 @@ class Subscription(db.Model):
         return [row.event for row in self.event_rows]
 
 
-class SubscriptionEvent(db.Model):
+class SubscriptionEvent(Model):
     """One row per event a subscription wants, so an event finds its subscribers with a join."""
 
     __tablename__ = "webhook_subscription_events"
@@ -42,7 +42,7 @@ class SubscriptionEvent(db.Model):
     event: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
 
 
-class Event(db.Model):
+class Event(Model):
     """The outbox: written in the transaction of the change it tells of, so it exists exactly when
     the change does. Written only when some subscription wants its type. `body` is the exact JSON
     every delivery sends (and signs), so a retry or a replay sends the same bytes."""
@@ -56,7 +56,7 @@ class Event(db.Model):
     created_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class Delivery(db.Model):
+class Delivery(Model):
     """One event to one subscription: pending until a 2xx answer (delivered), retried with back-off,
     dead after the last try (an admin may replay it), cancelled if the subscription is deleted."""
 
@@ -79,7 +79,7 @@ class Delivery(db.Model):
     attempt_rows = relationship("Attempt", lazy="selectin", order_by="Attempt.id")
 
 
-class Attempt(db.Model):
+class Attempt(Model):
     """Each try of a delivery: when, the answer's status (or the error), how long it took."""
 
     __tablename__ = "webhook_attempts"

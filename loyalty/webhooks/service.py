@@ -26,6 +26,7 @@ from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.json import json_default
 from loyalty.webhooks import destinations, sender
 from loyalty.webhooks.models import EVENTS, Attempt, Delivery, Event, Subscription, SubscriptionEvent
 
@@ -198,7 +199,7 @@ def replay_dead(subscription_id, actor, now=None):
 
 # --- the outbox -------------------------------------------------------------------------------------
 
-_subscribers = {}  # event type -> (read at, subscription ids): this process's cache
+_subscribers: dict[str, tuple[float, list[int]]] = {}  # event type -> (read at, subscription ids): this process's cache
 
 
 def subscribers(event_type):
@@ -250,13 +251,9 @@ def body_of(event_id, event_type, created_at, data):
     """The JSON a receiver gets: numbers exact (points are decimals, never floats)."""
     return simplejson.dumps({"id": event_id, "type": event_type, "created_at": created_at.isoformat(),
                              "data": data}, use_decimal=True, ensure_ascii=False, sort_keys=True,
-                            separators=(",", ":"), default=_iso)
+                            separators=(",", ":"), default=json_default)
 
 
-def _iso(value):
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def signature(secret, body: bytes):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
+from loyalty.api.schemas.members import MemberSchema
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
@@ -68,7 +69,7 @@ def test_the_purchase_that_crosses_a_threshold_upgrades_in_its_own_answer():
     outcome = factories.purchase(member.id, "0.01", now=T0)
 
     assert outcome.member.tier_code == "silver"
-    assert outcome.member.tier == {"code": "silver", "name": "白银"}
+    assert MemberSchema().dump(outcome.member)["tier"] == {"code": "silver", "name": "白银"}
     assert tier_of(member.id) == "silver"
     assert history(member.id) == [("ordinary", "silver", "upgrade")]
     assert_ledger_ok()

@@ -114,7 +114,7 @@ def _ascii_integer(field, value):
     return number
 
 
-fields.Integer._format_num = _ascii_integer  # one rule for every schema, so no field can forget it
+fields.Integer._format_num = _ascii_integer  # type: ignore[method-assign]  # one rule for every schema, so no field can forget it
 fields.Integer.default_error_messages = {**fields.Integer.default_error_messages,
                                          "invalid": "Not a valid integer: use ASCII digits.",
                                          "too_large": f"Must be at most {MAX_ID}."}
