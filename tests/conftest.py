@@ -62,8 +62,11 @@ def empty_tables():
                 connection.exec_driver_sql(f"DELETE FROM {table}")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def clean_database(app):
+    """Empty tables with the default rules and tiers: autouse in the layers that have a database
+    (tests/service, tests/api, tests/jobs and the top-level migration and soak tests); tests/unit
+    has neither app nor database."""
     with app.app_context():
         empty_tables()
         forget_subscribers()  # the webhook subscribers this process remembers went with the tables
