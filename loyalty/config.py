@@ -27,7 +27,7 @@ def from_environment(instance_path):
         # Cron times (deployment time zone) that replace a job's default, as JSON:
         # {"points.expire": "0 1 * * *"}.
         "LOYALTY_JOB_SCHEDULES": json.loads(os.environ.get("LOYALTY_JOB_SCHEDULES") or "{}"),
-        # The jobs' thresholds (days, shares, amounts): see loyalty/jobs/*_jobs.py.
+        # The jobs' thresholds (days, shares, amounts): see each domain's jobs.py (points/, segments/, members/).
         **{name: _number(name, default) for name, default in JOB_SETTINGS.items()},
         # Tiers: the qualification window, how long a reached tier is protected from downgrades,
         # and how many tiers one nightly recompute may take a member down.

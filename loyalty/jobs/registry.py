@@ -10,10 +10,12 @@ from typing import Callable
 import sqlalchemy as sa
 
 from loyalty.extensions import db
-from loyalty.jobs import member_jobs, points_jobs
+from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
+from loyalty.points import jobs as points_jobs
 from loyalty.referrals.models import Referral
 from loyalty.referrals.service import expire_referrals
+from loyalty.segments import jobs as segment_jobs
 from loyalty.tiers.service import recompute_tiers
 from loyalty.webhooks.service import deliver_due, due_count
 
@@ -43,11 +45,11 @@ JOBS = [
     Job("points.expiry_reminders", "Members with points expiring within 30 days get one reminder per expiry day",
         "0 9 * * *", points_jobs.expiry_reminders, _member_count),
     Job("members.lifecycle", "Lifecycle stages: potential, new, active, dormant, churned",
-        "0 3 * * *", member_jobs.lifecycle, _member_count),
+        "0 3 * * *", segment_jobs.lifecycle, _member_count),
     Job("members.birthday_bonus", "Members whose birthday it is get their tier's birthday points, once a year",
         "0 8 * * *", member_jobs.birthday_bonus, _member_count),
     Job("members.value_segments", "Value segments: high value, potential, low value, at risk",
-        "30 3 * * *", member_jobs.value_segments, _member_count),
+        "30 3 * * *", segment_jobs.value_segments, _member_count),
     Job("tiers.recompute", "Put every member in the tier their window earns; downgrades only after "
         "protection, one tier at a time", "30 2 * * *", recompute_tiers, _member_count),
     Job("referrals.expire", "Pending referrals whose first-purchase deadline has passed expire",

@@ -103,7 +103,7 @@ def expire_lot(account, lot, now):
     lot.remaining = ZERO
     lot.status = "expired"
     account.available -= points
-    # The same words as the nightly job's (jobs.points_jobs): an entry reads the same either way.
+    # The same words as the nightly job's (points/jobs.py): an entry reads the same either way.
     return add_entry(account, "expire", -points, "Points expired", ("lot", lot.id), now)
 
 

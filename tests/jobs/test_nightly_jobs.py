@@ -8,14 +8,25 @@ import pytest
 import sqlalchemy as sa
 
 from loyalty.extensions import db
-from loyalty.jobs import member_jobs, points_jobs, registry, runner
+from loyalty.jobs import registry, runner
 from loyalty.jobs.models import JobLock, JobRun, Notification
+from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
+from loyalty.points import jobs as points_jobs
 from loyalty.points import service as points
 from loyalty.points.models import Account, Entry
+from loyalty.segments import jobs as segment_jobs
 from tests import factories
 from tests.factories import D
-from tests.service.ledger_helpers import T0, assert_ledger_ok, balances, entries, lots, use_rules, utc
+from tests.service.ledger_helpers import (
+    T0,
+    assert_ledger_ok,
+    balances,
+    entries,
+    lots,
+    use_rules,
+    utc,
+)
 
 pytestmark = pytest.mark.usefixtures("ctx")
 
@@ -185,8 +196,8 @@ def test_lifecycle_stages():
     churned = new_member(now=utc(2025, 1, 1))
     factories.purchase(churned.id, "10.00", now=utc(2025, 6, 1), occurred_at=utc(2025, 6, 1))
 
-    result = member_jobs.lifecycle(DAY0, now=T0)
-    again = member_jobs.lifecycle(DAY0, now=T0)
+    result = segment_jobs.lifecycle(DAY0, now=T0)
+    again = segment_jobs.lifecycle(DAY0, now=T0)
     done()
 
     assert [stage(m.id) for m in (never, fresh, active, dormant, churned)] == \
@@ -203,8 +214,8 @@ def test_value_segments():
                            occurred_at=utc(2026, 2, 1) + timedelta(days=k))
     factories.purchase(members[10].id, "5000.00", now=utc(2025, 2, 1), occurred_at=utc(2025, 2, 1))
 
-    result = member_jobs.value_segments(DAY0, now=T0)
-    again = member_jobs.value_segments(DAY0, now=T0)
+    result = segment_jobs.value_segments(DAY0, now=T0)
+    again = segment_jobs.value_segments(DAY0, now=T0)
     done()
 
     assert segment(members[9].id) == "high_value"

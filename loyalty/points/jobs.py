@@ -13,33 +13,18 @@ import json
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
 
 from loyalty import clock
 from loyalty.database import UTCDateTime, transaction
 from loyalty.extensions import db
+from loyalty.jobs.batching import BATCH, day_cutoff, id_ranges
 from loyalty.jobs.models import Notification
-from loyalty.members.models import Member
 from loyalty.points.models import Lot
 from loyalty.webhooks import service as webhooks
 
-BATCH = 50_000
 EXPIRY_DESCRIPTION = "Points expired"
-
-
-def day_cutoff(as_of, now):
-    """The end of local day `as_of`, but never later than now: a job does not act ahead of time."""
-    return min(now, clock.end_of_local_day(as_of, current_app.config["LOYALTY_TIMEZONE"]))
-
-
-def id_ranges(batch):
-    first, last = db.session.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
-    db.session.rollback()
-    if first is None:
-        return
-    for low in range(first, last + 1, batch):
-        yield low, min(low + batch - 1, last)
 
 
 def _t(sql):
