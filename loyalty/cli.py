@@ -27,6 +27,7 @@ from loyalty.members.service import phone_duplicates
 from loyalty.points.service import seed_rules
 from loyalty.points.verify import broken_accounts
 from loyalty.tiers.service import seed_tiers
+from loyalty.config import settings
 
 
 @click.group(help="Loyalty points and membership tiers.",
@@ -175,7 +176,7 @@ def run_job(job_id, as_of):
     if job is None:
         known = ", ".join(j.id for j in registry.JOBS)
         raise click.ClickException(f"No job {job_id!r}; the jobs are: {known}.")
-    day = as_of.date() if as_of else clock.local_date(clock.now(), current_app.config["LOYALTY_TIMEZONE"])
+    day = as_of.date() if as_of else clock.local_date(clock.now(), settings().timezone)
     started = time.monotonic()
     try:
         if sys.stdout.isatty():
@@ -229,7 +230,7 @@ def scheduler():
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     app = current_app._get_current_object()
     for job in registry.JOBS:
-        click.echo(f"scheduled {job.id} at '{schedules.schedule_of(app, job)}' ({app.config['LOYALTY_TIMEZONE']})")
+        click.echo(f"scheduled {job.id} at '{schedules.schedule_of(app, job)}' ({settings().timezone})")
     schedules.build(app).start()
 
 

@@ -1,7 +1,11 @@
 """Settings, read from the environment. SQLite in the instance folder unless told otherwise."""
 import json
 import os
+from dataclasses import dataclass, fields
 from decimal import Decimal
+from typing import Any, Callable
+
+from flask import current_app
 
 from loyalty.members.phones import is_region
 
@@ -62,6 +66,67 @@ JOB_SETTINGS = {
     # a change reaches the other processes within this time, the one that made it at once.
     "LOYALTY_SETTINGS_CACHE_SECONDS": 5,
 }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """This deployment's LOYALTY_* settings, typed and read-only: `settings().timezone` for
+    LOYALTY_TIMEZONE. from_environment() puts them in the app's config (where Flask, tests and
+    operators see them); settings() reads them back for the app in use."""
+
+    currency: str
+    timezone: str
+    phone_region: str
+    log_level: str
+    referral_link: str
+    job_schedules: dict[str, str]
+    expiry_reminder_days: int
+    birthday_catch_up_days: int
+    lifecycle_new_days: int
+    lifecycle_active_days: int
+    lifecycle_churn_days: int
+    segment_high_value_share: Decimal
+    segment_at_risk_days: int
+    segment_potential_min_purchases: int
+    segment_potential_max_average: Decimal
+    webhook_max_attempts: int
+    webhook_backoff_seconds: int
+    webhook_timeout_seconds: int
+    webhook_batch: int
+    webhook_subscribers_cache_seconds: int
+    settings_cache_seconds: int
+    tier_window_months: int
+    tier_protection_months: int
+    tier_max_drop: int
+    webhook_allow_private: bool
+
+    @classmethod
+    def from_config(cls, config) -> "Settings":
+        return cls(**{name: convert(config[key]) for name, key, convert in _FIELDS})
+
+
+def _decimal(value):
+    return Decimal(str(value))
+
+
+def _as_is(value):
+    return value
+
+
+_CONVERT: dict[object, Callable[[Any], Any]] = {int: int, bool: bool, Decimal: _decimal}
+_FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
+    (f.name, "LOYALTY_" + f.name.upper(), _CONVERT.get(f.type, _as_is)) for f in fields(Settings)]
+
+
+def settings() -> Settings:
+    """The settings of the app in use, built again only when its config changed (a test may change
+    it; a deployment does not)."""
+    config = current_app.config
+    values = [config[key] for _, key, _ in _FIELDS]
+    cached = current_app.extensions.get("loyalty.settings")
+    if cached is None or cached[0] != values:
+        cached = current_app.extensions["loyalty.settings"] = (values, Settings.from_config(config))
+    return cached[1]
 
 
 def _number(name, default):

@@ -30,7 +30,6 @@ from decimal import ROUND_DOWN, Decimal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import clock
 from loyalty.audit import AuditEntry
@@ -50,6 +49,7 @@ from loyalty.rewards.models import Redemption, Reward, Voucher
 from loyalty.segments import service as segments
 from loyalty.segments.models import MemberTag
 from loyalty.webhooks.models import Subscription
+from loyalty.config import settings
 
 DEFAULT_MEMBERS = 2000
 DEFAULT_SEED = 1
@@ -432,7 +432,7 @@ def fill(seed=DEFAULT_SEED, members=DEFAULT_MEMBERS, force=False, progress=None,
     """Make (or finish) the demo world of `members` people from `seed`. `start(total)` is called
     with the number of events left to write, `progress(n)` after each batch of n events."""
     now = now or clock.now()
-    tz = current_app.config["LOYALTY_TIMEZONE"]
+    tz = settings().timezone
     actor = ACTOR.format(seed=seed, members=members)
     anchor = _existing_anchor(seed, members) or now.replace(second=0, microsecond=0)
     world = plan(random.Random(seed), members, anchor, tz)
@@ -580,7 +580,7 @@ class Player:
                                    "image_url": None}, self.actor, now=now)
         referrals.create_campaign({
             "name": CAMPAIGN_NAME, "starts_at": now + timedelta(days=1), "ends_at": None,
-            "link_template": current_app.config["LOYALTY_REFERRAL_LINK"], **CAMPAIGN}, self.actor, now=now)
+            "link_template": settings().referral_link, **CAMPAIGN}, self.actor, now=now)
 
     def _join(self, event, now):
         person = self.world.people[event.person]

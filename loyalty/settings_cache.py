@@ -23,6 +23,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from loyalty.extensions import db
+from loyalty.config import settings
 
 _WATCHED: dict[type, str] = {}  # mapped class -> the cache name its rows feed
 _CHANGED = "settings_cache_changed"  # session.info: names this session's flushes wrote
@@ -43,7 +44,7 @@ def watch(model, name):
 def cached(name, load):
     """The value `name`, from this process's cache or, if missing or too old, from `load()`."""
     cache = _cache()
-    ttl = current_app.config["LOYALTY_SETTINGS_CACHE_SECONDS"]
+    ttl = settings().settings_cache_seconds
     session = db.session()
     if name in session.info.get(_CHANGED, ()) or _pending_writes(session, name):
         return load()  # this transaction changed it: its own view, never shared

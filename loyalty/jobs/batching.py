@@ -3,18 +3,18 @@ the day a run acts for (never ahead of now). The jobs themselves live with their
 (points/jobs.py, segments/jobs.py, members/jobs.py, ...); jobs/ keeps the registry, the runner,
 this batching and the scheduler."""
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import clock
 from loyalty.extensions import db
 from loyalty.members.models import Member
+from loyalty.config import settings
 
 BATCH = 50_000
 
 
 def day_cutoff(as_of, now):
     """The end of local day `as_of`, but never later than now: a job does not act ahead of time."""
-    return min(now, clock.end_of_local_day(as_of, current_app.config["LOYALTY_TIMEZONE"]))
+    return min(now, clock.end_of_local_day(as_of, settings().timezone))
 
 
 def id_ranges(batch):

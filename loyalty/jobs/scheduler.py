@@ -10,16 +10,17 @@ from apscheduler.triggers.cron import CronTrigger
 from loyalty import clock
 from loyalty.extensions import db
 from loyalty.jobs import registry, runner
+from loyalty.config import Settings, settings
 
 log = logging.getLogger("loyalty.scheduler")
 
 
 def schedule_of(app, job):
-    return app.config["LOYALTY_JOB_SCHEDULES"].get(job.id, job.cron)
+    return Settings.from_config(app.config).job_schedules.get(job.id, job.cron)
 
 
 def build(app, scheduler_class=BlockingScheduler):
-    tz = app.config["LOYALTY_TIMEZONE"]
+    tz = Settings.from_config(app.config).timezone
     scheduler = scheduler_class(timezone=tz)
     for job in registry.JOBS:
         scheduler.add_job(run_job, CronTrigger.from_crontab(schedule_of(app, job), timezone=tz),
@@ -32,7 +33,7 @@ def run_job(app, job_id):
     """One scheduled run, as of the local day it starts on."""
     with app.app_context():
         job = registry.get(job_id)
-        as_of = clock.local_date(clock.now(), app.config["LOYALTY_TIMEZONE"])
+        as_of = clock.local_date(clock.now(), settings().timezone)
         try:
             record = runner.run(job, as_of)
         except Exception:

@@ -4,7 +4,6 @@ second time."""
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import clock
 from loyalty.database import Points, UTCDateTime, transaction
@@ -14,10 +13,7 @@ from loyalty.jobs.models import JobRun
 from loyalty.points import rules as rules_mod
 from loyalty.points.settings import current_rules
 from loyalty.webhooks import service as webhooks
-
-
-def _setting(name):
-    return current_app.config[name]
+from loyalty.config import settings
 
 
 def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
@@ -30,7 +26,7 @@ def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
     every day after the last successful run, at most LOYALTY_BIRTHDAY_CATCH_UP_DAYS (7) back, are
     given too, each in its own year. A first run ever looks at `as_of` alone."""
     now = now or clock.now()
-    tz = _setting("LOYALTY_TIMEZONE")
+    tz = settings().timezone
     expires = rules_mod.expires_at(now, now, current_rules(), tz)
     days = _birthday_days(as_of)
     db.session.rollback()
@@ -44,7 +40,7 @@ def _birthday_days(as_of):
         JobRun.job_id == "members.birthday_bonus", JobRun.outcome == "succeeded", JobRun.as_of <= as_of))
     if last is None or last == as_of:
         return [as_of]
-    first = max(last + timedelta(days=1), as_of - timedelta(days=_setting("LOYALTY_BIRTHDAY_CATCH_UP_DAYS")))
+    first = max(last + timedelta(days=1), as_of - timedelta(days=settings().birthday_catch_up_days))
     return [first + timedelta(days=n) for n in range((as_of - first).days + 1)]
 
 

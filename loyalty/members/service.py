@@ -3,7 +3,6 @@ import secrets
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import clock
 from loyalty.database import transaction
@@ -15,6 +14,7 @@ from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
 from loyalty.referrals import service as referrals
 from loyalty.webhooks import service as webhooks
+from loyalty.config import settings
 
 # Unambiguous characters for codes people read aloud or type: no 0/O, 1/I/L.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -40,7 +40,7 @@ def normalise_phone(phone):
 
 
 def phone_region():
-    return current_app.config.get("LOYALTY_PHONE_REGION") or phones.DEFAULT_REGION
+    return settings().phone_region
 
 
 def normalise_email(email):
@@ -161,7 +161,7 @@ def member_id_for(member_id=None, card=None):
 
 def _check_birthday(birthday, now):
     """A birthday is a day in the past where the member lives (the deployment's time zone)."""
-    if birthday is not None and birthday >= clock.local_date(now, current_app.config["LOYALTY_TIMEZONE"]):
+    if birthday is not None and birthday >= clock.local_date(now, settings().timezone):
         raise ValidationFailed("The birthday must be a date in the past.",
                                errors={"birthday": ["Must be a date in the past."]})
 

@@ -13,7 +13,6 @@ import json
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import current_app
 from sqlalchemy.dialects import postgresql, sqlite
 
 from loyalty import clock
@@ -23,6 +22,7 @@ from loyalty.jobs.batching import BATCH, day_cutoff, id_ranges
 from loyalty.jobs.models import Notification
 from loyalty.points.models import Lot
 from loyalty.webhooks import service as webhooks
+from loyalty.config import settings
 
 EXPIRY_DESCRIPTION = "Points expired"
 
@@ -157,8 +157,8 @@ def expiry_reminders(as_of, progress=None, now=None, days=None):
     LOYALTY_EXPIRY_REMINDER_DAYS, 30) after local day `as_of`: "N points expire on D". A second
     run finds them queued already (unique member + kind + expiry) and adds nothing."""
     now = now or clock.now()
-    days = days if days is not None else current_app.config["LOYALTY_EXPIRY_REMINDER_DAYS"]
-    tz = current_app.config["LOYALTY_TIMEZONE"]
+    days = days if days is not None else settings().expiry_reminder_days
+    tz = settings().timezone
     start = clock.end_of_local_day(as_of, tz)
     until = clock.end_of_local_day(as_of + timedelta(days=days), tz)
     total = 0

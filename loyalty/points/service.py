@@ -7,11 +7,11 @@ from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import current_app
 from sqlalchemy.dialects import postgresql, sqlite
 
 from loyalty import audit, clock
 from loyalty.cursors import decode_cursor, encode_cursor
+from loyalty.config import settings
 from loyalty.database import transaction
 from loyalty.errors import (
     Conflict,
@@ -48,11 +48,6 @@ ACTIVITY_BACKDATE_LIMIT = timedelta(days=7)
 
 
 
-def settings():
-    config = current_app.config
-    return config["LOYALTY_CURRENCY"], config["LOYALTY_TIMEZONE"]
-
-
 # --- earning rules ------------------------------------------------------------------------------
 
 def seed_rules(now=None):
@@ -86,7 +81,7 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
                     items=None, now=None):
     """Record a purchase and credit its points (pending for the return window, if one is set)."""
     now = now or clock.now()
-    home_currency, tz = settings()
+    home_currency, tz = settings().currency, settings().timezone
     currency = (currency or home_currency).upper()
     occurred_at = clock.as_utc(occurred_at) if occurred_at else now
     if currency != home_currency:
@@ -194,7 +189,7 @@ def _expired_not_yet_reversed(purchase):
 def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
     """Award behaviour points for one event, within the type's cap for its period."""
     now = now or clock.now()
-    _, tz = settings()
+    tz = settings().timezone
     occurred_at = clock.as_utc(occurred_at) if occurred_at else now
     if occurred_at > now + CLOCK_SKEW or occurred_at < now - ACTIVITY_BACKDATE_LIMIT:
         raise ValidationFailed("The activity time must be within the last 7 days and not in the future.",
@@ -239,7 +234,7 @@ def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
 def adjust_points(member_id, points, reason, actor, now=None):
     """An admin's correction: a credit (a new lot) or a debit (available first, then debt)."""
     now = now or clock.now()
-    _, tz = settings()
+    tz = settings().timezone
     if points == 0:
         raise ValidationFailed("An adjustment must add or remove points; 0 changes nothing.",
                                errors={"points": ["Must not be 0."]})
@@ -274,7 +269,7 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
     own transaction, under the account's lock), so the same payment sent again is refused again,
     even if points have arrived since: the till took cash, and a retry must not charge the member."""
     now = now or clock.now()
-    currency, _ = settings()
+    currency = settings().currency
     rules = current_rules()
     value = rules_mod.payment_money_value(points, rules)
     if value is None or value <= 0:

@@ -10,7 +10,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import audit, clock
 from loyalty.cursors import decode_cursor, encode_cursor
@@ -26,6 +25,7 @@ from loyalty.points.models import Purchase
 from loyalty.points.settings import current_rules
 from loyalty.referrals.models import Referral, ReferralCampaign
 from loyalty.webhooks import service as webhooks
+from loyalty.config import settings
 
 ZERO = Decimal("0.00")
 CAMPAIGN_FIELDS = ("name", "starts_at", "ends_at", "referrer_points", "referee_points", "min_first_purchase",
@@ -44,7 +44,7 @@ CAMPAIGN_DEFAULTS = {"return_window_days": 30, "ambassador_bonus_points": ZERO, 
 
 def create_campaign(fields, actor, now=None):
     now = now or clock.now()
-    fields = {**CAMPAIGN_DEFAULTS, "starts_at": now, "link_template": current_app.config["LOYALTY_REFERRAL_LINK"],
+    fields = {**CAMPAIGN_DEFAULTS, "starts_at": now, "link_template": settings().referral_link,
               **fields}
     with transaction():
         _lock_campaigns()
@@ -184,7 +184,7 @@ def referrer_for_code(code, new_identities, now):
         raise ValidationFailed("No referral campaign is running now, so this code earns nothing; "
                                "register without it.", errors={"referral_code": ["No campaign is running."]})
     phone, email, identities = new_identities
-    region = current_app.config.get("LOYALTY_PHONE_REGION", "CN")  # any spelling of one number is the same phone
+    region = settings().phone_region  # any spelling of one number is the same phone
     own = phones.same_number(phone, referrer.phone, region) or (email is not None and email == referrer.email) \
         or any((i.channel, i.external_id) in set(identities) for i in referrer.identities)
     if own:
@@ -317,13 +317,13 @@ def on_refund(account, purchase, now):
 
 
 def _bonus_expiry(now):
-    return rules_mod.expires_at(now, now, current_rules(), current_app.config["LOYALTY_TIMEZONE"])
+    return rules_mod.expires_at(now, now, current_rules(), settings().timezone)
 
 
 def expire_referrals(as_of, progress=None, now=None):
     """Pending referrals whose deadline passed by the end of local day `as_of` expire. One UPDATE."""
     now = now or clock.now()
-    cutoff = min(now, clock.end_of_local_day(as_of, current_app.config["LOYALTY_TIMEZONE"]))
+    cutoff = min(now, clock.end_of_local_day(as_of, settings().timezone))
     with transaction():
         result = db.session.execute(
             sa.update(Referral).where(Referral.status == "pending", Referral.deadline < cutoff)
@@ -353,6 +353,6 @@ def member_referral(member_id):
 
 
 def referral_link(member, campaign):
-    template = campaign.link_template if campaign else current_app.config["LOYALTY_REFERRAL_LINK"]
+    template = campaign.link_template if campaign else settings().referral_link
     return template.replace("{code}", member.referral_code)
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import audit, clock
 from loyalty.cursors import decode_cursor, encode_cursor
@@ -32,6 +31,7 @@ from loyalty.points.models import Entry
 from loyalty.rewards.models import KINDS, LIMIT_PERIODS, Redemption, Reward, Voucher
 from loyalty.tiers import service as tiers
 from loyalty.webhooks import service as webhooks
+from loyalty.config import settings
 
 # No 0/O, 1/I/L: a cashier may have to type it. 12 characters of 31: about 2^59 codes.
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -41,10 +41,6 @@ EDITABLE = ("name", "description", "kind", "cash_value", "points_cost", "stock",
             "limit_period", "min_tier", "valid_from", "valid_until", "voucher_valid_days", "active",
             "image_url")
 
-
-
-def _tz():
-    return current_app.config["LOYALTY_TIMEZONE"]
 
 
 # --- the catalog ----------------------------------------------------------------------------------
@@ -173,7 +169,7 @@ def _units_redeemed(member_id, reward_ids, now):
     """{reward id: {"ever": units, "month": units this local month}}: vouchers not void."""
     if not reward_ids:
         return {}
-    month_start = clock.start_of_local_day(clock.local_date(now, _tz()).replace(day=1), _tz())
+    month_start = clock.start_of_local_day(clock.local_date(now, settings().timezone).replace(day=1), settings().timezone)
     rows = db.session.execute(
         sa.select(Voucher.reward_id, sa.func.count(),
                   sa.func.sum(sa.case((Voucher.created_at >= month_start, 1), else_=0)))
@@ -220,7 +216,7 @@ def redeem(member_id, reward_id, quantity=1, now=None):
         db.session.flush()
         redemption.entry_id = entry.id
         expires_at = clock.end_of_local_day(
-            clock.local_date(now, _tz()) + timedelta(days=reward.voucher_valid_days), _tz())
+            clock.local_date(now, settings().timezone) + timedelta(days=reward.voucher_valid_days), settings().timezone)
         for _ in range(quantity):
             db.session.add(Voucher(code=_new_code(), redemption=redemption, reward_id=reward.id,
                                    member_id=member_id, status="issued", expires_at=expires_at,

@@ -7,7 +7,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import clock
 from loyalty.database import Money, UTCDateTime, transaction
@@ -15,10 +14,7 @@ from loyalty.extensions import db
 from loyalty.jobs.batching import BATCH, day_cutoff, id_ranges
 from loyalty.members.models import Member
 from loyalty.points.models import Activity, Purchase
-
-
-def _setting(name):
-    return current_app.config[name]
+from loyalty.config import settings
 
 
 def lifecycle(as_of, progress=None, now=None, batch=BATCH):
@@ -28,9 +24,9 @@ def lifecycle(as_of, progress=None, now=None, batch=BATCH):
     now = now or clock.now()
     at = day_cutoff(as_of, now)
     when = UTCDateTime()
-    new_since = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_NEW_DAYS")), when)
-    active_since = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_ACTIVE_DAYS")), when)
-    churn_before = sa.literal(at - timedelta(days=_setting("LOYALTY_LIFECYCLE_CHURN_DAYS")), when)
+    new_since = sa.literal(at - timedelta(days=settings().lifecycle_new_days), when)
+    active_since = sa.literal(at - timedelta(days=settings().lifecycle_active_days), when)
+    churn_before = sa.literal(at - timedelta(days=settings().lifecycle_churn_days), when)
 
     def stages(low, high):
         bought = (sa.select(Purchase.member_id.label("member_id"),
@@ -90,11 +86,11 @@ def value_segments(as_of, progress=None, now=None, batch=BATCH):
     now = now or clock.now()
     at = day_cutoff(as_of, now)
     year_ago = at - timedelta(days=365)
-    at_risk_since = at - timedelta(days=_setting("LOYALTY_SEGMENT_AT_RISK_DAYS"))
+    at_risk_since = at - timedelta(days=settings().segment_at_risk_days)
     net = Purchase.amount - Purchase.refunded_amount
     # The spend a member needs to be in the top share: the spend of the member ranked
     # max(1, floor(buyers x share)) by the year's spend, in one pass over the year's purchases.
-    share_num, share_den = Decimal(str(_setting("LOYALTY_SEGMENT_HIGH_VALUE_SHARE"))).as_integer_ratio()
+    share_num, share_den = Decimal(str(settings().segment_high_value_share)).as_integer_ratio()
     spends = (sa.select(sa.func.sum(net).label("spend"),
                         sa.func.row_number().over(order_by=sa.func.sum(net).desc()).label("position"),
                         sa.func.count().over().label("buyers"))
@@ -107,7 +103,7 @@ def value_segments(as_of, progress=None, now=None, batch=BATCH):
     db.session.rollback()
     when = UTCDateTime()
     in_year = Purchase.occurred_at >= sa.literal(year_ago, when)
-    potential_max = Decimal(str(_setting("LOYALTY_SEGMENT_POTENTIAL_MAX_AVERAGE")))
+    potential_max = Decimal(str(settings().segment_potential_max_average))
 
     def segments(low, high):
         # Per member, in one pass over their purchases before the cutoff: the last one, and the
@@ -125,7 +121,7 @@ def value_segments(as_of, progress=None, now=None, batch=BATCH):
             (last_purchase.is_(None), None),
             (last_purchase < sa.literal(at_risk_since, when), "at_risk"),
             *([(year_spend >= sa.literal(threshold, Money()), "high_value")] if threshold is not None else []),
-            (sa.and_(year_count >= _setting("LOYALTY_SEGMENT_POTENTIAL_MIN_PURCHASES"),
+            (sa.and_(year_count >= settings().segment_potential_min_purchases,
                      year_spend < sa.literal(potential_max, Money()) * year_count), "potential"),
             else_="low_value")
         member = sa.orm.aliased(Member, name="member")

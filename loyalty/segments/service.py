@@ -9,7 +9,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import audit, clock
 from loyalty.database import Money, Points, transaction
@@ -22,6 +21,7 @@ from loyalty.points.settings import current_rules
 from loyalty.referrals.service import active_campaign, campaign_stats
 from loyalty.segments.models import MemberTag
 from loyalty.tiers.models import Tier
+from loyalty.config import settings
 
 STAGES = ("potential", "new", "active", "dormant", "churned")
 VALUE_SEGMENTS = ("high_value", "potential", "low_value", "at_risk")
@@ -203,7 +203,7 @@ def overview(now=None):
             "outstanding": outstanding, "available": available, "pending": pending, "debt": debt,
             "outstanding_money_value": {
                 "amount": (outstanding / rules.payment_points_per_unit).quantize(Decimal("0.01")),
-                "currency": current_app.config["LOYALTY_CURRENCY"]},
+                "currency": settings().currency},
             "expiring_30_days": expiring,
         },
         "last_30_days": {
@@ -220,7 +220,7 @@ def overview(now=None):
 def liability(now=None):
     """Outstanding points by the month (local) they expire in; `never` for points that do not."""
     now = now or clock.now()
-    tz = current_app.config["LOYALTY_TIMEZONE"]
+    tz = settings().timezone
     rows = db.session.execute(
         sa.select(Lot.expires_at, sa.type_coerce(sa.func.sum(Lot.remaining), Points()))
         .where(Lot.status.in_(("available", "pending")), Lot.remaining > 0)

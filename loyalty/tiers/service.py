@@ -10,9 +10,9 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import audit, clock, settings_cache
+from loyalty.config import settings
 from loyalty.database import Money, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
@@ -26,12 +26,6 @@ from loyalty.tiers.rules import TierRule
 from loyalty.webhooks import service as webhooks
 
 HISTORY_LIMIT = 100
-
-
-def settings():
-    config = current_app.config
-    return (config["LOYALTY_TIER_WINDOW_MONTHS"], config["LOYALTY_TIER_PROTECTION_MONTHS"],
-            config["LOYALTY_TIER_MAX_DROP"], config["LOYALTY_TIMEZONE"])
 
 
 # --- the ladder ---------------------------------------------------------------------------------
@@ -133,13 +127,13 @@ def earn_multiplier(member):
 
 def window_start(day: date):
     """The first instant of the qualification window that ends with local `day`."""
-    window_months, _, _, tz = settings()
+    window_months, tz = settings().tier_window_months, settings().timezone
     return clock.start_of_local_day(rules.months_before(day, window_months) + timedelta(days=1), tz)
 
 
 def protected_until(day: date):
     """A tier reached on local `day` is held through this instant (the end of its anniversary)."""
-    _, protection_months, _, tz = settings()
+    protection_months, tz = settings().tier_protection_months, settings().timezone
     return clock.end_of_local_day(rules.months_after(day, protection_months), tz)
 
 
@@ -148,7 +142,7 @@ def qualifying(member_id, now):
 
     No upper bound: a request that waited for the account's lock counts what the requests
     before it recorded, even if their clocks read a little later than its own."""
-    _, _, _, tz = settings()
+    tz = settings().timezone
     start = window_start(clock.local_date(now, tz))
     row = db.session.execute(_QUALIFYING, {"member_id": member_id, "start": start}).one()
     return row[0], row[1], start
@@ -179,7 +173,7 @@ def upgrade_if_qualified(member, now, purchase=None):
     reached = rules.tier_for(spend, activities, ladder_now)
     if reached.rank <= current.rank:
         return None
-    _, _, _, tz = settings()
+    tz = settings().timezone
     return move_tier(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
                  note=f"Qualifying spend {spend}, {activities} activities",
                  purchase_id=None if purchase is None else purchase.id)
@@ -242,7 +236,7 @@ def undo_returned_upgrades(member, purchase, refunded, now):
                      key=lambda rule: rule.rank)
     if target.rank >= current.rank:
         return None
-    _, _, _, tz = settings()
+    tz = settings().timezone
     if target.code == undone.from_code:  # back where they were: as they were
         previous = db.session.scalar(
             sa.select(TierChange).where(TierChange.member_id == member.id, TierChange.id < undone.id)
@@ -276,7 +270,7 @@ def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=N
     """An admin puts a member in a tier by hand. With `guaranteed_until` (a local date) the
     recompute will not move them down before the end of that day."""
     now = now or clock.now()
-    _, _, _, tz = settings()
+    tz = settings().timezone
     if guaranteed_until is not None and guaranteed_until < clock.local_date(now, tz):
         raise ValidationFailed("The guarantee must end today or later.",
                                errors={"guaranteed_until": ["Must not be in the past."]})
@@ -366,7 +360,7 @@ def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
     moves into tier history, selected from the window's aggregates, then one UPDATE of the members
     from those rows. No query per member. Returns {"members", "upgraded", "downgraded"}."""
     now = now or clock.now()
-    _, _, max_drop, tz = settings()
+    max_drop, tz = settings().tier_max_drop, settings().timezone
     if as_of > clock.local_date(now, tz):
         raise ValidationFailed(f"{as_of} has not come yet: a recompute judges days that have begun, "
                                "today or earlier.", errors={"as_of": ["Must not be in the future."]})

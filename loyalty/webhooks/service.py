@@ -20,7 +20,6 @@ from datetime import timedelta
 
 import simplejson
 import sqlalchemy as sa
-from flask import current_app
 
 from loyalty import audit, clock
 from loyalty.database import transaction
@@ -29,6 +28,7 @@ from loyalty.extensions import db
 from loyalty.json import json_default
 from loyalty.webhooks import destinations, sender
 from loyalty.webhooks.models import EVENTS, Attempt, Delivery, Event, Subscription, SubscriptionEvent
+from loyalty.config import settings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _check(fields):
     errors = {}
     if "url" in fields:
         try:
-            destinations.check(fields["url"], current_app.config["LOYALTY_WEBHOOK_ALLOW_PRIVATE"])
+            destinations.check(fields["url"], settings().webhook_allow_private)
         except destinations.Refused as refused:
             errors["url"] = [refused.message]
     if "events" in fields:
@@ -207,7 +207,7 @@ def subscribers(event_type):
     LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS (5) in this process, so a purchase does not pay a round
     trip to learn that nobody listens; a change of subscriptions reaches other processes within that
     time (this one at once)."""
-    ttl = current_app.config["LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS"]
+    ttl = settings().webhook_subscribers_cache_seconds
     cached = _subscribers.get(event_type)
     if cached is None or time.monotonic() - cached[0] >= ttl:
         ids = db.session.scalars(
@@ -283,7 +283,7 @@ def deliver_due(as_of=None, progress=None, now=None, send=None):
     lost to a later failure (so nothing is sent twice for it). A delivery that fails is due later,
     so one run tries each at most once. `as_of` is unused (deliveries are due by the clock); `send`
     replaces the HTTP call in tests."""
-    config = current_app.config
+    config = settings()
     send = send or _post
     totals = {"delivered": 0, "failed": 0, "dead": 0, "rows": 0}
     after = 0
@@ -294,7 +294,7 @@ def deliver_due(as_of=None, progress=None, now=None, send=None):
                       Subscription.secret)
             .join(Event, Event.id == Delivery.event_id).join(Subscription, Subscription.id == Delivery.subscription_id)
             .where(*_due(started), Delivery.id > after).order_by(Delivery.id)
-            .limit(config["LOYALTY_WEBHOOK_BATCH"])).all()
+            .limit(config.webhook_batch)).all()
         db.session.rollback()  # no transaction stays open while we wait for receivers
         if not batch:
             return totals
@@ -315,7 +315,7 @@ def _attempt(row, send, config, now):
         headers = {"Content-Type": "application/json", "User-Agent": "loyalty-webhooks/1",
                    "X-Loyalty-Event": event_type, "X-Loyalty-Event-Id": event_id,
                    "X-Loyalty-Delivery": str(delivery_id), SIGNATURE_HEADER: signature(secret, payload)}
-        status_code, error = send(url, payload, headers, config["LOYALTY_WEBHOOK_TIMEOUT_SECONDS"])
+        status_code, error = send(url, payload, headers, config.webhook_timeout_seconds)
     except Exception:  # noqa: BLE001 - one delivery's failure is recorded on it, never the job's
         log.exception("webhook delivery %s failed unexpectedly", delivery_id)
         status_code, error = None, "the delivery failed unexpectedly; the error is in the service's log"
@@ -324,8 +324,8 @@ def _attempt(row, send, config, now):
 
 
 def _record(results, config, totals):
-    max_attempts = config["LOYALTY_WEBHOOK_MAX_ATTEMPTS"]
-    backoff = timedelta(seconds=config["LOYALTY_WEBHOOK_BACKOFF_SECONDS"])
+    max_attempts = config.webhook_max_attempts
+    backoff = timedelta(seconds=config.webhook_backoff_seconds)
     with transaction():
         db.session.execute(sa.insert(Attempt), [
             {"delivery_id": delivery_id, "attempted_at": at, "status_code": code, "error": error,
@@ -354,4 +354,4 @@ def _record(results, config, totals):
 
 def _post(url, body, headers, timeout):
     """(status code or None, error in our words or None): see sender.post."""
-    return sender.post(url, body, headers, timeout, current_app.config["LOYALTY_WEBHOOK_ALLOW_PRIVATE"])
+    return sender.post(url, body, headers, timeout, settings().webhook_allow_private)

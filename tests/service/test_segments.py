@@ -44,13 +44,14 @@ from loyalty import clock
 from loyalty.audit import AuditEntry
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.jobs import member_jobs, points_jobs
 from loyalty.members import merge
 from loyalty.members.models import Member
+from loyalty.points import jobs as points_jobs
 from loyalty.points import service as points
 from loyalty.points.rules import EarningRules
 from loyalty.referrals import service as referrals
 from loyalty.rewards import service as rewards
+from loyalty.segments import jobs as segment_jobs
 from loyalty.segments import service as segments
 from loyalty.segments.models import MemberTag
 from loyalty.tiers import service as tiers
@@ -118,8 +119,8 @@ def build_world():
     rules(N - 2 * DAY, pending_days=7)
     factories.purchase(g.id, "80.50", now=N - 2 * DAY)
     rules(N - 2 * DAY)
-    member_jobs.lifecycle(TODAY, now=N)
-    member_jobs.value_segments(TODAY, now=N)
+    segment_jobs.lifecycle(TODAY, now=N)
+    segment_jobs.value_segments(TODAY, now=N)
     db.session.remove()
     return SimpleNamespace(a=a.id, b=b.id, c=c.id, d=d.id, e=e.id, f=f.id, g=g.id, reward=mug.id)
 
@@ -213,8 +214,8 @@ def test_plain_potential_is_the_value_segment_and_stage_potential_the_lifecycle_
     for day in range(4):  # four purchases averaging 50.00: "potential" by value
         factories.purchase(buyer.id, "50.00", now=N - (10 + day) * DAY)
     never_bought = new_member(now=N - 40 * DAY)
-    member_jobs.lifecycle(TODAY, now=N)
-    member_jobs.value_segments(TODAY, now=N)
+    segment_jobs.lifecycle(TODAY, now=N)
+    segment_jobs.value_segments(TODAY, now=N)
     db.session.remove()
 
     assert ids("potential") == ids("segment:potential") == [buyer.id]

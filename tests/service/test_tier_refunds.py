@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from loyalty.extensions import db
-from loyalty.jobs import member_jobs
+from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
 from loyalty.points import service as points
 from loyalty.tiers import service as tiers

@@ -16,7 +16,9 @@ import sqlalchemy as sa
 from loyalty.audit import AuditEntry
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.jobs import member_jobs, points_jobs, registry, runner
+from loyalty.jobs import registry, runner
+from loyalty.members import jobs as member_jobs
+from loyalty.points import jobs as points_jobs
 from loyalty.points import service as points
 from loyalty.referrals import service as referrals
 from loyalty.rewards import service as rewards
