@@ -273,12 +273,12 @@ def _life(rng, person, big, anchor, zone):
         amounts += [_price(rng, rng.uniform(60, 400)) for _ in range(later)]
     elif big is not None:
         _, (low, high), (fewest, most) = big
-        target = Decimal(rng.randint(low, high))
+        target = rng.randint(low, high)  # whole yuan, to spread as shelf prices (_price makes them Decimal)
         count = rng.randint(fewest, most)
         window_start = max(joined + timedelta(hours=2), anchor - timedelta(days=355))
         times = sorted(_between(rng, window_start, anchor - timedelta(hours=2)) for _ in range(count))
         weights = [rng.lognormvariate(0, 0.4) for _ in range(count)]
-        amounts = [_price(rng, float(target) * w / sum(weights)) for w in weights]
+        amounts = [_price(rng, target * w / sum(weights)) for w in weights]
         if joined < window_start - timedelta(days=7):  # a few purchases before the window
             extra = rng.randint(0, 3)
             before = sorted(_between(rng, joined, window_start) for _ in range(extra))
