@@ -99,10 +99,10 @@ def _ascii_integer(field, value):
     number, or a string of ASCII digits, within 64 bits (more would overflow the database)."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, (Decimal, float)) and value == value and abs(value) != float("inf"):
+    elif isinstance(value, Decimal) and value.is_finite():  # a JSON 3.0 (our parser reads no floats)
         if abs(value) > MAX_ID:
             raise OverflowError(value)
-        number = int(value)  # a JSON 3.0; floats only from our own code, never from a body
+        number = int(value)
         if number != value:
             raise ValueError(value)
     elif isinstance(value, str) and _ASCII_INTEGER.fullmatch(value) and len(value) <= 20:
