@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from flask import g, request
 from sqlalchemy.orm import Mapped, mapped_column
 
-from loyalty import audit, clock
+from loyalty import audit, clock, settings_cache
 from loyalty.database import BigId, UTCDateTime, transaction
 from loyalty.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from loyalty.extensions import Model, db
@@ -100,8 +100,10 @@ def describe(key):
             "key_hint": key.key_hint, "revoked": key.revoked_at is not None}
 
 
-# Built once: every request runs it (see ledger._LOCK_ACCOUNT).
-_ACTIVE_KEY = (sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id)
+# Built once: every request runs it (see ledger._LOCK_ACCOUNT). It reads the settings version too, so
+# a request learns of a settings change made by any process without another round trip
+# (loyalty/settings_cache.py).
+_ACTIVE_KEY = (sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id, settings_cache.VERSION)
                .where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
 
 
@@ -113,6 +115,7 @@ def authenticate(header):
     row = db.session.execute(_ACTIVE_KEY, {"key_hash": hash_key(token.strip())}).first()
     if row is None:
         raise Unauthorized("This API key is unknown or has been revoked; ask an admin for a valid key.")
+    settings_cache.observe(row.settings_version)
     return Principal(key_id=row.id, name=row.name, role=row.role, store_id=row.store_id)
 
 

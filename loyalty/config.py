@@ -61,10 +61,10 @@ JOB_SETTINGS = {
     "LOYALTY_WEBHOOK_BACKOFF_SECONDS": 60,
     "LOYALTY_WEBHOOK_TIMEOUT_SECONDS": 10,
     "LOYALTY_WEBHOOK_BATCH": 200,
-    "LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS": 5,
-    # How long a process keeps the earning rules and the tier ladder it read (loyalty/settings_cache.py):
-    # a change reaches the other processes within this time, the one that made it at once.
-    "LOYALTY_SETTINGS_CACHE_SECONDS": 5,
+    # The settings a process keeps (rules, ladder, webhook subscribers: loyalty/settings_cache.py) are
+    # dropped the moment any process changes them, through the settings version every request reads
+    # with its key. This is only the safety net for a change made behind the service's back (psql).
+    "LOYALTY_SETTINGS_CACHE_SECONDS": 300,
 }
 
 
@@ -93,7 +93,6 @@ class Settings:
     webhook_backoff_seconds: int
     webhook_timeout_seconds: int
     webhook_batch: int
-    webhook_subscribers_cache_seconds: int
     settings_cache_seconds: int
     tier_window_months: int
     tier_protection_months: int

@@ -13,7 +13,6 @@ from loyalty.cli import main
 from loyalty.extensions import db
 from loyalty.points.service import seed_rules
 from loyalty.tiers.service import seed_tiers
-from loyalty.webhooks.service import forget_subscribers
 
 TEST_DATABASE_URL = os.environ.get("LOYALTY_TEST_DATABASE_URL")
 
@@ -68,13 +67,18 @@ def clean_database(app):
     (tests/service, tests/api, tests/jobs and the top-level migration and soak tests); tests/unit
     has neither app nor database."""
     with app.app_context():
-        empty_tables()
-        forget_subscribers()  # the webhook subscribers this process remembers went with the tables
-        settings_cache.forget()  # and so did the rules and tiers it keeps
-        seed_rules()
-        seed_tiers()
-        db.session.remove()
+        fresh_programme()
     yield
+
+
+def fresh_programme():
+    """Empty tables, then what a new database has: the settings version, default rules and tiers."""
+    empty_tables()
+    settings_cache.forget()  # the rules, tiers and webhook subscribers this process keeps went with the tables
+    settings_cache.seed_version()
+    seed_rules()
+    seed_tiers()
+    db.session.remove()
 
 
 PUBLIC_TEST_ADDRESS = "93.184.215.14"  # public, so allowed; never contacted: no test connects to it

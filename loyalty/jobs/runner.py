@@ -12,7 +12,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from loyalty import clock
+from loyalty import clock, settings_cache
 from loyalty.database import transaction
 from loyalty.extensions import db
 from loyalty.jobs.models import JobLock, JobRun
@@ -69,9 +69,11 @@ def run(job, as_of, progress=None):
 
     def beat(count):
         heartbeat(job.id, holder)
+        settings_cache.renew()  # the next batch reads settings changed since, as the next request would
         if progress:
             progress(count)
 
+    settings_cache.renew()
     try:
         summary = job.run(as_of, progress=beat)
     except BaseException as error:

@@ -20,7 +20,7 @@ from loyalty.points.models import Account, Entry, Lot, Purchase
 from loyalty.points.settings import current_rules
 from loyalty.referrals.service import active_campaign, campaign_stats
 from loyalty.segments.models import MemberTag
-from loyalty.tiers.models import Tier
+from loyalty.tiers.service import ladder
 from loyalty.config import settings
 
 STAGES = ("potential", "new", "active", "dormant", "churned")
@@ -101,9 +101,9 @@ def segment_condition(name):
 
 
 def _tier_codes():
-    """The ladder's codes, lowest first (read, not taken from a session cache that a long CSV
-    stream expunges)."""
-    return db.session.scalars(sa.select(Tier.code).order_by(Tier.rank)).all()
+    """The ladder's codes, lowest first (the ladder's one read model: immutable rules, so a long
+    CSV stream that expunges its session cannot spoil them)."""
+    return [tier.code for tier in ladder()]
 
 
 def segment_page(name, limit=50, after_id=None):

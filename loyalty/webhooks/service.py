@@ -21,7 +21,7 @@ from datetime import timedelta
 import simplejson
 import sqlalchemy as sa
 
-from loyalty import audit, clock
+from loyalty import audit, clock, settings_cache
 from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
@@ -73,9 +73,7 @@ def create_subscription(fields, actor, now=None):
         subscription.event_rows = [SubscriptionEvent(event=e) for e in sorted(set(fields["events"]))]
         db.session.add(subscription)
         db.session.flush()
-        forget_subscribers()
         audit.record(actor, "webhook.create", "webhook", subscription.id, None, _document(subscription), now)
-    forget_subscribers()  # again after the commit: a request in between may have read the old list
     return subscription
 
 
@@ -98,9 +96,7 @@ def update_subscription(subscription_id, changes, actor, now=None):
         after = _document(subscription)
         if "secret" in changes:
             after["secret"] = "changed"
-        forget_subscribers()
         audit.record(actor, "webhook.update", "webhook", subscription.id, before, after, now)
-    forget_subscribers()
     return subscription
 
 
@@ -115,9 +111,7 @@ def delete_subscription(subscription_id, actor, now=None):
                                                      Delivery.status == "pending")
                            .values(status="cancelled", next_attempt_at=None)
                            .execution_options(synchronize_session=False))
-        forget_subscribers()
         audit.record(actor, "webhook.delete", "webhook", subscription.id, before, None, now)
-    forget_subscribers()
     return subscription
 
 
@@ -199,28 +193,26 @@ def replay_dead(subscription_id, actor, now=None):
 
 # --- the outbox -------------------------------------------------------------------------------------
 
-_subscribers: dict[str, tuple[float, list[int]]] = {}  # event type -> (read at, subscription ids): this process's cache
-
-
 def subscribers(event_type):
-    """Ids of the active subscriptions that want `event_type` (a tiny indexed join). Kept for
-    LOYALTY_WEBHOOK_SUBSCRIBERS_CACHE_SECONDS (5) in this process, so a purchase does not pay a round
-    trip to learn that nobody listens; a change of subscriptions reaches other processes within that
-    time (this one at once)."""
-    ttl = settings().webhook_subscribers_cache_seconds
-    cached = _subscribers.get(event_type)
-    if cached is None or time.monotonic() - cached[0] >= ttl:
-        ids = db.session.scalars(
-            sa.select(SubscriptionEvent.subscription_id)
+    """Ids of the active subscriptions that want `event_type`. Every purchase asks, so the whole map
+    is kept per process (loyalty/settings_cache.py): a purchase does not pay a round trip to learn
+    that nobody listens, and a change of subscriptions reaches every process's next request."""
+    return settings_cache.cached("webhook_subscribers", _read_subscribers).get(event_type, ())
+
+
+def _read_subscribers():
+    wanted: dict[str, list[int]] = {}
+    for event, subscription_id in db.session.execute(
+            sa.select(SubscriptionEvent.event, SubscriptionEvent.subscription_id)
             .join(Subscription, Subscription.id == SubscriptionEvent.subscription_id)
-            .where(SubscriptionEvent.event == event_type, Subscription.active.is_(True),
-                   Subscription.deleted_at.is_(None))).all()
-        cached = _subscribers[event_type] = (time.monotonic(), ids)
-    return cached[1]
+            .where(Subscription.active.is_(True), Subscription.deleted_at.is_(None))
+            .order_by(SubscriptionEvent.event, SubscriptionEvent.subscription_id)):
+        wanted.setdefault(event, []).append(subscription_id)
+    return {event: tuple(ids) for event, ids in wanted.items()}
 
 
-def forget_subscribers():
-    _subscribers.clear()
+settings_cache.watch(Subscription, "webhook_subscribers")
+settings_cache.watch(SubscriptionEvent, "webhook_subscribers")
 
 
 def emit(event_type, data, now):

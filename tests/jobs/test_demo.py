@@ -6,19 +6,17 @@ from datetime import datetime, timezone
 import pytest
 import sqlalchemy as sa
 
-from loyalty import clock, demo, settings_cache
+from loyalty import clock, demo
 from loyalty.extensions import db
 from loyalty.members import service as members
 from loyalty.members.models import Member
 from loyalty.points.models import Activity, PointsPayment, Purchase, Refund
-from loyalty.points.service import seed_rules
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
 from loyalty.segments.models import MemberTag
 from loyalty.tiers.models import TierChange
-from loyalty.tiers.service import seed_tiers
 from loyalty.webhooks import service as webhooks
-from tests.conftest import empty_tables
+from tests.conftest import fresh_programme
 
 DAY = datetime(2026, 6, 15, 4, 0, tzinfo=timezone.utc)
 
@@ -129,11 +127,7 @@ def test_demo_killed_half_way_finishes_the_same_world_without_doubling(app, runn
     with app.app_context():
         world = _world()
         db.session.remove()  # its read transaction would hold up PostgreSQL's TRUNCATE
-        empty_tables()
-        settings_cache.forget()
-        seed_rules()
-        seed_tiers()
-        db.session.remove()
+        fresh_programme()
 
     played, run = [], demo.Player.run
 

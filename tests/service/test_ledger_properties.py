@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
                                  run_state_machine_as_test)
 
+from loyalty import settings_cache
 from loyalty.errors import Conflict, InsufficientPoints, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.service import register_member
@@ -249,6 +250,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.context = self.app.app_context()
         self.context.push()
         empty_tables()
+        settings_cache.seed_version()
         service.seed_rules(now=T0)
         tiers_out_of_reach()
         self.now = T0
@@ -567,6 +569,7 @@ class TwinMachine(RuleBasedStateMachine):
         self.context = self.app.app_context()
         self.context.push()
         empty_tables()
+        settings_cache.seed_version()
         service.seed_rules(now=T0)
         tiers_out_of_reach()
         self.now = T0

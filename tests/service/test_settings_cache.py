@@ -1,6 +1,7 @@
 """The earning rules and the tier ladder a process keeps (loyalty/settings_cache.py): a change made
-in this process is seen at once, one made elsewhere within LOYALTY_SETTINGS_CACHE_SECONDS, an
-uncommitted or rolled-back change never leaks into what others read."""
+in this process is seen at once (one made by another process through the service too: see
+tests/api/test_settings_version.py), one written behind the service's back within
+LOYALTY_SETTINGS_CACHE_SECONDS, an uncommitted or rolled-back change never leaks into what others read."""
 import json
 import time
 from dataclasses import replace
@@ -48,7 +49,7 @@ def test_a_rules_change_made_here_is_seen_at_once_by_the_next_purchase(ctx):
     assert factories.purchase(member.id, "100.00", receipt_no="R2", now=T0).record.points_earned == D("200.00")
 
 
-def test_a_change_made_by_another_process_is_seen_once_the_cache_time_has_passed(ctx, app, clock_ahead):
+def test_a_change_written_behind_the_services_back_is_seen_once_the_cache_time_has_passed(ctx, app, clock_ahead):
     assert points.current_rules().points_per_unit == Decimal("1")
     silver = tiers.ladder()[1]
     assert silver.code == "silver"
