@@ -1,5 +1,8 @@
 """The audit log: who changed what, before and after, when. Written in the change's transaction."""
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -22,12 +25,12 @@ class AuditEntry(Model):
     created_at = mapped_column(UTCDateTime, nullable=False)
 
 
-def document(obj, keys):
+def document(obj: object, keys: Iterable[str]) -> dict[str, Any]:
     """The JSON document of `obj`'s `keys` for an audit entry: decimals as strings, times in ISO."""
     return {key: plain(getattr(obj, key)) for key in keys}
 
 
-def plain(value):
+def plain(value: Any) -> Any:
     """A value as an audit document holds it: decimals as strings, times in ISO 8601, None as null."""
     if isinstance(value, Decimal):
         return str(value)
@@ -36,7 +39,8 @@ def plain(value):
     return value
 
 
-def record(actor, action, entity_type, entity_id, before, after, now):
+def record(actor: str, action: str, entity_type: str, entity_id: object, before: Any, after: Any,
+           now: datetime) -> None:
     """Add an audit entry to the current transaction (the caller commits)."""
     db.session.add(AuditEntry(
         actor=actor, action=action, entity_type=entity_type,
@@ -45,7 +49,9 @@ def record(actor, action, entity_type, entity_id, before, after, now):
     ))
 
 
-def entries(entity_type=None, action=None, actor=None, since=None, until=None, limit=50, before_id=None):
+def entries(entity_type: str | None = None, action: str | None = None, actor: str | None = None,
+            since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+            before_id: int | None = None) -> tuple[Sequence[AuditEntry], int | None]:
     """Audit entries newest first, filtered; keyset-paginated on the id."""
     query = sa.select(AuditEntry).order_by(AuditEntry.id.desc())
     if entity_type:

@@ -7,6 +7,7 @@ import contextvars
 from contextlib import contextmanager
 from datetime import timezone
 from decimal import Decimal
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -141,6 +142,13 @@ def transaction():
 
 # An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def rows_changed(statement: sa.Executable) -> int:
+    """Run an UPDATE or DELETE in the session's transaction; how many rows it changed (a conditional
+    UPDATE's answer: 1 if it won, 0 if a twin got there first)."""
+    result = db.session.execute(statement.execution_options(synchronize_session=False))
+    return cast(sa.CursorResult[Any], result).rowcount
 
 
 def render_migration_type(type_, obj, autogen_context):

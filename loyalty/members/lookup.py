@@ -7,7 +7,7 @@ from loyalty.extensions import db
 from loyalty.members.models import Member
 
 
-def member_or_404(member_id, lock=False):
+def member_or_404(member_id: int, lock: bool = False) -> Member:
     """The member; with `lock`, its row is locked for this transaction (FOR UPDATE on PostgreSQL)."""
     query = sa.select(Member).where(Member.id == member_id)
     if lock:

@@ -5,6 +5,9 @@ lots keep their points and expiry, entries (the history) keep their order, and p
 payments, redemptions, vouchers, activities, tier history, referrals, identities and tags all
 move to the surviving member; each side gets an entry that says so. The other member is closed
 and its lookups answer with the survivor. The ledger's invariants hold on both afterwards."""
+from datetime import datetime
+from typing import Any
+
 import sqlalchemy as sa
 
 from loyalty import audit, clock
@@ -12,9 +15,9 @@ from loyalty.database import transaction
 from loyalty.errors import Conflict, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members import phones, service
-from loyalty.members.models import MemberIdentity
+from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger
-from loyalty.points.models import Entry, Lot, PointsPayment, Purchase
+from loyalty.points.models import Account, Entry, Lot, PointsPayment, Purchase
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
 from loyalty.segments.models import MemberTag
@@ -22,7 +25,7 @@ from loyalty.tiers import service as tiers
 from loyalty.tiers.models import TierChange
 
 
-def merge_members(survivor_id, other_id, actor, now=None):
+def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | None = None) -> Member:
     now = now or clock.now()
     if survivor_id == other_id:
         raise ValidationFailed("A member cannot be merged into itself; name the other record.",
@@ -102,7 +105,7 @@ def merge_members(survivor_id, other_id, actor, now=None):
     return survivor
 
 
-def _keep_the_e164_phone(survivor, other):
+def _keep_the_e164_phone(survivor: Member, other: Member) -> None:
     """Two spellings of one number (a pair the E.164 migration left): the survivor keeps the E.164 one."""
     region = service.phone_region()
     number = phones.e164_or_none(other.phone, region)
@@ -113,6 +116,6 @@ def _keep_the_e164_phone(survivor, other):
         survivor.phone = number
 
 
-def _summary(account):
+def _summary(account: Account) -> dict[str, Any]:
     return {"member_id": account.member_id, "available": str(account.available), "pending": str(account.pending),
             "debt": str(account.debt), "lifetime_earned": str(account.lifetime_earned)}

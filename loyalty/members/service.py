@@ -1,6 +1,9 @@
 """Members: registration, lookup by any identity, profile changes, the card token."""
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -29,7 +32,7 @@ class Profile:
     channel: str | None = None
 
 
-def normalise_phone(phone):
+def normalise_phone(phone: str | None) -> str | None:
     """The phone in E.164 however it was typed (read in LOYALTY_PHONE_REGION), or a 422 naming it."""
     if phone is None:
         return None
@@ -39,19 +42,19 @@ def normalise_phone(phone):
         raise ValidationFailed(str(error), errors={"phone": [str(error)]}) from None
 
 
-def phone_region():
+def phone_region() -> str:
     return settings().phone_region
 
 
-def normalise_email(email):
+def normalise_email(email: str | None) -> str | None:
     return email.strip().lower() if email else email
 
 
-def new_code(length=8):
+def new_code(length: int = 8) -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(length))
 
 
-def member_number(member_id):
+def member_number(member_id: int) -> str:
     """A printable member number: 8, the id in nine digits, and a Luhn check digit."""
     digits = f"8{member_id:09d}"
     total = 0
@@ -64,8 +67,10 @@ def member_number(member_id):
     return digits + str((10 - total % 10) % 10)
 
 
-def register_member(name, phone=None, email=None, birthday=None, channel=None,
-                    external_ids=(), referral_code=None, now=None):
+def register_member(name: str, phone: str | None = None, email: str | None = None,
+                    birthday: date | None = None, channel: str | None = None,
+                    external_ids: Iterable[Mapping[str, str]] = (), referral_code: str | None = None,
+                    now: datetime | None = None) -> Member:
     """Create a member and its empty account. Each identity may belong to one member only.
 
     A `referral_code` names the member who invited this one (the referrals issue rewards it)."""
@@ -97,7 +102,7 @@ def register_member(name, phone=None, email=None, birthday=None, channel=None,
     return member
 
 
-def update_member(member_id, changes: dict, now=None):
+def update_member(member_id: int, changes: dict[str, Any], now: datetime | None = None) -> Member:
     """Change profile fields (name, phone, email, birthday, channel)."""
     now = now or clock.now()
     if "phone" in changes:
@@ -115,11 +120,12 @@ def update_member(member_id, changes: dict, now=None):
     return member
 
 
-def get_member(member_id, for_update=False):
+def get_member(member_id: int, for_update: bool = False) -> Member:
     return member_or_404(member_id, lock=for_update)
 
 
-def find_members(phone=None, email=None, channel=None, external_id=None, card=None):
+def find_members(phone: str | None = None, email: str | None = None, channel: str | None = None,
+                 external_id: str | None = None, card: str | None = None) -> list[Member]:
     """Members matching one identity (a list, empty when nobody matches)."""
     query = sa.select(Member)
     if phone is not None:
@@ -141,14 +147,14 @@ def find_members(phone=None, email=None, channel=None, external_id=None, card=No
     return list(dict.fromkeys(_survivor(member) for member in found))
 
 
-def _survivor(member):
+def _survivor(member: Member) -> Member:
     seen = 0
     while member.merged_into_id is not None and seen < 10:
-        member, seen = db.session.get(Member, member.merged_into_id), seen + 1
+        member, seen = db.session.get_one(Member, member.merged_into_id), seen + 1
     return member
 
 
-def member_id_for(member_id=None, card=None):
+def member_id_for(member_id: int | None = None, card: str | None = None) -> int:
     """Resolve a POS's member reference: an id, or the token read from the member's card QR
     (a card of a member merged into another credits the other)."""
     if member_id is not None:
@@ -159,14 +165,15 @@ def member_id_for(member_id=None, card=None):
     return _survivor(found).id
 
 
-def _check_birthday(birthday, now):
+def _check_birthday(birthday: date | None, now: datetime) -> None:
     """A birthday is a day in the past where the member lives (the deployment's time zone)."""
     if birthday is not None and birthday >= clock.local_date(now, settings().timezone):
         raise ValidationFailed("The birthday must be a date in the past.",
                                errors={"birthday": ["Must be a date in the past."]})
 
 
-def _check_identities_free(phone, email, identities, exclude=None):
+def _check_identities_free(phone: str | None, email: str | None, identities: Iterable[tuple[str, str]],
+                           exclude: int | None = None) -> None:
     def owner(query, what):
         found = db.session.scalar(query)
         if found is not None and found != exclude:
@@ -193,13 +200,14 @@ class SharedPhone:
     second: object  # the same, holding an older spelling
 
 
-def phone_duplicates():
+def phone_duplicates() -> tuple[list[SharedPhone], list[Any]]:
     """Open members sharing a number, and open members whose phone is not a valid number.
 
     Reads every open member's phone (about 80 µs each): an admin's check after the E.164 migration,
     not a request's. Merged pairs are gone from it (the merged-away member is closed)."""
     region = phone_region()
-    by_number, invalid = {}, []
+    by_number: dict[str, list[Any]] = {}
+    invalid: list[Any] = []
     query = (sa.select(Member.id, Member.member_no, Member.phone, Member.joined_at)
              .where(Member.phone.isnot(None), Member.status == "active")
              .order_by(Member.joined_at, Member.id).execution_options(yield_per=1000))
@@ -209,7 +217,7 @@ def phone_duplicates():
             invalid.append(member)
         else:
             by_number.setdefault(number, []).append(member)
-    shared = []
+    shared: list[SharedPhone] = []
     for number, holders in by_number.items():
         first = min(holders, key=lambda m: m.phone != number)
         shared += [SharedPhone(number, first, other) for other in holders if other is not first]

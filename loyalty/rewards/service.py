@@ -3,14 +3,16 @@ store accepts. Every write is one transaction; redemptions and cancellations loc
 account first (like every balance change), stock is taken with a conditional UPDATE, and a voucher
 is used with a conditional UPDATE, so two tills scanning it at once cannot both succeed."""
 import secrets
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
 from loyalty import audit, clock
 from loyalty.cursors import decode_cursor, encode_cursor
-from loyalty.database import transaction
+from loyalty.database import rows_changed, transaction
 from loyalty.errors import (
     Conflict,
     InsufficientPoints,
@@ -25,6 +27,7 @@ from loyalty.errors import (
 )
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
+from loyalty.members.models import Member
 from loyalty.outcome import Outcome
 from loyalty.points import ledger
 from loyalty.points.models import Entry
@@ -50,7 +53,7 @@ EDITABLE = ("name", "description", "kind", "cash_value", "points_cost", "stock",
 REWARD_DEFAULTS = {"description": "", "limit_period": "ever", "active": True, "voucher_valid_days": 30}
 
 
-def create_reward(fields, actor, now=None):
+def create_reward(fields: Mapping[str, Any], actor: str, now: datetime | None = None) -> Reward:
     now = now or clock.now()
     fields = {**REWARD_DEFAULTS, **fields}
     _check_reward(fields)
@@ -62,14 +65,14 @@ def create_reward(fields, actor, now=None):
     return reward
 
 
-def update_reward(reward_id, changes, actor, now=None):
+def update_reward(reward_id: int, changes: Mapping[str, Any], actor: str, now: datetime | None = None) -> Reward:
     now = now or clock.now()
     with transaction():
         reward = db.session.get(Reward, reward_id, with_for_update=True)
         if reward is None:
             raise NotFound(f"No reward with id {reward_id}.")
         before = reward_document(reward)
-        merged = {key: getattr(reward, key) for key in EDITABLE} | changes
+        merged = {key: getattr(reward, key) for key in EDITABLE} | dict(changes)
         _check_reward(merged)
         for key, value in changes.items():
             setattr(reward, key, value)
@@ -78,8 +81,8 @@ def update_reward(reward_id, changes, actor, now=None):
     return reward
 
 
-def _check_reward(fields):
-    errors = {}
+def _check_reward(fields: Mapping[str, Any]) -> None:
+    errors: dict[str, list[str]] = {}
     if fields.get("kind") not in KINDS:
         errors["kind"] = [f"Must be one of: {', '.join(KINDS)}."]
     if fields.get("kind") == "cash_voucher" and not fields.get("cash_value"):
@@ -98,22 +101,23 @@ def _check_reward(fields):
         raise ValidationFailed(f"The reward is not valid: {field}: {problem}", errors=errors)
 
 
-def reward_fields(reward):
+def reward_fields(reward: Reward) -> dict[str, Any]:
     return {key: getattr(reward, key) for key in ("id",) + EDITABLE + ("created_at", "updated_at")}
 
 
-def reward_document(reward):
+def reward_document(reward: Reward) -> dict[str, Any]:
     return audit.document(reward, ("id",) + EDITABLE)
 
 
-def get_reward(reward_id):
+def get_reward(reward_id: int) -> Reward:
     reward = db.session.get(Reward, reward_id)
     if reward is None:
         raise NotFound(f"No reward with id {reward_id}.")
     return reward
 
 
-def catalog(member_id=None, include_inactive=False, now=None):
+def catalog(member_id: int | None = None, include_inactive: bool = False,
+            now: datetime | None = None) -> list[dict[str, Any]]:
     """The rewards on offer now (all of them with `include_inactive`), cheapest first. With a
     member, each says whether that member can redeem one now and, if not, why."""
     now = now or clock.now()
@@ -129,7 +133,7 @@ def catalog(member_id=None, include_inactive=False, now=None):
     if ledger.has_due_lots(member_id, now):  # points released or expired since the last write
         with transaction():
             ledger.lock_account(member_id, now)
-    account = db.session.get(type(member.account), member_id, populate_existing=True)
+    account = db.session.get_one(type(member.account), member_id, populate_existing=True)
     redeemed = _units_redeemed(member_id, [r.id for r in rewards], now)
     items = []
     for reward in rewards:
@@ -139,7 +143,8 @@ def catalog(member_id=None, include_inactive=False, now=None):
     return items
 
 
-def _why_not(reward, member, available, redeemed, quantity, now):
+def _why_not(reward: Reward, member: Member, available: Decimal, redeemed: Mapping[int, Mapping[str, int]],
+             quantity: int, now: datetime) -> tuple[str, str] | None:
     """(machine code, sentence) of what stops this member redeeming `quantity`, or None."""
     if not reward.active or (reward.valid_from and reward.valid_from > now) or \
             (reward.valid_until and reward.valid_until <= now):
@@ -161,11 +166,11 @@ def _why_not(reward, member, available, redeemed, quantity, now):
     return None
 
 
-def _rank(code):
+def _rank(code: str | None) -> int:
     return next((tier.rank for tier in tiers.ladder() if tier.code == code), 0)
 
 
-def _units_redeemed(member_id, reward_ids, now):
+def _units_redeemed(member_id: int, reward_ids: list[int], now: datetime) -> dict[int, dict[str, int]]:
     """{reward id: {"ever": units, "month": units this local month}}: vouchers not void."""
     if not reward_ids:
         return {}
@@ -180,7 +185,7 @@ def _units_redeemed(member_id, reward_ids, now):
 
 # --- redemption -----------------------------------------------------------------------------------
 
-def redeem(member_id, reward_id, quantity=1, now=None):
+def redeem(member_id: int, reward_id: int, quantity: int = 1, now: datetime | None = None) -> Outcome:
     """Spend the member's points on `quantity` units of a reward: one voucher per unit."""
     now = now or clock.now()
     if not 1 <= quantity <= MAX_QUANTITY:
@@ -200,10 +205,9 @@ def redeem(member_id, reward_id, quantity=1, now=None):
             raise error(message)
         if reward.stock is not None:
             # The stock check above is a courtesy; this UPDATE is the guarantee under races.
-            taken = db.session.execute(
-                sa.update(Reward).where(Reward.id == reward.id, Reward.stock >= quantity)
-                .values(stock=Reward.stock - quantity).execution_options(synchronize_session=False))
-            if taken.rowcount != 1:
+            taken = rows_changed(sa.update(Reward).where(Reward.id == reward.id, Reward.stock >= quantity)
+                                 .values(stock=Reward.stock - quantity))
+            if taken != 1:
                 raise OutOfStock(f"{reward.name} has just run out.")
         cost = reward.points_cost * quantity
         redemption = Redemption(member_id=member_id, reward_id=reward.id, quantity=quantity,
@@ -226,11 +230,11 @@ def redeem(member_id, reward_id, quantity=1, now=None):
     return Outcome(redemption, account.member)
 
 
-def _new_code():
+def _new_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
-def cancel_redemption(redemption_id, actor, now=None):
+def cancel_redemption(redemption_id: int, actor: str, now: datetime | None = None) -> Outcome:
     """Unused vouchers become void; their points go back to the lots they came from (with those
     lots' expiry) and their units back to stock. Used vouchers stay used, their points spent."""
     now = now or clock.now()
@@ -270,11 +274,12 @@ def cancel_redemption(redemption_id, actor, now=None):
     return Outcome(redemption, account.member)
 
 
-def _entry(entry_id):
+def _entry(entry_id: int | None) -> Entry | None:
     return db.session.get(Entry, entry_id)
 
 
-def member_redemptions(member_id, limit=50, cursor=None):
+def member_redemptions(member_id: int, limit: int = 50,
+                       cursor: str | None = None) -> tuple[Sequence[Redemption], str | None]:
     """The member's redemptions with their vouchers, newest first, keyset-paginated."""
     member_or_404(member_id)
     query = sa.select(Redemption).where(Redemption.member_id == member_id).order_by(Redemption.id.desc())
@@ -286,39 +291,38 @@ def member_redemptions(member_id, limit=50, cursor=None):
 
 # --- vouchers -------------------------------------------------------------------------------------
 
-def normalise_code(code):
+def normalise_code(code: str) -> str:
     """What a cashier types or a scanner reads: any case, spaces or dashes."""
     return code.replace("-", "").replace(" ", "").upper()
 
 
-def voucher_status(voucher, now):
+def voucher_status(voucher: Voucher, now: datetime) -> str:
     if voucher.status == "issued" and voucher.expires_at <= now:
         return "expired"
     return voucher.status
 
 
-def get_voucher(code):
+def get_voucher(code: str) -> Voucher:
     voucher = db.session.scalar(sa.select(Voucher).where(Voucher.code == normalise_code(code)))
     if voucher is None:
         raise NotFound("No voucher with this code; check it was typed or scanned in full.")
     return voucher
 
 
-def use_voucher(code, store_id, now=None):
+def use_voucher(code: str, store_id: str, now: datetime | None = None) -> Voucher:
     """A till accepts the voucher. Once, ever: the UPDATE only matches an issued, unexpired voucher,
     so of two tills scanning it at the same instant exactly one succeeds."""
     now = now or clock.now()
     code = normalise_code(code)
     with transaction():
-        used = db.session.execute(
+        used = rows_changed(
             sa.update(Voucher).where(Voucher.code == code, Voucher.status == "issued", Voucher.expires_at > now)
-            .values(status="used", used_at=now, used_store_id=store_id)
-            .execution_options(synchronize_session=False))
+            .values(status="used", used_at=now, used_store_id=store_id))
         voucher = db.session.scalar(sa.select(Voucher).where(Voucher.code == code)
                                     .execution_options(populate_existing=True))
         if voucher is None:
             raise NotFound("No voucher with this code; check it was typed or scanned in full.")
-        if used.rowcount != 1:
+        if used != 1:
             if voucher.status == "used":
                 raise VoucherUsed(f"This voucher was already used at store {voucher.used_store_id} "
                                   f"on {voucher.used_at:%Y-%m-%d %H:%M} UTC.")

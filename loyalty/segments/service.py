@@ -5,8 +5,10 @@ import csv
 import io
 import re
 from collections import OrderedDict
-from datetime import timedelta
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -33,7 +35,7 @@ CSV_COLUMNS = ("member_no", "name", "phone", "tier", "lifecycle_stage", "value_s
 
 # --- tags -----------------------------------------------------------------------------------------
 
-def _clean_tags(tags):
+def _clean_tags(tags: Iterable[str]) -> list[str]:
     cleaned = sorted({tag.strip().lower() for tag in tags})
     bad = [tag for tag in cleaned if not TAG.match(tag)]
     if bad or not cleaned:
@@ -43,7 +45,7 @@ def _clean_tags(tags):
     return cleaned
 
 
-def add_tags(member_id, tags, actor, now=None):
+def add_tags(member_id: int, tags: Iterable[str], actor: str, now: datetime | None = None) -> list[str]:
     now = now or clock.now()
     tags = _clean_tags(tags)
     with transaction():
@@ -57,7 +59,7 @@ def add_tags(member_id, tags, actor, now=None):
     return member_tags(member_id)
 
 
-def remove_tags(member_id, tags, actor, now=None):
+def remove_tags(member_id: int, tags: Iterable[str], actor: str, now: datetime | None = None) -> list[str]:
     now = now or clock.now()
     tags = _clean_tags(tags)
     with transaction():
@@ -69,7 +71,7 @@ def remove_tags(member_id, tags, actor, now=None):
     return member_tags(member_id)
 
 
-def member_tags(member_id):
+def member_tags(member_id: int) -> list[str]:
     return list(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member_id)
                                    .order_by(MemberTag.tag)))
 
@@ -78,7 +80,7 @@ def member_tags(member_id):
 
 # --- segments -------------------------------------------------------------------------------------
 
-def segment_condition(name):
+def segment_condition(name: str) -> sa.ColumnElement[bool]:
     """The WHERE of a segment name: `high_value`, `at_risk`, `new`, ... (API.md), or
     `stage:<stage>`, `segment:<segment>`, `tier:<code>`, `tag:<tag>`."""
     kind, _, value = name.partition(":")
@@ -100,13 +102,14 @@ def segment_condition(name):
                    f"tier:<code> ({tier_codes}), tag:<tag>.")
 
 
-def _tier_codes():
+def _tier_codes() -> list[str]:
     """The ladder's codes, lowest first (the ladder's one read model: immutable rules, so a long
     CSV stream that expunges its session cannot spoil them)."""
     return [tier.code for tier in ladder()]
 
 
-def segment_page(name, limit=50, after_id=None):
+def segment_page(name: str, limit: int = 50, after_id: int | None = None) -> tuple[
+        Sequence[Member], dict[int, tuple[Any, Any]], int | None]:
     """A page of the segment's members by id, with the figures the CSV shows."""
     query = (sa.select(Member).where(segment_condition(name), Member.status == "active")
              .order_by(Member.id).limit(limit + 1))
@@ -118,7 +121,7 @@ def segment_page(name, limit=50, after_id=None):
     return members, _figures([m.id for m in members]), (members[-1].id if more else None)
 
 
-def _figures(member_ids):
+def _figures(member_ids: list[int]) -> dict[int, tuple[Any, Any]]:
     """{member id: (12-month spend, last purchase)} for a page of members: one GROUP BY."""
     if not member_ids:
         return {}
@@ -130,14 +133,14 @@ def _figures(member_ids):
     return {member_id: (total, last) for member_id, total, last in rows}
 
 
-def mask_phone(phone):
+def mask_phone(phone: str | None) -> str:
     """+8613812345678 -> +86138****5678: enough to recognise, not enough to call."""
     if not phone:
         return ""
     return phone[:-8] + "****" + phone[-4:] if len(phone) > 8 else "****"
 
 
-def csv_rows(name):
+def csv_rows(name: str) -> Iterator[str]:
     """The segment as CSV text, a page of members at a time (a generator: streamed, not built)."""
     segment_condition(name)  # an unknown segment is a 404 before the first byte
     yield _csv_line(CSV_COLUMNS)
@@ -155,13 +158,13 @@ def csv_rows(name):
             return
 
 
-def _csv_line(values):
+def _csv_line(values: Iterable[Any]) -> str:
     out = io.StringIO()
     csv.writer(out).writerow(values)
     return out.getvalue()
 
 
-def _inert(value):
+def _inert(value: Any) -> Any:
     """Free text a spreadsheet will not run: a name starting with = + - @ (a member may call
     themselves "=HYPERLINK(...)") gets a leading apostrophe."""
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
@@ -169,11 +172,12 @@ def _inert(value):
 
 # --- reports --------------------------------------------------------------------------------------
 
-def overview(now=None):
+def overview(now: datetime | None = None) -> dict[str, Any]:
     now = now or clock.now()
     # One pass over the members: counts by (tier, stage, segment), at most a few dozen groups.
     by_tier = {code: 0 for code in _tier_codes()}  # the ladder's order, empty tiers as 0
-    by_stage, by_segment = {}, {}
+    by_stage: dict[str, int] = {}
+    by_segment: dict[str, int] = {}
     for tier, stage, segment, count in db.session.execute(
             sa.select(Member.tier_code, Member.lifecycle_stage, Member.value_segment, sa.func.count())
             .where(Member.status == "active")
@@ -189,7 +193,7 @@ def overview(now=None):
     expiring = db.session.scalar(sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Lot.remaining), 0), Points()))
                                  .where(Lot.status == "available", Lot.remaining > 0, Lot.expires_at > now,
                                         Lot.expires_at <= now + timedelta(days=30)))
-    flows = dict(db.session.execute(
+    flows: dict[str, Decimal] = dict(db.session.execute(
         sa.select(Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
         .where(Entry.created_at >= now - timedelta(days=30), Entry.created_at <= now).group_by(Entry.type)).all())
     rules = current_rules()
@@ -217,7 +221,7 @@ def overview(now=None):
     }
 
 
-def liability(now=None):
+def liability(now: datetime | None = None) -> dict[str, Any]:
     """Outstanding points by the month (local) they expire in; `never` for points that do not."""
     now = now or clock.now()
     tz = settings().timezone
@@ -225,7 +229,7 @@ def liability(now=None):
         sa.select(Lot.expires_at, sa.type_coerce(sa.func.sum(Lot.remaining), Points()))
         .where(Lot.status.in_(("available", "pending")), Lot.remaining > 0)
         .group_by(Lot.expires_at).order_by(Lot.expires_at)).all()
-    months = OrderedDict()
+    months: OrderedDict[str, Decimal] = OrderedDict()
     never = Decimal("0.00")
     for expires_at, points in rows:
         if expires_at is None:
