@@ -141,6 +141,31 @@ def find_members(phone=None, email=None, channel=None, external_id=None, card=No
     return list(dict.fromkeys(_survivor(member) for member in found))
 
 
+def search(text):
+    """Members a person typed into one search box: an email, a member number (11 digits starting
+    with 8 whose check digit is right), a phone in any spelling, or a card QR token. A list, empty
+    when nobody matches; a phone that is not a valid number is simply not looked up as one."""
+    text = (text or "").strip()
+    if not text:
+        raise ValidationFailed("Type a phone number, a member number, an email or a card token.",
+                               errors={"q": ["Missing data for required field."]})
+    if "@" in text:
+        return find_members(email=text)
+    found = []
+    if len(text) == 11 and text.isascii() and text.isdigit() and text[0] == "8" \
+            and member_number(int(text[1:10])) == text:
+        found = db.session.scalars(sa.select(Member).where(Member.member_no == text)).all()
+        found = [_survivor(member) for member in found]
+    if not found:
+        try:
+            found = find_members(phone=text)
+        except ValidationFailed:
+            found = []
+    if not found:
+        found = find_members(card=text)
+    return found
+
+
 def _survivor(member):
     seen = 0
     while member.merged_into_id is not None and seen < 10:
