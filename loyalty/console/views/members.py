@@ -56,7 +56,8 @@ def _back(member_id, message):
 
 
 def _refused(member_id, error, form_name):
-    flash(error.message, "error")
+    """The member's page again, the service's sentence above the form that failed, field
+    messages next to their fields."""
     return member(member_id, errors={f"{form_name}.{k}": v for k, v in error.errors.items()} | {form_name: [error.message]},
                   status=422)
 
