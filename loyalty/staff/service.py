@@ -22,9 +22,10 @@ LOCK_MINUTES = 15
 MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 200
 
-_hasher = PasswordHasher()
+# argon2id with argon2-cffi's RFC 9106 low-memory defaults (64 MiB, 3 passes); tests swap in a cheaper one.
+HASHER = PasswordHasher()
 # Verified against when the email is unknown, so an unknown email costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
 
 
 class SignInRefused(LoyaltyError):
@@ -62,7 +63,7 @@ def create_staff(email, role, name=None, actor="cli", now=None):
         if db.session.scalar(sa.select(StaffMember.id).where(StaffMember.email == email)) is not None:
             raise Conflict(f"A staff member with the email {email} exists already.")
         staff = StaffMember(email=email, name=(name or email.split("@")[0]).strip()[:100], role=role,
-                            password_hash=_hasher.hash(password), must_change_password=True,
+                            password_hash=HASHER.hash(password), must_change_password=True,
                             failed_sign_ins=0, password_changed_at=now, created_at=now)
         db.session.add(staff)
         db.session.flush()
@@ -110,7 +111,7 @@ def reset_password(email, actor="cli", now=None):
     with transaction():
         staff = _by_email(email, lock=True)
         before = describe(staff)
-        staff.password_hash = _hasher.hash(password)
+        staff.password_hash = HASHER.hash(password)
         staff.must_change_password = True
         staff.failed_sign_ins = 0
         staff.locked_until = None
@@ -161,7 +162,7 @@ def _locked_message(until, now):
 
 def _verify(password_hash, password):
     try:
-        return _hasher.verify(password_hash, password or "")
+        return HASHER.verify(password_hash, password or "")
     except (VerificationError, InvalidHashError):
         return False
 
@@ -186,7 +187,7 @@ def change_password(staff_id, current, new, repeat, now=None):
             errors["current_password"] = ["The current password is wrong."]
         if errors:
             raise ValidationFailed(next(iter(errors.values()))[0], errors=errors)
-        staff.password_hash = _hasher.hash(new)
+        staff.password_hash = HASHER.hash(new)
         staff.must_change_password = False
         staff.password_changed_at = now
         audit.record(actor_of(staff), "staff.change_password", "staff", staff.id, None, None, now)

@@ -38,10 +38,25 @@ def update_tier(code):
         attempt(tiers_service.update_tier, code, data["name"], data["qualification"], data["benefits"], actor())
     except FormErrors as error:
         ladder = [tiers_service.tier_document(t) for t in tiers_service.tiers()]
-        return render_template("console/tiers.html", tiers=ladder, modes=MODES, errors=error.errors,
+        return render_template("console/tiers.html", tiers=ladder, modes=MODES, errors=_by_field(error.errors),
                                message=error.message, failed=code, form=request.form), 422
     flash(_("Tier saved."), "ok")
     return redirect(url_for("console.tiers"))
+
+
+# The ladder's problems (loyalty/tiers/rules.validate_ladder) are sentences about the whole ladder;
+# each is shown next to the field of the edited tier it is about.
+_LADDER_FIELDS = (("multiplier", "benefits.earn_multiplier"), ("birthday", "benefits.birthday_points"),
+                  ("mode", "qualification.mode"), ("threshold", "qualification.spend"),
+                  ("spend", "qualification.spend"), ("rank", "name"))
+
+
+def _by_field(errors):
+    placed = {key: list(value) for key, value in errors.items() if key != "tier"}
+    for problem in errors.get("tier", []):
+        field = next((name for word, name in _LADDER_FIELDS if word in problem), "name")
+        placed.setdefault(field, []).append(problem)
+    return placed
 
 
 @blp.route("/earning-rules")
