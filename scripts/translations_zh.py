@@ -103,7 +103,7 @@ ZH = {
     "Tags saved.": "标签已保存。", "Tier set.": "等级已设置。", "Member merged into this one.": "已合并到此会员。",
     "Tier saved.": "等级已保存。", "Earning rules saved.": "积分规则已保存。", "Referral campaign created.": "推荐活动已创建。",
     "Referral campaign saved.": "推荐活动已保存。", "Referral campaign stopped.": "推荐活动已停止。",
-    "Reward added to the catalog.": "奖励已加入目录。", "Reward saved.": "奖励已保存。",
+    "Reward added to the catalog.": "奖励已加入目录。", "Later expiry dates": "更晚的过期日期", "Reward saved.": "奖励已保存。",
 }
 
 

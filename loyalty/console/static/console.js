@@ -20,10 +20,11 @@
       series: [{ type: "bar", data: column(data.tiers, 1), label: { show: true, position: "top" } }] });
     draw("chart-stages", { tooltip: { trigger: "item" }, series: [{ type: "pie", radius: ["35%", "65%"],
       data: data.stages.map(function (r) { return { name: r[0], value: r[1] }; }), label: { formatter: "{b}: {c}" } }] });
-    draw("chart-flows", { legend: { data: ["earned", "burned"] }, xAxis: { type: "category", data: first(data.flows) },
+    var earned = data.labels.earned, burned = data.labels.burned;
+    draw("chart-flows", { legend: { data: [earned, burned] }, xAxis: { type: "category", data: first(data.flows) },
       yAxis: { type: "value" }, series: [
-        { name: "earned", type: "line", data: column(data.flows, 1) },
-        { name: "burned", type: "line", data: column(data.flows, 2) }] });
+        { name: earned, type: "line", data: column(data.flows, 1) },
+        { name: burned, type: "line", data: column(data.flows, 2) }] });
     draw("chart-liability", { xAxis: { type: "category", data: first(data.liability) }, yAxis: { type: "value" },
       series: [{ type: "bar", data: column(data.liability, 1) }] });
     var funnel = document.getElementById("chart-funnel");

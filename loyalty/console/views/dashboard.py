@@ -1,6 +1,8 @@
 from flask import render_template
+from flask_babel import gettext as _
 
 from loyalty.console.base import blp
+from loyalty.tiers import service as tiers_service
 from loyalty.segments import service as reports
 
 
@@ -11,9 +13,12 @@ def dashboard():
     overview = reports.overview()
     liability = reports.liability()
     flows = reports.daily_flows(30)
+    names = {tier.code: tier.name for tier in tiers_service.tiers()}
+    # The charts' labels in the page's language; the numbers as exact strings (JSON has no decimals).
     charts = {
-        "tiers": [[code, count] for code, count in overview["members"]["by_tier"].items()],
-        "stages": [[stage, count] for stage, count in overview["members"]["by_lifecycle_stage"].items()],
+        "labels": {"earned": _("Earned"), "burned": _("Burned")},
+        "tiers": [[names.get(code, code), count] for code, count in overview["members"]["by_tier"].items()],
+        "stages": [[_(stage), count] for stage, count in overview["members"]["by_lifecycle_stage"].items()],
         "flows": [[day["day"], str(day["earned"]), str(day["burned"])] for day in flows],
         "liability": [[item["month"], str(item["points"])] for item in liability["items"]],
     }
