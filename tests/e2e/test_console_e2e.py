@@ -134,3 +134,21 @@ def test_language_switch_is_remembered_and_sign_out(app, page):
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.goto("/console/")
     expect(page).to_have_url(re.compile(r"/console/sign-in"))
+
+
+def test_member_history_pages_in_place_with_htmx(app, page):
+    with app.app_context():
+        member = factories.member(name="Han Meimei")
+        for number in range(25):
+            factories.purchase(member.id, f"{number + 1}.00")
+        db.session.remove()
+    first_sign_in(page, "alice@example.com", create_staff(app, "alice@example.com", "admin"))
+    page.goto(f"/console/members/{member.id}?lang=en")
+    history = page.locator("#history")
+    expect(history).to_contain_text("Purchase")
+    expect(history.locator("tbody tr")).to_have_count(20)
+    page.evaluate("window.marker = 'still the same page'")
+    history.get_by_role("link", name="Next page").click()
+    expect(page.locator("#history tbody tr")).to_have_count(5)
+    expect(page).to_have_url(re.compile(r"cursor="))
+    assert page.evaluate("window.marker") == "still the same page"  # swapped in place, not reloaded
