@@ -155,6 +155,13 @@ def csv_rows(name):
             return
 
 
+def record_export(name, actor, now=None):
+    """A staff member downloaded a segment's members (names and masked phones): audit-logged."""
+    now = now or clock.now()
+    with transaction():
+        audit.record(actor, "segment.export", "segment", name[:64], None, {"segment": name}, now)
+
+
 def _csv_line(values):
     out = io.StringIO()
     csv.writer(out).writerow(values)

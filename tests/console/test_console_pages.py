@@ -350,3 +350,11 @@ def test_a_missing_record_is_a_404_page_not_json(admin):
 def test_a_nul_in_a_form_is_refused_before_anything(admin, member_id):
     response = admin.post(f"/console/members/{member_id}/adjust", {"points": "5", "reason": "bad\x00"})
     assert response.status_code == 400
+
+
+def test_staff_reads_of_a_member_and_segment_exports_are_audit_logged(app, marketing, member_id):
+    marketing.get(f"/console/members/{member_id}")
+    marketing.get("/console/segments/tier:ordinary/csv")
+    reads = audit_entries(app, "member.read")
+    assert [(e.actor, e.entity_id, e.after) for e in reads] == [(MARKETING_ACTOR, str(member_id), {"what": "member page"})]
+    assert [(e.actor, e.entity_id) for e in audit_entries(app, "segment.export")] == [(MARKETING_ACTOR, "tier:ordinary")]

@@ -39,6 +39,8 @@ def member(member_id, errors=None, status=200):
     """A member's page: profile, points and expiry, tier and progress, history (paged),
     redemptions, referrals, tags; the actions their role allows."""
     profile = members_service.get_member(member_id)
+    if not errors:  # a refused form shows the page again: the read was recorded on the way in
+        members_service.record_staff_read(member_id, actor(), "member page")
     cursor = request.args.get("cursor") or None
     entries, next_cursor = points_service.history(member_id, limit=HISTORY_PAGE, cursor=cursor)
     redemptions, _more = rewards_service.member_redemptions(member_id, limit=20)
