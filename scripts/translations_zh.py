@@ -103,6 +103,12 @@ ZH = {
     "Tags saved.": "标签已保存。", "Tier set.": "等级已设置。", "Member merged into this one.": "已合并到此会员。",
     "Tier saved.": "等级已保存。", "Earning rules saved.": "积分规则已保存。", "Referral campaign created.": "推荐活动已创建。",
     "Referral campaign saved.": "推荐活动已保存。", "Referral campaign stopped.": "推荐活动已停止。",
+    "Missing data for required field.": "必填项。", "Not a valid integer.": "不是有效的整数。",
+    "Not a valid number.": "不是有效的数字。", "Not a valid date.": "不是有效的日期。",
+    "Not a valid datetime.": "不是有效的日期时间。", "Must be greater than 0.": "必须大于 0。", "Must not be 0.": "不能为 0。",
+    "Must not be negative.": "不能为负数。", "Must have at most 2 decimal places.": "最多两位小数。",
+    "Must be a number.": "必须是数字。", "Must be a decimal number such as 120.5, in ASCII digits.":
+        "必须是数字，例如 120.5（半角数字）。", 'Must be a decimal string such as "199.00".': "必须是金额，例如 199.00。",
     "Reward added to the catalog.": "奖励已加入目录。", "Later expiry dates": "更晚的过期日期", "Reward saved.": "奖励已保存。",
 }
 

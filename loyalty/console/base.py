@@ -303,6 +303,13 @@ DATA_WORDS = (
     lazy_gettext("skipped"), lazy_gettext("goods"), lazy_gettext("service"), lazy_gettext("coupon"),
     lazy_gettext("cash_voucher"), lazy_gettext("month"), lazy_gettext("ever"), lazy_gettext("never"),
     lazy_gettext("days_after_available"), lazy_gettext("end_of_month"), lazy_gettext("end_of_year"),
+    # The field messages forms get most (marshmallow's and the API's own), shown next to a field.
+    lazy_gettext("Missing data for required field."), lazy_gettext("Not a valid integer."),
+    lazy_gettext("Not a valid number."), lazy_gettext("Not a valid date."), lazy_gettext("Not a valid datetime."),
+    lazy_gettext("Must be greater than 0."), lazy_gettext("Must not be 0."), lazy_gettext("Must not be negative."),
+    lazy_gettext("Must have at most 2 decimal places."), lazy_gettext("Must be a number."),
+    lazy_gettext("Must be a decimal number such as 120.5, in ASCII digits."),
+    lazy_gettext('Must be a decimal string such as "199.00".'),
 )
 
 

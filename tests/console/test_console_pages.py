@@ -358,3 +358,9 @@ def test_staff_reads_of_a_member_and_segment_exports_are_audit_logged(app, marke
     reads = audit_entries(app, "member.read")
     assert [(e.actor, e.entity_id, e.after) for e in reads] == [(MARKETING_ACTOR, str(member_id), {"what": "member page"})]
     assert [(e.actor, e.entity_id) for e in audit_entries(app, "segment.export")] == [(MARKETING_ACTOR, "tier:ordinary")]
+
+
+def test_field_messages_are_shown_in_chinese_on_a_chinese_page(admin, member_id):
+    admin.get("/console/?lang=zh")
+    refused = admin.post(f"/console/members/{member_id}/adjust", {"points": "0", "reason": "goodwill"})
+    assert refused.status_code == 422 and "不能为 0。" in text(refused)
