@@ -52,7 +52,7 @@ def require_staff():
     csrf.protect() if request.method in ("POST", "PUT", "PATCH", "DELETE") else None
     g.staff = _signed_in_staff()
     if g.staff is None and request.endpoint not in PUBLIC:
-        return redirect(url_for("console.sign_in", next=request.full_path if request.method == "GET" else None))
+        return redirect(url_for("console.sign_in", next=request.full_path.rstrip("?") if request.method == "GET" else None))
     if g.staff is not None and g.staff.must_change_password and request.endpoint not in BEFORE_NEW_PASSWORD:
         return redirect(url_for("console.change_password"))
     return None
