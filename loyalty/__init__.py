@@ -8,7 +8,7 @@ import os
 from flask import Flask
 
 import loyalty.models  # noqa: F401  every table, so Alembic and the app see one schema
-from loyalty import api
+from loyalty import api, console
 from loyalty import config as config_module
 from loyalty.api import docs_assets
 from loyalty.database import configure_engine, render_migration_type
@@ -50,6 +50,7 @@ def register_extensions(app):
 def register_blueprints(app):
     api.register_blueprints(app)
     app.register_blueprint(docs_assets.blp)
+    console.init_app(app)  # the marketing console at /console: its blueprint, CSRF, sessions, languages
 
 
 MIGRATIONS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")

@@ -26,6 +26,7 @@ from loyalty.jobs import scheduler as schedules
 from loyalty.members.service import phone_duplicates
 from loyalty.points.service import seed_rules
 from loyalty.points.verify import broken_accounts
+from loyalty.staff import service as staff_service
 from loyalty.tiers.service import seed_tiers
 from loyalty.config import settings
 
@@ -39,7 +40,7 @@ def main():
 
 def commands():
     migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
-    return [serve, api_keys, ledger, jobs, scheduler, members, demo, migrations]
+    return [serve, api_keys, ledger, jobs, scheduler, members, demo, staff, migrations]
 
 
 def prepare_database():
@@ -127,6 +128,63 @@ def revoke_key(key_id):
     except LoyaltyError as error:
         raise click.ClickException(error.message) from None
     click.echo(f"Revoked API key {key_id}.")
+
+
+@click.group()
+def staff():
+    """Console sign-in accounts: create, list, disable, reset a password."""
+
+
+@staff.command("create")
+@click.option("--email", required=True)
+@click.option("--role", required=True, type=click.Choice(staff_service.ROLES))
+@click.option("--name", help="How the console greets them (default: the email's first part).")
+@with_appcontext
+def create_staff(email, role, name):
+    """Create a staff account; its one-time password is printed once, alone on the last line.
+    The first sign-in asks for a new password."""
+    try:
+        member, password = staff_service.create_staff(email, role, name=name)
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Created staff account {member.email} ({member.role}). One-time password (shown once):")
+    click.echo(password)
+
+
+@staff.command("list")
+@with_appcontext
+def list_staff():
+    """Staff accounts and their state (never a password)."""
+    click.echo("email\trole\tname\tstate\tlast sign-in")
+    for member in staff_service.list_staff():
+        state = "disabled" if member.disabled_at else ("locked" if member.locked_until and member.locked_until > clock.now()
+                                                       else "active")
+        click.echo(f"{member.email}\t{member.role}\t{member.name}\t{state}\t{_when(member.last_sign_in_at) if member.last_sign_in_at else '-'}")
+
+
+@staff.command("disable")
+@click.argument("email")
+@with_appcontext
+def disable_staff(email):
+    """Disable an account; its sessions end at once."""
+    try:
+        staff_service.disable_staff(email)
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Disabled {staff_service.normalise_email(email)}.")
+
+
+@staff.command("reset-password")
+@click.argument("email")
+@with_appcontext
+def reset_staff_password(email):
+    """A new one-time password (printed once, on the last line); unlocks and re-enables the account."""
+    try:
+        member, password = staff_service.reset_password(email)
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"New one-time password for {member.email} (shown once; it must be changed at sign-in):")
+    click.echo(password)
 
 
 @click.group()

@@ -38,6 +38,8 @@ def from_environment(instance_path):
         "LOYALTY_TIER_WINDOW_MONTHS": int(os.environ.get("LOYALTY_TIER_WINDOW_MONTHS", "12")),
         "LOYALTY_TIER_PROTECTION_MONTHS": int(os.environ.get("LOYALTY_TIER_PROTECTION_MONTHS", "12")),
         "LOYALTY_TIER_MAX_DROP": int(os.environ.get("LOYALTY_TIER_MAX_DROP", "1")),
+        # The console signs a staff member out after this many minutes without a request.
+        "LOYALTY_CONSOLE_IDLE_MINUTES": int(os.environ.get("LOYALTY_CONSOLE_IDLE_MINUTES", "30")),
         # Webhooks may go to loopback, private, link-local... addresses: for development and tests
         # only (a receiver on this machine); in production they reach public addresses only.
         "LOYALTY_WEBHOOK_ALLOW_PRIVATE": os.environ.get("LOYALTY_WEBHOOK_ALLOW_PRIVATE", "0").strip().lower()
@@ -98,6 +100,7 @@ class Settings:
     tier_protection_months: int
     tier_max_drop: int
     webhook_allow_private: bool
+    console_idle_minutes: int
 
     @classmethod
     def from_config(cls, config) -> "Settings":

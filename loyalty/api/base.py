@@ -59,6 +59,12 @@ def refuse_malformed_input():
     for name, value in request.headers.items():
         if "\x00" in value:
             abort(400, f"The {name} header has a NUL character; send it without.")
+    if request.blueprint == "console":
+        # The console's pages post HTML forms: their values must be free of NULs like the rest.
+        for name, value in request.form.items(multi=True):
+            if "\x00" in value or "\x00" in name:
+                abort(400, "A form field has a NUL character; send it without.")
+        return
     raw = request.get_data(cache=True)
     if not raw:
         return

@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loyalty import clock
+from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
@@ -145,6 +145,39 @@ def find_members(phone: str | None = None, email: str | None = None, channel: st
     found = db.session.execute(query.order_by(Member.id)).unique().scalars().all()
     # A member closed by a merge answers with the member it was merged into.
     return list(dict.fromkeys(_survivor(member) for member in found))
+
+
+def record_staff_read(member_id: int, actor: str, what: str, now: datetime | None = None) -> None:
+    """A staff member saw a member's personal data (DESIGN, Security: every read by staff is
+    audit-logged): one audit entry, in its own short transaction."""
+    now = now or clock.now()
+    with transaction():
+        audit.record(actor, "member.read", "member", member_id, None, {"what": what}, now)
+
+
+def search(text: str | None) -> list[Member]:
+    """Members a person typed into one search box: an email, a member number (11 digits starting
+    with 8 whose check digit is right), a phone in any spelling, or a card QR token. A list, empty
+    when nobody matches; a phone that is not a valid number is simply not looked up as one."""
+    text = (text or "").strip()
+    if not text:
+        raise ValidationFailed("Type a phone number, a member number, an email or a card token.",
+                               errors={"q": ["Missing data for required field."]})
+    if "@" in text:
+        return find_members(email=text)
+    found: list[Member] = []
+    if len(text) == 11 and text.isascii() and text.isdigit() and text[0] == "8" \
+            and member_number(int(text[1:10])) == text:
+        found = list(db.session.scalars(sa.select(Member).where(Member.member_no == text)))
+        found = [_survivor(member) for member in found]
+    if not found:
+        try:
+            found = find_members(phone=text)
+        except ValidationFailed:
+            found = []
+    if not found:
+        found = find_members(card=text)
+    return found
 
 
 def _survivor(member: Member) -> Member:

@@ -158,6 +158,13 @@ def csv_rows(name: str) -> Iterator[str]:
             return
 
 
+def record_export(name: str, actor: str, now: datetime | None = None) -> None:
+    """A staff member downloaded a segment's members (names and masked phones): audit-logged."""
+    now = now or clock.now()
+    with transaction():
+        audit.record(actor, "segment.export", "segment", name[:64], None, {"segment": name}, now)
+
+
 def _csv_line(values: Iterable[Any]) -> str:
     out = io.StringIO()
     csv.writer(out).writerow(values)
@@ -239,3 +246,54 @@ def liability(now: datetime | None = None) -> dict[str, Any]:
         months[month] = months.get(month, Decimal("0.00")) + points
     return {"items": [{"month": month, "points": points} for month, points in months.items()],
             "never_expires": never, "total": sum(months.values(), never), "as_of": now}
+
+
+def daily_flows(days=30, now=None):
+    """Points earned and burned per local day for the last `days` days (today included), oldest
+    first: one GROUP BY over the entries, the day found by comparing with the days' UTC starts
+    (so the deployment's time zone decides the day, on SQLite and PostgreSQL alike).
+
+    Earned: purchase and activity points and bonuses. Burned: redeemed, paid at the till, expired
+    (as positive numbers)."""
+    now = now or clock.now()
+    tz = settings().timezone
+    today = clock.local_date(now, tz)
+    first = today - timedelta(days=days - 1)
+    starts = [clock.start_of_local_day(first + timedelta(days=n), tz) for n in range(days + 1)]
+    day = sa.case(*((Entry.created_at < starts[n + 1], n) for n in range(days)), else_=days)
+    earned_types, burned_types = ("earn_purchase", "earn_activity", "bonus"), ("redeem", "payment", "expire")
+    rows = db.session.execute(
+        sa.select(day.label("day"), Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
+        .where(Entry.created_at >= starts[0], Entry.created_at < starts[-1],
+               Entry.type.in_(earned_types + burned_types))
+        .group_by(day, Entry.type)).all()
+    zero = Decimal("0.00")
+    out = [{"day": (first + timedelta(days=n)).isoformat(), "earned": zero, "burned": zero} for n in range(days)]
+    for index, type_, points in rows:
+        if index >= days:
+            continue
+        if type_ in earned_types:
+            out[index]["earned"] += points
+        else:
+            out[index]["burned"] -= points
+    return out
+
+
+def segment_counts():
+    """Every segment marketing can pick with its member count: lifecycle stages, value segments,
+    tiers (the ladder's order) and tags; a few GROUP BYs."""
+    active = Member.status == "active"
+    stages = dict(db.session.execute(sa.select(Member.lifecycle_stage, sa.func.count()).where(active)
+                                     .group_by(Member.lifecycle_stage)).all())
+    segments = dict(db.session.execute(sa.select(Member.value_segment, sa.func.count()).where(active)
+                                       .group_by(Member.value_segment)).all())
+    tiers = dict(db.session.execute(sa.select(Member.tier_code, sa.func.count()).where(active)
+                                    .group_by(Member.tier_code)).all())
+    tags = db.session.execute(sa.select(MemberTag.tag, sa.func.count()).join(Member, Member.id == MemberTag.member_id)
+                              .where(active).group_by(MemberTag.tag).order_by(MemberTag.tag)).all()
+    return {
+        "stages": [(stage, stages.get(stage, 0)) for stage in STAGES],
+        "value_segments": [(segment, segments.get(segment, 0)) for segment in VALUE_SEGMENTS],
+        "tiers": [(code, tiers.get(code, 0)) for code in _tier_codes()],
+        "tags": [(tag, count) for tag, count in tags],
+    }

@@ -1,0 +1,1 @@
+"""Staff accounts for the console: email and password, role marketing or admin, lockout."""
