@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from loyalty import clock
+from loyalty import audit, clock
 from loyalty.database import transaction
-from loyalty.errors import Conflict, NotFound, ValidationFailed
+from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members import phones
 from loyalty.members.lookup import member_or_404
@@ -97,9 +97,18 @@ def register_member(name, phone=None, email=None, birthday=None, channel=None,
     return member
 
 
-def update_member(member_id, changes: dict, now=None):
-    """Change profile fields (name, phone, email, birthday, channel)."""
+MEMBER_EDITABLE = frozenset({"name", "email"})  # what a member may change with a member token (API.md)
+
+
+def update_member(member_id, changes: dict, now=None, actor=None, editable=None):
+    """Change profile fields (name, phone, email, birthday, channel); only those in `editable`, if
+    given. With an `actor`, the change is audit-logged (the fields' names: their values are
+    personal data, and the audit log outlives an erasure)."""
     now = now or clock.now()
+    refused = sorted(set(changes) - editable) if editable is not None else []
+    if refused:
+        raise Forbidden(f"A member token may change only {' and '.join(sorted(editable))}, not "
+                        f"{', '.join(refused)}; ask the member app to change the rest.")
     if "phone" in changes:
         changes["phone"] = normalise_phone(changes["phone"])
     if "email" in changes:
@@ -112,6 +121,8 @@ def update_member(member_id, changes: dict, now=None):
         for field, value in changes.items():
             setattr(member, field, value.strip() if field == "name" else value)
         member.updated_at = now
+        if actor is not None:
+            audit.record(actor, "member.update", "member", member.id, None, {"fields": sorted(changes)}, now)
     return member
 
 

@@ -180,8 +180,9 @@ def _units_redeemed(member_id, reward_ids, now):
 
 # --- redemption -----------------------------------------------------------------------------------
 
-def redeem(member_id, reward_id, quantity=1, now=None):
-    """Spend the member's points on `quantity` units of a reward: one voucher per unit."""
+def redeem(member_id, reward_id, quantity=1, now=None, actor=None):
+    """Spend the member's points on `quantity` units of a reward: one voucher per unit. With an
+    `actor` (a request's caller), the redemption is audit-logged."""
     now = now or clock.now()
     if not 1 <= quantity <= MAX_QUANTITY:
         raise ValidationFailed(f"Redeem between 1 and {MAX_QUANTITY} at a time.",
@@ -222,6 +223,10 @@ def redeem(member_id, reward_id, quantity=1, now=None):
                                    member_id=member_id, status="issued", expires_at=expires_at,
                                    created_at=now))
         db.session.flush()
+        if actor is not None:
+            audit.record(actor, "redemption.create", "redemption", redemption.id, None,
+                         {"member_id": member_id, "reward_id": reward.id, "quantity": quantity,
+                          "points_spent": str(cost)}, now)
     db.session.refresh(reward)
     return Outcome(redemption, account.member)
 
@@ -230,13 +235,14 @@ def _new_code():
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
-def cancel_redemption(redemption_id, actor, now=None):
+def cancel_redemption(redemption_id, actor, now=None, owner=None):
     """Unused vouchers become void; their points go back to the lots they came from (with those
-    lots' expiry) and their units back to stock. Used vouchers stay used, their points spent."""
+    lots' expiry) and their units back to stock. Used vouchers stay used, their points spent.
+    With an `owner` (a member token's member), another member's redemption does not exist."""
     now = now or clock.now()
     with transaction():
         redemption = db.session.get(Redemption, redemption_id)
-        if redemption is None:
+        if redemption is None or owner not in (None, redemption.member_id):
             raise NotFound(f"No redemption with id {redemption_id}.")
         account = ledger.lock_account(redemption.member_id, now)
         db.session.refresh(redemption)
@@ -297,9 +303,10 @@ def voucher_status(voucher, now):
     return voucher.status
 
 
-def get_voucher(code):
+def get_voucher(code, owner=None):
+    """The voucher; with an `owner` (a member token's member), another member's does not exist."""
     voucher = db.session.scalar(sa.select(Voucher).where(Voucher.code == normalise_code(code)))
-    if voucher is None:
+    if voucher is None or owner not in (None, voucher.member_id):
         raise NotFound("No voucher with this code; check it was typed or scanned in full.")
     return voucher
 
