@@ -254,7 +254,8 @@ API_SETTINGS = {
     "API_SPEC_OPTIONS": {
         "components": {
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key."}
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                           "description": "An API key, or a member token (role member: its own member only)."}
             }
         },
         "security": [{"bearerAuth": []}],

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded, RequestLimit
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -62,6 +62,7 @@ def init_app(app):
     logging.getLogger("flask-limiter").setLevel(logging.WARNING)
     app.register_error_handler(RateLimitExceeded, handle_rate_limited)
     app.extensions["loyalty.limiter"] = limiter
+    app.extensions["loyalty.rate_limit_breaches"] = _BreachLog()
 
 
 def settings_of(app):
@@ -132,13 +133,10 @@ class _BreachLog:
             return True
 
 
-_BREACHES = _BreachLog()
-
-
 def _log_breach(request_limit: RequestLimit):
     # The key's bucket names a member id or a key's hash prefix, never the key or token itself.
     bucket = str(request_limit.request_args[-2])  # [prefix,] bucket, scope
-    if _BREACHES.due(bucket):
+    if current_app.extensions["loyalty.rate_limit_breaches"].due(bucket):
         log.warning("rate limit %s reached by %s on %s %s (logged once a minute per key)",
                     request_limit.limit, bucket, request.method, request.path)
     return None
