@@ -12,8 +12,10 @@ from loyalty import clock, create_app
 from loyalty.audit import AuditEntry
 from loyalty.config import from_environment
 from loyalty.extensions import db
-from loyalty.members.models import TokenSecret
+from loyalty.members import tokens
+from loyalty.members.models import Member, TokenSecret
 from tests.conftest import UNTHROTTLED
+from tests.service.test_concurrency import race
 
 T0 = datetime(2026, 11, 29, 8, 0, tzinfo=timezone.utc)
 
@@ -349,3 +351,29 @@ def test_tokens_and_keys_never_reach_a_log_record(app, api, keys, caplog):
     texts = [record.getMessage() for record in caplog.records]
     assert texts, "nothing was captured: the check below would prove nothing"
     assert [text[:100] for text in texts for part in parts if part in text] == []
+
+
+# --- concurrent twins --------------------------------------------------------------------------
+
+@pytest.mark.postgres_only
+def test_concurrent_first_tokens_share_one_secret_and_concurrent_revocations_all_count(app, api, headers):
+    """Real threads on PostgreSQL: the first tokens of a fresh database, issued at once, agree on
+    one generated secret (the twin that loses the insert reads the winner's); revocations sent at
+    once each add one to the epoch (an increment in SQL, no read-modify-write)."""
+    member = register(api)
+    with app.app_context():
+        tokens.forget_secret()  # as a fresh process would
+    results = race(app, [lambda client: client.post(f"/api/v1/members/{member}/tokens", headers=headers["app"],
+                                                    json={}) for _ in range(8)])
+    assert [r.status_code for r in results] == [201] * 8
+    with app.app_context():
+        [secret] = db.session.scalars(sa.select(TokenSecret.secret)).all()
+        db.session.remove()
+    assert {jwt.decode(r.get_json()["token"], secret, algorithms=["HS256"])["sub"] for r in results} == {str(member)}
+
+    revocations = race(app, [lambda client: client.delete(f"/api/v1/members/{member}/tokens",
+                                                          headers=headers["app"]) for _ in range(8)])
+    assert [r.status_code for r in revocations] == [204] * 8
+    with app.app_context():
+        assert db.session.scalar(sa.select(Member.token_epoch).where(Member.id == member)) == 8
+        db.session.remove()
