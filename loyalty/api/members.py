@@ -1,7 +1,7 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api.base import QR_RESPONSES, Blueprint, qr_response
+from loyalty.api.base import IDEMPOTENCY_KEY, QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
                                          MemberSchema, MemberUpdateSchema)
 from loyalty.api.schemas.members import MergeSchema, TokenCreateSchema, TokenSchema
@@ -69,10 +69,17 @@ class MemberMerge(MethodView):
         return merge.merge_members(member_id, data["from_member_id"], g.principal.actor)
 
 
+# A token is a credential: it is never stored, so not as an idempotent answer either. Issuing
+# changes nothing but the audit log, so a retry safely gets a token of its own.
+TOKEN_IDEMPOTENCY_KEY = {**IDEMPOTENCY_KEY, "description": (
+    "Accepted, and not needed: issuing changes nothing, so a retry gets a new token (both work). "
+    "Tokens are never stored, not even as the answer to replay.")}
+
+
 @blp.route("/members/<id:member_id>/tokens")
 class MemberTokens(MethodView):
     @roles("app")
-    @blp.idempotent
+    @blp.doc(parameters=[TOKEN_IDEMPOTENCY_KEY])
     @blp.arguments(TokenCreateSchema)
     @blp.response(201, TokenSchema)
     def post(self, data, member_id):

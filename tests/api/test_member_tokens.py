@@ -377,3 +377,22 @@ def test_concurrent_first_tokens_share_one_secret_and_concurrent_revocations_all
     with app.app_context():
         assert db.session.scalar(sa.select(Member.token_epoch).where(Member.id == member)) == 8
         db.session.remove()
+
+
+def test_tokens_are_never_stored_not_even_as_an_idempotent_answer(app, api):
+    member = register(api)
+    key = {"Idempotency-Key": "token-1"}
+    first = api.post("app", f"/members/{member}/tokens", json={}, extra_headers=key)
+    again = api.post("app", f"/members/{member}/tokens", json={}, extra_headers=key)
+
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json["token"] != again.json["token"]
+    for response in (first, again):
+        assert api.client.get(f"/api/v1/members/{member}", headers=bearer(response.json["token"])).status_code == 200
+    with app.app_context():
+        with db.engine.connect() as connection:
+            stored = [str(value) for table in db.metadata.sorted_tables for row in connection.execute(sa.select(table))
+                      for value in row if value is not None]
+        db.session.remove()
+    signatures = [r.json["token"].split(".")[2] for r in (first, again)]
+    assert [value for value in stored for signature in signatures if signature in value] == []
