@@ -86,6 +86,7 @@ def create_key(role, name=None, store_id=None, actor="cli", now=None):
         db.session.add(key)
         db.session.flush()
         audit.record(actor, "api_key.create", "api_key", key.id, None, describe(key), now)
+    _ROLES_SEEN.remember(key.key_hash, role)  # counted by the rate limiter from its first request here
     return key, plaintext
 
 
@@ -189,11 +190,11 @@ def own_member(principal, member_id):
 
 
 class _RoleCache:
-    """Key hash -> role, per process, for a short while: the rate limiter picks a key's limit from
-    its role before any database work. Only ever a limit's choice: whether the key is still valid is
-    decided by authenticate(), on every request."""
+    """Key hash -> role of the keys this process has seen authenticate lately (each use renews
+    the entry): the rate limiter picks a key's limit from it before any database work. Only ever
+    a limit's choice: whether the key is still valid is decided by authenticate(), every time."""
 
-    SECONDS = 60
+    SECONDS = 600
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -211,14 +212,16 @@ class _RoleCache:
 
 
 _ROLES_SEEN = _RoleCache()
-_KEY_ROLE = sa.select(ApiKey.role).where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None))
 
 
 def rate_limit_identity(header):
-    """(bucket, role) of the credential in an Authorization header, for the rate limiter, or None
-    when there is no credential we issued. A member token is checked by its signature alone and
-    counted per member; an API key by its hash, its role from this process's cache (or, the first
-    time in a minute, one indexed read). Neither the key nor the token is in the bucket's name."""
+    """(bucket, role) of the credential in an Authorization header, for the rate limiter, without
+    the database; None when it is not one we know. A member token is known by its signature and
+    counted per member; an API key by its hash, if this process has seen it authenticate in the
+    last ten minutes (a key's first request after a quiet spell is not counted: the limiter does
+    not read the database for keys, so a flood of guesses costs no query once its address is
+    refused; it reads it only for the stored token secret until the first token is issued).
+    Neither the key nor the token is in the bucket's name."""
     credential = bearer_credential(header)
     if credential is None:
         return None
@@ -227,12 +230,7 @@ def rate_limit_identity(header):
         return None if signed is None else (f"member:{signed[0]}", MEMBER)
     key_hash = hash_key(credential)
     role = _ROLES_SEEN.role(key_hash)
-    if role is None:
-        role = db.session.scalar(_KEY_ROLE, {"key_hash": key_hash})
-        if role is None:
-            return None
-        _ROLES_SEEN.remember(key_hash, role)
-    return f"key:{key_hash[:32]}", role
+    return None if role is None else (f"key:{key_hash[:32]}", role)
 
 
 def known_without_database(header):

@@ -9,6 +9,7 @@ import socket
 import uuid
 
 import pytest
+from sqlalchemy import event as sa_event
 
 from loyalty import create_app
 from loyalty.extensions import db
@@ -180,3 +181,28 @@ def test_a_limit_reached_is_logged_once_a_minute_per_key_without_the_key(make_ap
 def test_a_broken_storage_lets_requests_through_rather_than_failing_them(make_app, keys):
     client = make_app("redis://127.0.0.1:1/0").test_client()  # nothing listens on port 1
     assert client.get("/api/v1/tiers", headers=bearer(keys["pos"])).status_code == 200
+
+
+def test_a_refused_address_and_a_limited_key_cost_no_database_query(make_app, keys):
+    limited = make_app(failures="2/minute")
+    client = limited.test_client()
+    wrong = bearer("lk_" + "g" * 43)
+    for _ in range(2):
+        assert client.get("/api/v1/tiers", headers=wrong).status_code == 401
+    for _ in range(2):
+        assert client.get("/api/v1/tiers", headers=bearer(keys["marketing"])).status_code == 200
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with limited.app_context():
+        engine = db.engine
+    sa_event.listen(engine, "before_cursor_execute", count)
+    try:
+        flood = [client.get("/api/v1/tiers", headers=wrong) for _ in range(5)]
+        flood += [client.get("/api/v1/tiers", headers=bearer(keys["marketing"])) for _ in range(5)]
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count)
+    assert [r.status_code for r in flood] == [429] * 10
+    assert statements == []
