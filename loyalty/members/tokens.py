@@ -33,6 +33,7 @@ from loyalty.members.models import Member, TokenSecret
 ALGORITHM = "HS256"
 TOKEN_TYPE = "member"
 _SECRET_ROW = 1
+MAX_TOKEN_LENGTH = 1000  # ours are about 230 characters
 
 
 def looks_like_token(credential):
@@ -81,13 +82,15 @@ def revoke_tokens(member_id, actor="cli", now=None):
 def signed_member(token):
     """The member id a token was signed for, checked without the database (signature, type and
     shape; not expiry or revocation): None if it was not signed by us."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        return None
     secret = signing_secret(make=False)
     if secret is None:  # no token was ever issued here: this one was not either
         return None
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
                             options={"verify_exp": False, "verify_iat": False, "require": ["sub", "exp", "ep"]})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, RecursionError):  # a payload nested too deep to read, say
         return None
     subject, epoch, expiry = claims.get("sub"), claims.get("ep"), claims.get("exp")
     if (claims.get("typ") != TOKEN_TYPE or not isinstance(subject, str) or not subject.isascii()

@@ -1,6 +1,7 @@
 """Member tokens (issue 18, API.md "Member tokens and rate limits"): issued by the member app's
 backend, bound to one member, short-lived, revoked all at once in every process, never logged.
 The role matrix with its member column is in test_security.py."""
+import base64
 import logging
 from datetime import datetime, timedelta, timezone
 
@@ -396,3 +397,15 @@ def test_tokens_are_never_stored_not_even_as_an_idempotent_answer(app, api):
         db.session.remove()
     signatures = [r.json["token"].split(".")[2] for r in (first, again)]
     assert [value for value in stored for signature in signatures if signature in value] == []
+
+
+def test_a_hostile_token_is_a_401_never_a_5xx(api):
+    member = register(api)
+    token_for(api, member)  # the secret exists: tokens are checked in full
+    deep = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).rstrip(b"=").decode()
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+    hostile = [f"{header}.{deep}.c2ln", f"{deep[:900]}.e30.c2ln", "x" * 5000 + ".a.b", "..", "é.é.é",
+               f"{header}.bnVsbA.c2ln"]
+    for token in hostile:
+        response = api.client.get(f"/api/v1/members/{member}", headers=bearer(token))
+        assert_error(response, 401, "unauthorized")
