@@ -20,8 +20,9 @@ depends_on = None
 
 
 def upgrade():
-    with op.batch_alter_table('members', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('token_epoch', sa.Integer(), server_default=sa.text('0'), nullable=False))
+    # A plain ADD COLUMN with a constant default, on SQLite too: a batch would copy the members
+    # table and drop the old one, which every table pointing at members forbids once they hold rows.
+    op.add_column('members', sa.Column('token_epoch', sa.Integer(), server_default='0', nullable=False))
 
     op.create_table('member_token_secrets',
     sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
