@@ -100,6 +100,7 @@ def revoke_key(key_id, actor="cli", now=None):
             before = describe(key)
             key.revoked_at = now
             audit.record(actor, "api_key.revoke", "api_key", key.id, before, describe(key), now)
+    _ROLES_SEEN.forget(key.key_hash)  # other processes forget it within SECONDS; it is refused at once anyway
     return key
 
 
@@ -205,6 +206,10 @@ class _RoleCache:
             if len(self.roles) > 10_000:
                 self.roles.clear()
             self.roles[key_hash] = (time.monotonic(), role)
+
+    def forget(self, key_hash):
+        with self.lock:
+            self.roles.pop(key_hash, None)
 
     def role(self, key_hash):
         hit = self.roles.get(key_hash)
