@@ -8,7 +8,7 @@ import os
 from flask import Flask
 
 import loyalty.models  # noqa: F401  every table, so Alembic and the app see one schema
-from loyalty import api, console
+from loyalty import api, console, ratelimits
 from loyalty import config as config_module
 from loyalty.api import docs_assets
 from loyalty.database import configure_engine, render_migration_type
@@ -41,6 +41,7 @@ def register_logging(app):
 
 def register_extensions(app):
     db.init_app(app)
+    ratelimits.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True,
                      render_item=render_migration_type)
     with app.app_context():

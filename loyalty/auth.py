@@ -2,9 +2,17 @@
 
 A key is shown once, at creation; only its SHA-256 is stored (keys are 256-bit random, so a
 fast hash is enough and costs nothing per request). Each key has one role; POS keys one store.
+
+A member token (loyalty/members/tokens.py) is the other credential: its role is `member`, and it
+may use only the views that say `roles(..., member=True)`, for its own member only: a view whose
+path names a member is checked here (another member's id is 404, as if it did not exist); views
+that find the member through something else (a redemption, a voucher) pass `owner(principal)` to
+their service, which answers 404 for another member's records.
 """
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from functools import wraps
 
@@ -16,8 +24,10 @@ from loyalty import audit, clock, settings_cache
 from loyalty.database import BigId, UTCDateTime, transaction
 from loyalty.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from loyalty.extensions import Model, db
+from loyalty.members import tokens
 
-ROLES = ("admin", "marketing", "pos", "app")
+ROLES = ("admin", "marketing", "pos", "app")  # the roles of API keys
+MEMBER = "member"  # the role of a member token
 KEY_PREFIX = "lk_"
 
 
@@ -38,14 +48,22 @@ class ApiKey(Model):
 class Principal:
     """Who is calling: plain values, safe to keep after the request's transaction ends."""
 
-    key_id: int
+    key_id: int | None  # None for a member token
     name: str
     role: str
     store_id: str | None
+    member_id: int | None = None  # a member token's member
 
     @property
     def actor(self):
+        if self.member_id is not None:
+            return f"member {self.member_id} (member token)"
         return f"{self.name} (key {self.key_id}, {self.role})"
+
+    @property
+    def idempotency_scope(self):
+        """Whose Idempotency-Keys these are: a key's id, or a member's (negative: key ids are not)."""
+        return -self.member_id if self.member_id is not None else self.key_id
 
 
 def hash_key(plaintext):
@@ -68,6 +86,7 @@ def create_key(role, name=None, store_id=None, actor="cli", now=None):
         db.session.add(key)
         db.session.flush()
         audit.record(actor, "api_key.create", "api_key", key.id, None, describe(key), now)
+    _ROLES_SEEN.remember(key.key_hash, role)  # counted by the rate limiter from its first request here
     return key, plaintext
 
 
@@ -81,6 +100,7 @@ def revoke_key(key_id, actor="cli", now=None):
             before = describe(key)
             key.revoked_at = now
             audit.record(actor, "api_key.revoke", "api_key", key.id, before, describe(key), now)
+    _ROLES_SEEN.forget(key.key_hash)  # other processes forget it within SECONDS; it is refused at once anyway
     return key
 
 
@@ -107,37 +127,130 @@ _ACTIVE_KEY = (sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id, s
                .where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
 
 
+def bearer_credential(header):
+    """The credential of an Authorization header ('Bearer <key or token>'), or None."""
+    scheme, _, credential = (header or "").partition(" ")
+    credential = credential.strip()
+    return credential if scheme.lower() == "bearer" and credential else None
+
+
 def authenticate(header):
     """The Principal for an Authorization header, or Unauthorized."""
-    scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_credential(header)
+    if token is None:
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
-    row = db.session.execute(_ACTIVE_KEY, {"key_hash": hash_key(token.strip())}).first()
+    if tokens.looks_like_token(token):
+        member_id = tokens.member_for_token(token)
+        return Principal(key_id=None, name=f"member {member_id}", role=MEMBER, store_id=None, member_id=member_id)
+    key_hash = hash_key(token)
+    row = db.session.execute(_ACTIVE_KEY, {"key_hash": key_hash}).first()
     if row is None:
         raise Unauthorized("This API key is unknown or has been revoked; ask an admin for a valid key.")
     settings_cache.observe(row.settings_version)
+    _ROLES_SEEN.remember(key_hash, row.role)
     return Principal(key_id=row.id, name=row.name, role=row.role, store_id=row.store_id)
 
 
-def roles(*allowed):
-    """Let only these roles (and admin, who may do everything) call the view."""
-    allowed = set(allowed) | {"admin"}
+def roles(*allowed, member=False):
+    """Let only these roles (and admin, who may do everything) call the view; with `member`, also
+    a member token, for its own member: a `member_id` in the path must be the token's."""
+    allowed = set(allowed) | {"admin"} | ({MEMBER} if member else set())
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
             principal = authenticate(request.headers.get("Authorization"))
             if principal.role not in allowed:
+                what = "member token" if principal.role == MEMBER else f"{principal.role} key"
                 raise Forbidden(
-                    f"{'An' if principal.role[0] in 'aeiou' else 'A'} {principal.role} key may not do this; it needs one of: "
+                    f"{'An' if what[0] in 'aeiou' else 'A'} {what} may not do this; it needs one of: "
                     f"{', '.join(sorted(allowed))}."
                 )
+            if "member_id" in kwargs:
+                own_member(principal, kwargs["member_id"])
             g.principal = principal
             return view(*args, **kwargs)
 
         return wrapper
 
     return decorator
+
+
+def owner(principal):
+    """The member whose records alone this caller may see (a member token's), or None for keys."""
+    return principal.member_id
+
+
+def own_member(principal, member_id):
+    """The member a request is about: a member token may name only its own (another id is a 404,
+    so that a token does not reveal which members exist); a key may name any."""
+    if principal.member_id is None:
+        return member_id
+    if member_id is None:
+        return principal.member_id
+    if member_id != principal.member_id:
+        raise NotFound(f"No member with id {member_id}.")
+    return member_id
+
+
+class _RoleCache:
+    """Key hash -> role of the keys this process has seen authenticate lately (each use renews
+    the entry): the rate limiter picks a key's limit from it before any database work. Only ever
+    a limit's choice: whether the key is still valid is decided by authenticate(), every time."""
+
+    SECONDS = 600
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.roles: dict[str, tuple[float, str]] = {}
+
+    def remember(self, key_hash, role):
+        with self.lock:
+            if len(self.roles) > 10_000:
+                self.roles.clear()
+            self.roles[key_hash] = (time.monotonic(), role)
+
+    def forget(self, key_hash):
+        with self.lock:
+            self.roles.pop(key_hash, None)
+
+    def role(self, key_hash):
+        hit = self.roles.get(key_hash)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] < self.SECONDS else None
+
+
+_ROLES_SEEN = _RoleCache()
+
+
+def rate_limit_identity(header):
+    """(bucket, role) of the credential in an Authorization header, for the rate limiter, without
+    the database; None when it is not one we know. A member token is known by its signature and
+    counted per member; an API key by its hash, if this process has seen it authenticate in the
+    last ten minutes (a key's first request after a quiet spell is not counted: the limiter does
+    not read the database for keys, so a flood of guesses costs no query once its address is
+    refused; it reads it only for the stored token secret until the first token is issued).
+    Neither the key nor the token is in the bucket's name."""
+    credential = bearer_credential(header)
+    if credential is None:
+        return None
+    if tokens.looks_like_token(credential):
+        signed = tokens.signed_member(credential)
+        return None if signed is None else (f"member:{signed[0]}", MEMBER)
+    key_hash = hash_key(credential)
+    role = _ROLES_SEEN.role(key_hash)
+    return None if role is None else (f"key:{key_hash[:32]}", role)
+
+
+def known_without_database(header):
+    """Whether the credential is one we issued, judged without the database (a member token's
+    signature, or an API key this process has seen lately): such a caller is not a guesser, and
+    the failed-authentication limit of its address does not stop it."""
+    credential = bearer_credential(header)
+    if credential is None:
+        return False
+    if tokens.looks_like_token(credential):
+        return tokens.signed_member(credential) is not None
+    return _ROLES_SEEN.role(hash_key(credential)) is not None
 
 
 def current_principal():

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any, Callable
 
 from flask import current_app
+from limits import parse_many
 
 from loyalty.members.phones import is_region
 
@@ -44,7 +45,85 @@ def from_environment(instance_path):
         # only (a receiver on this machine); in production they reach public addresses only.
         "LOYALTY_WEBHOOK_ALLOW_PRIVATE": os.environ.get("LOYALTY_WEBHOOK_ALLOW_PRIVATE", "0").strip().lower()
         in ("1", "true", "yes", "on"),
+        # Member tokens (loyalty/members/tokens.py): the HS256 secret (unset: one is generated once and
+        # kept in the database, so every process shares it) and a token's default lifetime.
+        "LOYALTY_MEMBER_TOKEN_SECRET": _token_secret(os.environ.get("LOYALTY_MEMBER_TOKEN_SECRET") or ""),
+        "LOYALTY_MEMBER_TOKEN_SECONDS": _token_seconds(os.environ.get("LOYALTY_MEMBER_TOKEN_SECONDS") or "3600"),
+        # Rate limits (loyalty/ratelimits.py): per role, per API key or member token; failed
+        # authentications per client address; where the counters live; how many proxies in front
+        # of the service may be believed about the client's address (X-Forwarded-For).
+        "LOYALTY_RATE_LIMITS": rate_limits(os.environ.get("LOYALTY_RATE_LIMITS") or "{}"),
+        "LOYALTY_AUTH_FAILURE_LIMIT": _limit("LOYALTY_AUTH_FAILURE_LIMIT",
+                                             os.environ.get("LOYALTY_AUTH_FAILURE_LIMIT") or "20/minute"),
+        "LOYALTY_RATE_LIMIT_STORAGE": _storage(os.environ.get("LOYALTY_RATE_LIMIT_STORAGE") or "memory://"),
+        "LOYALTY_RATE_LIMIT_PREFIX": os.environ.get("LOYALTY_RATE_LIMIT_PREFIX") or "loyalty",
+        "LOYALTY_TRUSTED_PROXIES": _proxies(os.environ.get("LOYALTY_TRUSTED_PROXIES") or "0"),
     }
+
+
+# Requests per role (API.md): a deployment's LOYALTY_RATE_LIMITS replaces some or all of them.
+DEFAULT_RATE_LIMITS = {"pos": "50/second", "app": "200/second", "member": "10/second",
+                       "marketing": "20/second", "admin": "20/second"}
+MAX_MEMBER_TOKEN_SECONDS = 30 * 24 * 3600
+MIN_MEMBER_TOKEN_SECRET = 32  # characters: HS256 wants a key at least as long as its hash (RFC 7518)
+
+
+def rate_limits(raw):
+    """LOYALTY_RATE_LIMITS as JSON ({"member": "5/second"}) over the defaults; a role or a limit we
+    cannot read stops the start with a sentence, rather than leaving a role unlimited."""
+    try:
+        given = json.loads(raw)
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        raise SystemExit(f"LOYALTY_RATE_LIMITS={raw!r} is not a JSON object; give one like "
+                         '{"member": "10/second", "pos": "50/second"}.')
+    unknown = sorted(set(given) - set(DEFAULT_RATE_LIMITS))
+    if unknown:
+        raise SystemExit(f"LOYALTY_RATE_LIMITS names unknown roles {unknown}; the roles are "
+                         f"{', '.join(DEFAULT_RATE_LIMITS)}.")
+    return {role: _limit(f"LOYALTY_RATE_LIMITS[{role!r}]", limit)
+            for role, limit in {**DEFAULT_RATE_LIMITS, **given}.items()}
+
+
+def _limit(name, raw):
+    if not isinstance(raw, str):
+        raise SystemExit(f"{name}={raw!r} is not a rate limit; write one like \"20/minute\" or \"10/second\".")
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a rate limit; write one like \"20/minute\" or "
+                         "\"10/second;1000/hour\".") from None
+    return raw
+
+
+def _storage(raw):
+    if not raw.startswith(("memory://", "redis://", "rediss://", "redis+unix://")):
+        raise SystemExit(f"LOYALTY_RATE_LIMIT_STORAGE={raw!r}: give memory:// (one process) or "
+                         "redis://host:6379/0 (shared by every process).")
+    return raw
+
+
+def _proxies(raw):
+    if not raw.isascii() or not raw.isdigit() or int(raw) > 10:
+        raise SystemExit(f"LOYALTY_TRUSTED_PROXIES={raw!r}: give how many proxies in front of the service "
+                         "add X-Forwarded-For (0 when clients connect directly, 1 behind one load balancer).")
+    return int(raw)
+
+
+def _token_secret(raw):
+    if raw and len(raw) < MIN_MEMBER_TOKEN_SECRET:
+        raise SystemExit(f"LOYALTY_MEMBER_TOKEN_SECRET is {len(raw)} characters; give at least "
+                         f"{MIN_MEMBER_TOKEN_SECRET} random ones (python3 -c 'import secrets; "
+                         "print(secrets.token_urlsafe(48))'), or unset it to have one kept in the database.")
+    return raw
+
+
+def _token_seconds(raw):
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_MEMBER_TOKEN_SECONDS:
+        raise SystemExit(f"LOYALTY_MEMBER_TOKEN_SECONDS={raw!r}: give a number of seconds from 1 to "
+                         f"{MAX_MEMBER_TOKEN_SECONDS} (30 days).")
+    return int(raw)
 
 
 JOB_SETTINGS = {
@@ -101,6 +180,13 @@ class Settings:
     tier_max_drop: int
     webhook_allow_private: bool
     console_idle_minutes: int
+    member_token_secret: str
+    member_token_seconds: int
+    rate_limits: dict[str, str]
+    auth_failure_limit: str
+    rate_limit_storage: str
+    rate_limit_prefix: str
+    trusted_proxies: int
 
     @classmethod
     def from_config(cls, config) -> "Settings":
@@ -170,7 +256,8 @@ API_SETTINGS = {
     "API_SPEC_OPTIONS": {
         "components": {
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key."}
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                           "description": "An API key, or a member token (role member: its own member only)."}
             }
         },
         "security": [{"bearerAuth": []}],

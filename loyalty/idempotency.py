@@ -76,7 +76,7 @@ def idempotent(view):
         if not 1 <= len(key) <= 255:
             raise ValidationFailed("The Idempotency-Key header must be 1 to 255 characters long.")
         fingerprint = request_fingerprint()
-        scope = g.principal.key_id
+        scope = g.principal.idempotency_scope
         stored = _find(scope, key)
         if stored is not None:
             return _replay(stored, fingerprint)

@@ -2,7 +2,7 @@
 from loyalty.audit import AuditEntry  # noqa: F401
 from loyalty.auth import ApiKey  # noqa: F401
 from loyalty.idempotency import IdempotencyRecord  # noqa: F401
-from loyalty.members.models import Member, MemberIdentity  # noqa: F401
+from loyalty.members.models import Member, MemberIdentity, TokenSecret  # noqa: F401
 from loyalty.points.models import (Account, Activity, EarningRulesRow, Entry, Lot,  # noqa: F401
                                    LotAllocation, PointsPayment, Purchase, Refund)
 from loyalty.tiers.models import Tier, TierChange  # noqa: F401

@@ -9,8 +9,10 @@ from flask.testing import FlaskCliRunner
 from flask_migrate import upgrade
 
 from loyalty import auth, create_app, settings_cache
+from loyalty import config as config_module
 from loyalty.cli import main
 from loyalty.extensions import db
+from loyalty.members import tokens
 from loyalty.points.service import seed_rules
 from loyalty.tiers.service import seed_tiers
 
@@ -40,7 +42,7 @@ def reset_schema(engine):
 @pytest.fixture(scope="session")
 def app(tmp_path_factory):
     app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": database_url(tmp_path_factory),
-                      "LOYALTY_LOG_LEVEL": "WARNING"})
+                      "LOYALTY_LOG_LEVEL": "WARNING", **UNTHROTTLED})
     with app.app_context():
         reset_schema(db.engine)
         upgrade()
@@ -49,6 +51,12 @@ def app(tmp_path_factory):
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+# The suite's app is not throttled: its tests send hundreds of requests a second with one key and
+# many failed authentications; tests/api/test_rate_limits.py builds apps with real limits.
+UNTHROTTLED = {"LOYALTY_RATE_LIMITS": {role: "1000000/second" for role in config_module.DEFAULT_RATE_LIMITS},
+               "LOYALTY_AUTH_FAILURE_LIMIT": "1000000/minute"}
 
 
 def empty_tables():
@@ -76,6 +84,7 @@ def fresh_programme():
     empty_tables()
     settings_cache.forget()  # the rules, tiers and webhook subscribers this process keeps went with the tables
     settings_cache.seed_version()
+    tokens.forget_secret()  # and the member tokens' secret kept in the database
     seed_rules()
     seed_tiers()
     db.session.remove()

@@ -34,17 +34,20 @@ LEGACY = {
 
 
 def insert_legacy_members():
+    """Members as revision 0010 stored them: through the table as it was then (reflected), not the
+    model, which has columns of later revisions."""
+    members = sa.Table("members", sa.MetaData(), autoload_with=db.session.connection())
     ids = {}
     for label, (phone, days, status) in LEGACY.items():
         joined = T0 + timedelta(days=days)
-        member = Member(name=label, phone=phone, status=status, card_token=secrets.token_urlsafe(18),
-                        referral_code=secrets.token_hex(4).upper(), joined_at=joined, tier_since=joined,
-                        updated_at=joined)
-        db.session.add(member)
-        db.session.flush()
-        member.member_no = service.member_number(member.id)
-        db.session.add(Account(member_id=member.id, updated_at=joined))
-        ids[label] = member.id
+        member_id = db.session.execute(sa.insert(members).values(
+            name=label, phone=phone, status=status, card_token=secrets.token_urlsafe(18),
+            referral_code=secrets.token_hex(4).upper(), tier_code="ordinary", joined_at=joined,
+            tier_since=joined, updated_at=joined)).inserted_primary_key[0]
+        db.session.execute(sa.update(members).where(members.c.id == member_id)
+                           .values(member_no=service.member_number(member_id)))
+        db.session.add(Account(member_id=member_id, updated_at=joined))
+        ids[label] = member_id
     db.session.commit()
     return ids
 

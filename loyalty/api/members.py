@@ -1,12 +1,12 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api.base import QR_RESPONSES, Blueprint, qr_response
+from loyalty.api.base import IDEMPOTENCY_KEY, QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
                                          MemberSchema, MemberUpdateSchema)
-from loyalty.api.schemas.members import MergeSchema
+from loyalty.api.schemas.members import MergeSchema, TokenCreateSchema, TokenSchema
 from loyalty.auth import roles
-from loyalty.members import merge, service
+from loyalty.members import merge, service, tokens
 
 blp = Blueprint("members", __name__, description="Members: registration, lookup, profile, card")
 
@@ -31,25 +31,26 @@ class Members(MethodView):
 
 @blp.route("/members/<id:member_id>")
 class MemberById(MethodView):
-    @roles("app", "pos", "marketing")
+    @roles("app", "pos", "marketing", member=True)
     @blp.response(200, MemberSchema)
     def get(self, member_id):
         """A member, with tier and points"""
         return service.get_member(member_id)
 
-    @roles("app")
+    @roles("app", member=True)
     @blp.arguments(MemberUpdateSchema)
     @blp.response(200, MemberSchema)
     def patch(self, changes, member_id):
-        """Change a member's profile"""
-        return service.update_member(member_id, changes)
+        """Change a member's profile (a member token: its own name and email only; audit-logged)"""
+        return service.update_member(member_id, changes, actor=g.principal.actor,
+                                     editable=service.MEMBER_EDITABLE if g.principal.member_id else None)
 
 
 # Two literal paths, as API.md names them (a `card.{fmt}` template hides them from the spec).
 @blp.route("/members/<id:member_id>/card.png", endpoint="MemberCardPng", defaults={"fmt": "png"})
 @blp.route("/members/<id:member_id>/card.svg", endpoint="MemberCardSvg", defaults={"fmt": "svg"})
 class MemberCard(MethodView):
-    @roles("app", "pos")
+    @roles("app", "pos", member=True)
     @blp.doc(responses=QR_RESPONSES)
     def get(self, member_id, fmt):
         """The QR code of the member's card token (a POS scans it, then looks up `?card=`)"""
@@ -66,3 +67,28 @@ class MemberMerge(MethodView):
         """Merge another record of the same person into this member (points, lots, history,
         identities, referrals, tags); the other is closed and its lookups answer with this one"""
         return merge.merge_members(member_id, data["from_member_id"], g.principal.actor)
+
+
+# A token is a credential: it is never stored, so not as an idempotent answer either. Issuing
+# changes nothing but the audit log, so a retry safely gets a token of its own.
+TOKEN_IDEMPOTENCY_KEY = {**IDEMPOTENCY_KEY, "description": (
+    "Accepted, and not needed: issuing changes nothing, so a retry gets a new token (both work). "
+    "Tokens are never stored, not even as the answer to replay.")}
+
+
+@blp.route("/members/<id:member_id>/tokens")
+class MemberTokens(MethodView):
+    @roles("app")
+    @blp.doc(parameters=[TOKEN_IDEMPOTENCY_KEY])
+    @blp.arguments(TokenCreateSchema)
+    @blp.response(201, TokenSchema)
+    def post(self, data, member_id):
+        """Issue a member token for the member's own device, after the app has signed the member in
+        (`Authorization: Bearer <token>`, role `member`: the member's own resources only)"""
+        return tokens.issue_token(member_id, data.get("ttl_seconds"), g.principal.actor)
+
+    @roles("app")
+    @blp.response(204)
+    def delete(self, member_id):
+        """Revoke every token of the member, at once, in every process (sign-out everywhere)"""
+        tokens.revoke_tokens(member_id, g.principal.actor)

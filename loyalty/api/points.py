@@ -71,7 +71,7 @@ class MemberAdjustments(MethodView):
 
 @blp.route("/members/<id:member_id>/points")
 class MemberPoints(MethodView):
-    @roles("app", "pos", "marketing")
+    @roles("app", "pos", "marketing", member=True)
     @blp.response(200, PointsSummarySchema)
     def get(self, member_id):
         """Points available and pending, and what expires when"""
@@ -80,7 +80,7 @@ class MemberPoints(MethodView):
 
 @blp.route("/members/<id:member_id>/points/history")
 class MemberPointsHistory(MethodView):
-    @roles("app", "pos", "marketing")
+    @roles("app", "pos", "marketing", member=True)
     @blp.arguments(HistoryQuerySchema, location="query")
     @blp.response(200, EntryPageSchema)
     def get(self, query, member_id):

@@ -59,7 +59,7 @@ class CampaignStats(MethodView):
 
 @blp.route("/members/<id:member_id>/referral")
 class MemberReferral(MethodView):
-    @roles("app")
+    @roles("app", member=True)
     @blp.response(200, MemberReferralSchema)
     def get(self, member_id):
         """The member's referral code and link, how many they invited and qualified, ambassador or not"""
@@ -76,7 +76,7 @@ class MemberReferral(MethodView):
 @blp.route("/members/<id:member_id>/referral/qr.png", endpoint="ReferralQrPng", defaults={"fmt": "png"})
 @blp.route("/members/<id:member_id>/referral/qr.svg", endpoint="ReferralQrSvg", defaults={"fmt": "svg"})
 class MemberReferralQr(MethodView):
-    @roles("app")
+    @roles("app", member=True)
     @blp.doc(responses=QR_RESPONSES)
     def get(self, member_id, fmt):
         """The QR code of the member's referral link"""

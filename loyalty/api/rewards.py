@@ -6,7 +6,7 @@ from loyalty.api.schemas.rewards import (CatalogQuerySchema, CatalogSchema, Rede
                                          RedemptionPageSchema, RedemptionQuerySchema, RedemptionResultSchema,
                                          RewardCreateSchema, RewardFieldsSchema, RewardSchema, VoucherSchema,
                                          VoucherUseSchema)
-from loyalty.auth import roles, store_for
+from loyalty.auth import own_member, owner, roles, store_for
 from loyalty.errors import Forbidden
 from loyalty.idempotency import REPLAY_HEADER
 from loyalty.rewards import service
@@ -23,14 +23,15 @@ def answer(outcome):
 
 @blp.route("/rewards")
 class Rewards(MethodView):
-    @roles("app", "pos", "marketing")
+    @roles("app", "pos", "marketing", member=True)
     @blp.arguments(CatalogQuerySchema, location="query")
     @blp.response(200, CatalogSchema)
     def get(self, query):
-        """The rewards on offer now; with `member_id`, whether that member can redeem each and why not"""
+        """The rewards on offer now; with `member_id`, whether that member can redeem each and why not
+        (a member token: always its own member)"""
         if query["include_inactive"] and g.principal.role not in ("marketing", "admin"):
             raise Forbidden("Only marketing sees rewards that are not on offer.")
-        items = service.catalog(query.get("member_id"), query["include_inactive"])
+        items = service.catalog(own_member(g.principal, query.get("member_id")), query["include_inactive"])
         return {"items": [{**service.reward_fields(item["reward"]),
                            **{k: v for k, v in item.items() if k != "reward"}} for item in items]}
 
@@ -61,15 +62,15 @@ class RewardById(MethodView):
 
 @blp.route("/members/<id:member_id>/redemptions")
 class MemberRedemptions(MethodView):
-    @roles("app")
+    @roles("app", member=True)
     @blp.idempotent
     @blp.arguments(RedemptionCreateSchema)
     @blp.response(201, RedemptionResultSchema)
     def post(self, data, member_id):
         """Spend points on a reward: one voucher per unit (send an Idempotency-Key: a retry redeems once)"""
-        return answer(service.redeem(member_id, data["reward_id"], data["quantity"]))
+        return answer(service.redeem(member_id, data["reward_id"], data["quantity"], actor=g.principal.actor))
 
-    @roles("app")
+    @roles("app", member=True)
     @blp.arguments(RedemptionQuerySchema, location="query")
     @blp.response(200, RedemptionPageSchema)
     def get(self, query, member_id):
@@ -80,21 +81,21 @@ class MemberRedemptions(MethodView):
 
 @blp.route("/redemptions/<id:redemption_id>/cancel")
 class RedemptionCancel(MethodView):
-    @roles("app")
+    @roles("app", member=True)
     @blp.idempotent
     @blp.response(200, RedemptionResultSchema)
     def post(self, redemption_id):
         """Cancel: unused vouchers become void and their points come back (used ones stay used)"""
-        return answer(service.cancel_redemption(redemption_id, g.principal.actor))
+        return answer(service.cancel_redemption(redemption_id, g.principal.actor, owner=owner(g.principal)))
 
 
 @blp.route(f"/vouchers/{VOUCHER_CODE}")
 class VoucherByCode(MethodView):
-    @roles("pos", "app")
+    @roles("pos", "app", member=True)
     @blp.response(200, VoucherSchema)
     def get(self, code):
         """A voucher: its reward and whether it can be used (issued, used, expired, void)"""
-        return service.get_voucher(code)
+        return service.get_voucher(code, owner=owner(g.principal))
 
 
 @blp.route(f"/vouchers/{VOUCHER_CODE}/use")
@@ -111,8 +112,8 @@ class VoucherUse(MethodView):
 @blp.route(f"/vouchers/{VOUCHER_CODE}/qr.png", endpoint="VoucherQrPng", defaults={"fmt": "png"})
 @blp.route(f"/vouchers/{VOUCHER_CODE}/qr.svg", endpoint="VoucherQrSvg", defaults={"fmt": "svg"})
 class VoucherQr(MethodView):
-    @roles("app")
+    @roles("app", member=True)
     @blp.doc(responses=QR_RESPONSES)
     def get(self, code, fmt):
         """The voucher's QR code: its code, which a till scans and sends to `POST /vouchers/{code}/use`"""
-        return qr_response(service.get_voucher(code).code, fmt)
+        return qr_response(service.get_voucher(code, owner=owner(g.principal)).code, fmt)

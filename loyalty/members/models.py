@@ -30,6 +30,8 @@ class Member(Model):
     ambassador_since = mapped_column(UTCDateTime)  # 推荐大使: a badge, given once
     status: Mapped[str] = mapped_column(sa.String(10), default="active", server_default="active")
     merged_into_id: Mapped[int | None] = mapped_column(sa.ForeignKey("members.id"))  # closed by a merge
+    # Member tokens carry the epoch they were issued in; revoking them all adds one (members/tokens.py).
+    token_epoch: Mapped[int] = mapped_column(sa.Integer, default=0, server_default=sa.text("0"))
     joined_at = mapped_column(UTCDateTime, nullable=False)
     updated_at = mapped_column(UTCDateTime, nullable=False)
 
@@ -51,3 +53,14 @@ class MemberIdentity(Model):
 
     member = relationship("Member", back_populates="identities")
 
+
+
+class TokenSecret(Model):
+    """The member tokens' signing secret when LOYALTY_MEMBER_TOKEN_SECRET is unset: generated once,
+    by whichever process needs it first, and read by every other (one row, id 1)."""
+
+    __tablename__ = "member_token_secrets"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    secret: Mapped[str] = mapped_column(sa.String(100))
+    created_at = mapped_column(UTCDateTime, nullable=False)

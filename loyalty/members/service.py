@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from loyalty import audit, clock
 from loyalty.database import transaction
-from loyalty.errors import Conflict, NotFound, ValidationFailed
+from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members import phones
 from loyalty.members.lookup import member_or_404
@@ -102,9 +102,19 @@ def register_member(name: str, phone: str | None = None, email: str | None = Non
     return member
 
 
-def update_member(member_id: int, changes: dict[str, Any], now: datetime | None = None) -> Member:
-    """Change profile fields (name, phone, email, birthday, channel)."""
+MEMBER_EDITABLE = frozenset({"name", "email"})  # what a member may change with a member token (API.md)
+
+
+def update_member(member_id: int, changes: dict[str, Any], now: datetime | None = None, actor: str | None = None,
+                  editable: frozenset[str] | None = None) -> Member:
+    """Change profile fields (name, phone, email, birthday, channel); only those in `editable`, if
+    given. With an `actor`, the change is audit-logged (the fields' names: their values are
+    personal data, and the audit log outlives an erasure)."""
     now = now or clock.now()
+    refused = sorted(set(changes) - editable) if editable is not None else []
+    if refused and editable is not None:
+        raise Forbidden(f"A member token may change only {' and '.join(sorted(editable))}, not "
+                        f"{', '.join(refused)}; ask the member app to change the rest.")
     if "phone" in changes:
         changes["phone"] = normalise_phone(changes["phone"])
     if "email" in changes:
@@ -117,6 +127,8 @@ def update_member(member_id: int, changes: dict[str, Any], now: datetime | None 
         for field, value in changes.items():
             setattr(member, field, value.strip() if field == "name" else value)
         member.updated_at = now
+        if actor is not None:
+            audit.record(actor, "member.update", "member", member.id, None, {"fields": sorted(changes)}, now)
     return member
 
 

@@ -185,8 +185,10 @@ def _units_redeemed(member_id: int, reward_ids: list[int], now: datetime) -> dic
 
 # --- redemption -----------------------------------------------------------------------------------
 
-def redeem(member_id: int, reward_id: int, quantity: int = 1, now: datetime | None = None) -> Outcome:
-    """Spend the member's points on `quantity` units of a reward: one voucher per unit."""
+def redeem(member_id: int, reward_id: int, quantity: int = 1, now: datetime | None = None,
+           actor: str | None = None) -> Outcome:
+    """Spend the member's points on `quantity` units of a reward: one voucher per unit. With an
+    `actor` (a request's caller), the redemption is audit-logged."""
     now = now or clock.now()
     if not 1 <= quantity <= MAX_QUANTITY:
         raise ValidationFailed(f"Redeem between 1 and {MAX_QUANTITY} at a time.",
@@ -226,6 +228,10 @@ def redeem(member_id: int, reward_id: int, quantity: int = 1, now: datetime | No
                                    member_id=member_id, status="issued", expires_at=expires_at,
                                    created_at=now))
         db.session.flush()
+        if actor is not None:
+            audit.record(actor, "redemption.create", "redemption", redemption.id, None,
+                         {"member_id": member_id, "reward_id": reward.id, "quantity": quantity,
+                          "points_spent": str(cost)}, now)
     db.session.refresh(reward)
     return Outcome(redemption, account.member)
 
@@ -234,13 +240,15 @@ def _new_code() -> str:
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
 
 
-def cancel_redemption(redemption_id: int, actor: str, now: datetime | None = None) -> Outcome:
+def cancel_redemption(redemption_id: int, actor: str, now: datetime | None = None,
+                      owner: int | None = None) -> Outcome:
     """Unused vouchers become void; their points go back to the lots they came from (with those
-    lots' expiry) and their units back to stock. Used vouchers stay used, their points spent."""
+    lots' expiry) and their units back to stock. Used vouchers stay used, their points spent.
+    With an `owner` (a member token's member), another member's redemption does not exist."""
     now = now or clock.now()
     with transaction():
         redemption = db.session.get(Redemption, redemption_id)
-        if redemption is None:
+        if redemption is None or owner not in (None, redemption.member_id):
             raise NotFound(f"No redemption with id {redemption_id}.")
         account = ledger.lock_account(redemption.member_id, now)
         db.session.refresh(redemption)
@@ -302,9 +310,10 @@ def voucher_status(voucher: Voucher, now: datetime) -> str:
     return voucher.status
 
 
-def get_voucher(code: str) -> Voucher:
+def get_voucher(code: str, owner: int | None = None) -> Voucher:
+    """The voucher; with an `owner` (a member token's member), another member's does not exist."""
     voucher = db.session.scalar(sa.select(Voucher).where(Voucher.code == normalise_code(code)))
-    if voucher is None:
+    if voucher is None or owner not in (None, voucher.member_id):
         raise NotFound("No voucher with this code; check it was typed or scanned in full.")
     return voucher
 

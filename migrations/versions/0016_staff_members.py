@@ -4,7 +4,7 @@ Staff sign in to the console (issue 17) with an email and a password, hashed wit
 wrong passwords in a row lock an account for 15 minutes.
 
 Revision ID: 0016
-Revises: 0013
+Revises: 0015
 Create Date: 2026-11-29 13:20:00
 
 """
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 
 revision = '0016'
-down_revision = '0013'
+down_revision = '0015'
 branch_labels = None
 depends_on = None
 

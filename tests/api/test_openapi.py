@@ -43,6 +43,7 @@ CONTRACT = {
     "/api/v1/reports/liability": {"get"},
     "/api/v1/audit-log": {"get"},
     "/api/v1/members/{member_id}/merge": {"post"},
+    "/api/v1/members/{member_id}/tokens": {"post", "delete"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -80,7 +81,8 @@ def test_every_operation_has_a_summary_and_a_success_answer(spec):
 
 def test_api_keys_are_the_security_scheme_and_the_health_check_is_open(spec):
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": "An API key."}
+        "type": "http", "scheme": "bearer",
+        "description": "An API key, or a member token (role member: its own member only)."}
     assert spec["security"] == [{"bearerAuth": []}]
     assert spec["paths"]["/healthz"]["get"]["security"] == []
 
@@ -92,11 +94,14 @@ def test_success_statuses_are_those_of_the_contract(spec):
                                      "/api/v1/members/{member_id}/adjustments",
                                      "/api/v1/points-payments/{payment_id}/reversal",
                                      "/api/v1/rewards", "/api/v1/members/{member_id}/redemptions",
-                                     "/api/v1/referral-campaigns", "/api/v1/webhooks"]}
+                                     "/api/v1/referral-campaigns", "/api/v1/webhooks",
+                                     "/api/v1/members/{member_id}/tokens"]}
+    no_content = {("delete", "/api/v1/members/{member_id}/tokens")}
 
     for path, method, operation in operations(spec):
         success = {code for code in operation["responses"] if code.startswith("2")}
-        assert success == ({"201"} if (method, path) in created else {"200"}), (method, path)
+        expected = {"201"} if (method, path) in created else {"204"} if (method, path) in no_content else {"200"}
+        assert success == expected, (method, path)
 
 
 def test_request_bodies_name_their_required_fields(spec):

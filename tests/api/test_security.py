@@ -9,18 +9,17 @@
 3. A key revoked with `loyalty api-keys revoke` stops working with the very next request.
 4. Members' personal data (name, phone, email, birthday) never reaches a log record.
 5. A POS key acts for its own store only: purchases, refunds, points payments, vouchers.
-6. Member tokens: there are none. The only credentials are API keys with a role
-   (loyalty/auth.py: ApiKey, authenticate, roles); nothing ties a request to one member. The
-   `app` role is the first-party member app's backend and is trusted with any member's id: it
-   authenticates its own users and must only ask about the member who is signed in. So "a
-   member's data read through another member's path" cannot be told apart by this service, and
-   there is no such test here.
+6. Member tokens (issue 18): the matrix has a `member` column. A member token passes the door
+   of the operations API.md lists for it, for its own member; the same requests with another
+   member's token answer 404 not_found (nothing says the record exists) and change nothing; every
+   other operation is 403 for it. More in tests/api/test_member_tokens.py.
 """
 import logging
 import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
+import jwt
 import pytest
 import sqlalchemy as sa
 
@@ -28,7 +27,7 @@ from loyalty import auth
 from loyalty.extensions import db
 from loyalty.webhooks.models import Delivery
 
-ROLES = ("app", "pos", "marketing", "admin")  # the order allowed roles are tried in: admin last
+ROLES = ("app", "pos", "marketing", "member", "admin")  # the order allowed roles are tried in: admin last
 WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 PUBLIC = frozenset({"public"})
 
@@ -45,8 +44,9 @@ class Op:
     source: str = "API.md"
 
 
-def op(method, rule, roles, path=None, body=None, source="API.md"):
-    allowed = PUBLIC if roles == "public" else frozenset(roles.split()) | {"admin"}
+def op(method, rule, roles, path=None, body=None, source="API.md", member=False):
+    """`member`: a member token may do this for its own member (API.md, "Member tokens")."""
+    allowed = PUBLIC if roles == "public" else frozenset(roles.split()) | {"admin"} | ({"member"} if member else set())
     return Op(method, rule, allowed, path or rule, body, source)
 
 
@@ -68,11 +68,15 @@ MATRIX = [
     op("POST", "/members", "app pos",
        body=lambda w: {"name": "Door Test", "phone": "+8613700000009"}),
     op("GET", "/members", "pos marketing", "/members?phone={phone_q}"),  # all but app
-    op("GET", M, ANY, "/members/{member}"),
-    op("PATCH", M, "app", "/members/{member}", body=lambda w: {"name": "Renamed One"}),
+    op("GET", M, ANY, "/members/{member}", member=True),
+    op("PATCH", M, "app", "/members/{member}", body=lambda w: {"name": "Renamed One"}, member=True),
     op("POST", M + "/merge", "", "/members/{member}/merge", body=lambda w: {"from_member_id": w["spare"]}),
-    op("GET", M + "/card.png", "app pos", "/members/{member}/card.png"),
-    op("GET", M + "/card.svg", "app pos", "/members/{member}/card.svg"),
+    op("GET", M + "/card.png", "app pos", "/members/{member}/card.png", member=True),
+    op("GET", M + "/card.svg", "app pos", "/members/{member}/card.svg", member=True),
+    # Member tokens (issued and revoked by the member app's backend); revoked for another member
+    # than the one whose token the matrix uses.
+    op("POST", M + "/tokens", "app", "/members/{member}/tokens", body=lambda w: {"ttl_seconds": 600}),
+    op("DELETE", M + "/tokens", "app", "/members/{spare}/tokens"),
     # Points
     op("POST", "/purchases", "pos", body=lambda w: {"member_id": w["member"], "store_id": "S1",
                                                     "receipt_no": "R-door", "amount": "10.00"}),
@@ -82,8 +86,8 @@ MATRIX = [
        body=lambda w: {"type": "sign_in", "event_id": "E-door"}),
     op("POST", M + "/adjustments", "", "/members/{member}/adjustments",
        body=lambda w: {"points": 10, "reason": "door test"}),
-    op("GET", M + "/points", ANY, "/members/{member}/points"),
-    op("GET", M + "/points/history", ANY, "/members/{member}/points/history"),
+    op("GET", M + "/points", ANY, "/members/{member}/points", member=True),
+    op("GET", M + "/points/history", ANY, "/members/{member}/points/history", member=True),
     op("POST", "/points-payments", "pos", body=lambda w: {"member_id": w["member"], "store_id": "S1",
                                                           "payment_no": "P-door", "points": 10}),
     op("POST", "/points-payments/<id:payment_id>/reversal", "pos", "/points-payments/{payment}/reversal"),
@@ -92,7 +96,7 @@ MATRIX = [
     op("PUT", "/earning-rules", "marketing", body=lambda w: w["rules"]),
     op("GET", "/tiers", ANY),
     op("PUT", "/tiers/<string(maxlength=20):code>", "marketing", "/tiers/silver", body=lambda w: w["silver"]),
-    op("GET", M + "/tier", ANY, "/members/{member}/tier"),
+    op("GET", M + "/tier", ANY, "/members/{member}/tier", member=True),
     op("PUT", M + "/tier", "", "/members/{member}/tier", body=lambda w: {"tier": "silver", "reason": "door test"},
        source=SILENT),
     # Referrals
@@ -103,25 +107,26 @@ MATRIX = [
     op("PATCH", "/referral-campaigns/<id:campaign_id>", "marketing", "/referral-campaigns/{campaign}",
        body=lambda w: {"name": "Renamed campaign"}),
     op("GET", "/referral-campaigns/<id:campaign_id>/stats", "marketing", "/referral-campaigns/{campaign}/stats"),
-    op("GET", M + "/referral", "app", "/members/{member}/referral"),  # the code also lets marketing in
+    op("GET", M + "/referral", "app", "/members/{member}/referral", member=True),
     op("PUT", M + "/referral", "app", "/members/{fresh}/referral",
        body=lambda w: {"referral_code": w["referral_code"]}, source=SILENT),
-    op("GET", M + "/referral/qr.png", "app", "/members/{member}/referral/qr.png"),
-    op("GET", M + "/referral/qr.svg", "app", "/members/{member}/referral/qr.svg"),
+    op("GET", M + "/referral/qr.png", "app", "/members/{member}/referral/qr.png", member=True),
+    op("GET", M + "/referral/qr.svg", "app", "/members/{member}/referral/qr.svg", member=True),
     # Rewards and redemption
-    op("GET", "/rewards", ANY),
+    op("GET", "/rewards", ANY, "/rewards?member_id={member}", member=True),
     op("POST", "/rewards", "marketing",
        body=lambda w: {"name": "Tea", "kind": "coupon", "points_cost": 5, "voucher_valid_days": 30}),
     op("GET", "/rewards/<id:reward_id>", ANY, "/rewards/{reward}", source=SILENT),
     op("PATCH", "/rewards/<id:reward_id>", "marketing", "/rewards/{reward}", body=lambda w: {"stock": 99}),
     op("POST", M + "/redemptions", "app", "/members/{member}/redemptions",
-       body=lambda w: {"reward_id": w["reward"], "quantity": 1}),
-    op("GET", M + "/redemptions", "app", "/members/{member}/redemptions"),  # the code also lets marketing in
-    op("POST", "/redemptions/<id:redemption_id>/cancel", "app", "/redemptions/{doomed_redemption}/cancel"),
-    op("GET", V, "pos app", "/vouchers/{voucher}"),
+       body=lambda w: {"reward_id": w["reward"], "quantity": 1}, member=True),
+    op("GET", M + "/redemptions", "app", "/members/{member}/redemptions", member=True),
+    op("POST", "/redemptions/<id:redemption_id>/cancel", "app", "/redemptions/{doomed_redemption}/cancel",
+       member=True),
+    op("GET", V, "pos app", "/vouchers/{voucher}", member=True),
     op("POST", V + "/use", "pos", "/vouchers/{voucher_to_use}/use", body=lambda w: {"store_id": "S1"}),
-    op("GET", V + "/qr.png", "app", "/vouchers/{voucher}/qr.png"),
-    op("GET", V + "/qr.svg", "app", "/vouchers/{voucher}/qr.svg", source=SILENT),
+    op("GET", V + "/qr.png", "app", "/vouchers/{voucher}/qr.png", member=True),
+    op("GET", V + "/qr.svg", "app", "/vouchers/{voucher}/qr.svg", source=SILENT, member=True),
     # Marketing reports; tags, liability and the audit log are not in API.md's tables (the audit log
     # is in its role table: admin only).
     op("GET", "/reports/overview", "marketing"),
@@ -148,6 +153,7 @@ MATRIX = [
     op("POST", "/webhooks/<id:subscription_id>/replay", "", "/webhooks/{hook}/replay", source=SILENT),
 ]
 GUARDED = [o for o in MATRIX if o.allowed is not PUBLIC]
+MEMBER_OPS = [o for o in GUARDED if "member" in o.allowed]
 
 # Where the code and API.md disagree (none now): (method, rule, role) -> where.
 DIFFERENCES = {}
@@ -186,7 +192,7 @@ def is_error_body(response, status, code):
     return (response.mimetype == "application/json" and isinstance(body, dict)
             and set(body) == {"code", "status", "error", "message"}
             and (body["code"], body["error"]) == (status, code)
-            and body["status"] == {401: "Unauthorized", 403: "Forbidden"}[status]
+            and body["status"] == {401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}[status]
             and isinstance(body["message"], str) and len(body["message"]) > 10)
 
 
@@ -235,6 +241,21 @@ def world(app, api):
 
 
 @pytest.fixture
+def all_headers(api, headers, world):
+    """Every role's headers, `member` a member token of the world's member, `other_member` one of
+    another member (the world's spare)."""
+    own = ok(api.post("app", f"/members/{world['member']}/tokens", json={}))["token"]
+    other = ok(api.post("app", f"/members/{world['spare']}/tokens", json={}))["token"]
+    return {**headers, "member": bearer(own), "other_member": bearer(other)}
+
+
+def forged_member_token(member_id):
+    """A well-formed member token signed with a secret that is not the service's."""
+    claims = {"typ": "member", "sub": str(member_id), "ep": 0, "iat": 1_700_000_000, "exp": 4_000_000_000}
+    return jwt.encode(claims, "not-the-service-secret-" + "x" * 32, algorithm="HS256")
+
+
+@pytest.fixture
 def revoked_admin_key(app):
     with app.app_context():
         key, plaintext = auth.create_key("admin", "revoked admin")
@@ -264,11 +285,17 @@ def test_the_matrix_lists_every_operation_the_app_serves(app):
         rule, _ = adapter.match("/api/v1" + o.path.format_map(AnyId()).partition("?")[0], o.method, return_rule=True)
         assert (o.method, rule.rule) == (o.method, "/api/v1" + o.rule)
     assert all("admin" in o.allowed for o in GUARDED)
+    # API.md's list for member tokens: the member's profile (read, and name and email), points,
+    # history, tier, redemptions, referral and its QR, card, the catalog for it, redeeming,
+    # cancelling its redemptions, its vouchers and their QR. (POST /promotions/simulate joins
+    # when promotions are merged.)
+    assert len(MEMBER_OPS) == 17
 
 
 def test_every_operation_refuses_a_missing_unknown_or_revoked_key(app, client, world, revoked_admin_key):
     credentials = {"no key": {}, "unknown key": bearer("lk_" + "x" * 43), "revoked admin key": bearer(revoked_admin_key),
-                   "not a bearer": {"Authorization": "Basic YWRtaW46YWRtaW4="}}
+                   "not a bearer": {"Authorization": "Basic YWRtaW46YWRtaW4="},
+                   "forged member token": bearer(forged_member_token(world["member"]))}
     failures = []
     before = fingerprint(app)
     for o in GUARDED:
@@ -293,7 +320,8 @@ def test_every_operation_refuses_a_missing_unknown_or_revoked_key(app, client, w
     assert failures == []
 
 
-def test_every_operation_refuses_the_roles_api_md_does_not_name_and_changes_nothing(app, client, headers, world):
+def test_every_operation_refuses_the_roles_api_md_does_not_name_and_changes_nothing(app, client, all_headers, world):
+    headers = all_headers
     failures, refusals = [], 0
     before = fingerprint(app)
     for o in GUARDED:
@@ -304,7 +332,7 @@ def test_every_operation_refuses_the_roles_api_md_does_not_name_and_changes_noth
             response = send(client, o, world, headers[role], idempotency_key=f"k-{role}")
             if response.status_code != 403 or not is_error_body(response, 403, "forbidden"):
                 failures.append((o.method, o.path, role, response.status_code, response.get_json(silent=True)))
-            elif f" {role} key may not" not in response.get_json()["message"]:
+            elif f" {'member token' if role == 'member' else role + ' key'} may not" not in response.get_json()["message"]:
                 failures.append((o.method, o.path, role, "the role is not named", response.get_json()["message"]))
             if o.method in WRITES:
                 after = fingerprint(app)
@@ -316,10 +344,11 @@ def test_every_operation_refuses_the_roles_api_md_does_not_name_and_changes_noth
     assert refusals > 100
 
 
-def test_every_role_api_md_names_gets_past_the_door(client, headers, world):
+def test_every_role_api_md_names_gets_past_the_door(client, all_headers, world):
     """Allowed roles are tried in order, admin last, against one evolving world: the first one
     must succeed (2xx, so the request really was valid), later ones may meet a state conflict or a
     replay, but never 401, 403 or a 5xx."""
+    headers = all_headers
     failures = []
     for o in GUARDED:
         for n, role in enumerate(r for r in ROLES if r in o.allowed):
@@ -329,6 +358,21 @@ def test_every_role_api_md_names_gets_past_the_door(client, headers, world):
                 failures.append((o.method, o.path, role, status, response.get_json(silent=True)))
 
     assert failures == []
+
+
+def test_a_member_token_reaches_its_own_member_only(app, client, all_headers, world):
+    """The member operations, sent with another member's token, answer 404 as if the member (its
+    redemption, its voucher) did not exist, and change nothing."""
+    failures = []
+    before = fingerprint(app)
+    for o in MEMBER_OPS:
+        response = send(client, o, world, all_headers["other_member"], idempotency_key="k-other")
+        if response.status_code != 404 or not is_error_body(response, 404, "not_found"):
+            failures.append((o.method, o.path, response.status_code, response.get_json(silent=True)))
+    after = fingerprint(app)
+
+    assert failures == []
+    assert changed_tables(before, after) == {}
 
 
 # --- 2 and 3. API keys: never in plain text; revoked at once ----------------------------------

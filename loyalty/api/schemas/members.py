@@ -1,6 +1,7 @@
 from marshmallow import Schema, fields, validate, validates_schema, ValidationError
 
 from loyalty.api.schemas.common import PointsField, RecordId, Timestamp
+from loyalty.config import MAX_MEMBER_TOKEN_SECONDS
 from loyalty.errors import ValidationFailed
 from loyalty.members import service
 from loyalty.tiers.service import ladder
@@ -126,3 +127,15 @@ class MemberListSchema(Schema):
 
 class MergeSchema(Schema):
     from_member_id = RecordId(required=True)
+
+
+class TokenCreateSchema(Schema):
+    ttl_seconds = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_MEMBER_TOKEN_SECONDS, error=(
+        "Must be between {min} and {max} seconds (30 days).")), metadata={
+        "description": "How long the token works (default LOYALTY_MEMBER_TOKEN_SECONDS, 3600; at most 30 days)"})
+
+
+class TokenSchema(Schema):
+    token = fields.String(metadata={"description": "Send as `Authorization: Bearer <token>` from the member's device"})
+    member_id = fields.Integer()
+    expires_at = Timestamp()
