@@ -11,3 +11,4 @@ from loyalty.referrals.models import Referral, ReferralCampaign  # noqa: F401
 from loyalty.jobs.models import JobLock, JobRun, Notification  # noqa: F401
 from loyalty.segments.models import MemberTag  # noqa: F401
 from loyalty.webhooks.models import Attempt, Delivery, Event, Subscription, SubscriptionEvent  # noqa: F401
+from loyalty.promotions.models import Promotion, PromotionGrant  # noqa: F401
