@@ -1,7 +1,7 @@
 from flask import g
 from flask.views import MethodView
 
-from loyalty.api.base import Blueprint
+from loyalty.api.base import IDEMPOTENCY_KEY, Blueprint
 from loyalty.api.schemas.promotions import (PromotionCreateSchema, PromotionFieldsSchema, PromotionListQuerySchema,
                                            PromotionListSchema, PromotionSchema, PromotionStatsSchema,
                                            SimulateResultSchema, SimulateSchema)
@@ -70,6 +70,7 @@ class PromotionStats(MethodView):
 @blp.route("/promotions/simulate")
 class PromotionSimulate(MethodView):
     @roles("marketing", "pos", "app")
+    @blp.doc(parameters=[IDEMPOTENCY_KEY])  # accepted, and needs no record: a simulation writes nothing
     @blp.arguments(SimulateSchema)
     @blp.response(200, SimulateResultSchema)
     def post(self, data):

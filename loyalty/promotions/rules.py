@@ -52,9 +52,9 @@ class Scope:
 @dataclass(frozen=True)
 class Effect:
     type: str
-    value: Decimal | None = None  # multiplier
-    points: Decimal | None = None  # bonus, per_amount
-    per: Decimal | None = None  # per_amount
+    value: Decimal = Decimal("1")  # multiplier
+    points: Decimal = ZERO  # bonus, per_amount
+    per: Decimal = Decimal("1")  # per_amount
 
 
 @dataclass(frozen=True)

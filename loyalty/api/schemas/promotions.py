@@ -2,7 +2,7 @@
 (ends after it starts, known tiers...) are the service's."""
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from loyalty.api.schemas.common import (MAX_POINTS, ListQuerySchema, MoneyField, PointsField, RecordId,
+from loyalty.api.schemas.common import (ListQuerySchema, MoneyField, PointsField, RecordId,
                                        Timestamp)
 from loyalty.api.schemas.points import STORE, BreakdownLineSchema, ItemSchema
 from loyalty.promotions.rules import EFFECTS, MAX_MULTIPLIER, PERIODS, STACKING
@@ -69,7 +69,7 @@ class EffectSchema(Schema):
         EFFECTS, error="Unknown effect; must be one of: multiplier, bonus, per_amount."))
     value = DecimalString(metadata={"description": f"multiplier: more than 1, at most {MAX_MULTIPLIER} "
                                                    "(2 gives the base points once more)", "example": "2"})
-    points = DecimalString(validate=validate.Range(max=MAX_POINTS), metadata={
+    points = DecimalString(metadata={
         "description": "bonus: points per purchase; per_amount: points per `per`", "example": "50"})
     per = MoneyField(metadata={"description": "per_amount: the amount that earns `points`", "example": "100.00"})
 
@@ -101,7 +101,7 @@ class PromotionFieldsSchema(Schema):
 
     name = fields.String(validate=validate.Length(min=1, max=100))
     status = fields.String(validate=validate.OneOf(("draft", "active"), error="Must be draft or active; stop a "
-                                                   "promotion with POST /promotions/{id}/stop."))
+                                                   "promotion with POST /promotions/{{id}}/stop."))
     starts_at = Timestamp()
     ends_at = Timestamp(allow_none=True)
     schedule = fields.Nested(ScheduleSchema, allow_none=True)
@@ -123,7 +123,7 @@ class PromotionCreateSchema(PromotionFieldsSchema):
 
 class PromotionSchema(PromotionFieldsSchema):
     id = fields.Integer()
-    status = fields.Method("get_status", metadata={"enum": list(STATUSES)})
+    status = fields.Method("get_status", metadata={"enum": list(STATUSES)})  # type: ignore[assignment]  # read: ended is derived
     budget_used = PointsField()
     created_at = Timestamp()
     updated_at = Timestamp()
