@@ -61,7 +61,7 @@ def update_promotion(promotion_id, changes, actor, now=None):
     """Change a promotion; purchases after the change see it. A stopped one cannot change."""
     now = now or clock.now()
     with transaction():
-        promotion = db.session.get(Promotion, promotion_id, with_for_update=True)
+        promotion = db.session.get(Promotion, promotion_id, with_for_update=True, populate_existing=True)
         if promotion is None:
             raise NotFound(f"No promotion with id {promotion_id}.")
         if promotion.status == "stopped":
@@ -87,7 +87,7 @@ def stop_promotion(promotion_id, actor, now=None):
     """Stop a promotion for good: purchases after this get nothing from it. Stopping twice is a no-op."""
     now = now or clock.now()
     with transaction():
-        promotion = db.session.get(Promotion, promotion_id, with_for_update=True)
+        promotion = db.session.get(Promotion, promotion_id, with_for_update=True, populate_existing=True)
         if promotion is None:
             raise NotFound(f"No promotion with id {promotion_id}.")
         if promotion.status != "stopped":
@@ -98,7 +98,8 @@ def stop_promotion(promotion_id, actor, now=None):
 
 
 def get_promotion(promotion_id):
-    promotion = db.session.get(Promotion, promotion_id)
+    # Fresh: purchases move `budget_used` with UPDATE statements that leave loaded objects alone.
+    promotion = db.session.get(Promotion, promotion_id, populate_existing=True)
     if promotion is None:
         raise NotFound(f"No promotion with id {promotion_id}.")
     return promotion
