@@ -142,7 +142,7 @@ def quote_purchase(member_id, store_id, amount, items=None, channel=None, at=Non
     member = member_or_404(member_id) if member_id is not None else None
     rules = current_rules()
     _, base, points = _earning(amount, items, rules, member)
-    basket = promotions.basket_for(member, store_id, channel, amount, items, at)
+    basket = promotions.basket_for(member, store_id, channel, amount, items, at, include_drafts=include_drafts)
     awards = promotions.plan(member_id, basket, rules, include_drafts=include_drafts)
     welcome = referrals.first_purchase_reward(member, amount, now)
     lines = _breakdown(member, base, points, awards, welcome)

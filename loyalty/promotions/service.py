@@ -13,6 +13,7 @@ can never take the counter past the budget (the table's check constraint says so
 purchase gets what is left; later ones nothing. Points a refund takes back do not return to the
 budget: the budget counts what was given.
 """
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -241,23 +242,30 @@ def _load_rules():
 settings_cache.watch(Promotion, "promotions")
 
 
-def basket_for(member, store_id, channel, amount, items, occurred_at, exclude_purchase_id=None):
+def basket_for(member, store_id, channel, amount, items, occurred_at, exclude_purchase_id=None,
+               include_drafts=False):
     """The purchase as the promotions see it. The member's tags and whether this is their first
-    purchase cost a query each, asked only when some promotion's scope needs them."""
-    loaded = active_rules()
-    tags, first = frozenset(), True
-    if member is not None:
-        if any(promotion.scope.tags for promotion in loaded):
-            tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
-        if any(promotion.scope.first_purchase_only for promotion in loaded):
-            first = not db.session.scalar(sa.select(sa.exists().where(
-                Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
-    return rules.Basket(
+    purchase cost a query each, asked only when a promotion in force for this store, channel and tier
+    needs them."""
+    basket = rules.Basket(
         store_id=store_id, channel=channel or "store", amount=amount,
         items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
                     for i in items or ()),
-        occurred_at=occurred_at, tier=member.tier_code if member is not None else tiers.ladder()[0].code,
-        tags=tags, first_purchase=first)
+        occurred_at=occurred_at, tier=member.tier_code if member is not None else tiers.ladder()[0].code)
+    if member is None:
+        return basket
+    tz = settings().timezone
+    open_ = [promotion for promotion in active_rules()
+             if (promotion.scope.tags or promotion.scope.first_purchase_only)
+             and rules.in_force(promotion, occurred_at, tz, include_drafts)
+             and rules.in_scope(promotion, replace(basket, tags=promotion.scope.tags, first_purchase=True))]
+    tags, first = frozenset(), True
+    if any(promotion.scope.tags for promotion in open_):
+        tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
+    if any(promotion.scope.first_purchase_only for promotion in open_):
+        first = not db.session.scalar(sa.select(sa.exists().where(
+            Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
+    return replace(basket, tags=tags, first_purchase=first)
 
 
 def plan(member_id, basket, earning_rules, lock=False, include_drafts=False):
