@@ -13,6 +13,7 @@ from loyalty import clock, settings_cache
 from loyalty.audit import AuditEntry
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members.merge import merge_members
 from loyalty.points import service as points
 from loyalty.points.models import Account, Entry
 from loyalty.points.verify import broken_accounts
@@ -345,4 +346,15 @@ def test_simulate_answers_what_the_purchase_then_credits(app, baskets):
 
         assert quote["breakdown"] == purchase.lines
         assert quote["points"] == purchase.total_points
+    assert broken_accounts() == []
+
+
+def test_a_merge_moves_promotion_grants_so_limits_count_for_the_survivor():
+    keep, gone = factories.member(), factories.member()
+    promotion(limits={"per_member": 1})
+    buy(gone.id, "10.00")
+
+    merge_members(keep.id, gone.id, actor="test")
+
+    assert lines(buy(keep.id, "10.00")) == [("base", None, D("10.00"))]
     assert broken_accounts() == []
