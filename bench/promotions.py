@@ -38,6 +38,8 @@ from loyalty.config import settings  # noqa: E402
 from loyalty.extensions import db  # noqa: E402
 from loyalty.members import service as members  # noqa: E402
 from loyalty.points.service import seed_rules  # noqa: E402
+from loyalty.points.settings import current_rules  # noqa: E402
+from loyalty.promotions import rules  # noqa: E402
 from loyalty.promotions import service as promotions  # noqa: E402
 from loyalty.tiers.service import seed_tiers  # noqa: E402
 
@@ -123,6 +125,22 @@ def hitting_promotions(now):
              "effect": {"type": "per_amount", "points": D("5"), "per": D("100.00")}}]
 
 
+def matching_cost(app, baskets=2000):
+    """Microseconds to match one basket against the promotions in force, in memory (the pure rule)."""
+    with app.app_context():
+        loaded, earning_rules = promotions.active_rules(), current_rules()
+        basket = rules.Basket(store_id=STORE, channel="store", amount=D("123.45"), items=(),
+                              occurred_at=clock.now(), tier="ordinary")
+        tz = settings().timezone
+        started = time.perf_counter()
+        for _ in range(baskets):
+            rules.matching(loaded, basket, earning_rules, tz)
+        cost = (time.perf_counter() - started) / baskets * 1e6
+        db.session.remove()
+    print(f"  matching {len(loaded)} promotions in memory: {cost:.0f} us per basket", flush=True)
+    return cost
+
+
 def main(argv=None):
     args = parse_args(argv)
     url = database_url(args)
@@ -181,6 +199,7 @@ def main(argv=None):
                 weekday = clock.local_date(now, settings().timezone).isoweekday()
             create(idle_promotions(now, weekday))
             phase("20-idle")
+            figures.setdefault("matching_us", []).append(matching_cost(app))
             stop_all()
             create(idle_promotions(now, weekday)[:18] + hitting_promotions(now))
             phase("20-two-hit")
@@ -189,10 +208,12 @@ def main(argv=None):
         summary = {name: statistics.median(rates) for name, rates in figures["phases"].items()}
         figures["median"] = summary
         base = statistics.median(figures["phases"]["none"] + figures["phases"]["none-again"])
+        figures["median_matching_us"] = statistics.median(figures["matching_us"])
         print("median credits/s: " + ", ".join(f"{name} {rate:.1f}" for name, rate in summary.items()))
         print(f"against none: 20 idle promotions {100 * (summary['20-idle'] / base - 1):+.1f}% credits/s; "
               f"20 with 2 applying {100 * (summary['20-two-hit'] / base - 1):+.1f}% (2 more bonus entries and "
-              "lots per purchase)")
+              "lots per purchase); matching 20 promotions in memory: "
+              f"{figures['median_matching_us']:.0f} us per basket")
         if args.json_out:
             with open(args.json_out, "w") as f:
                 json.dump(figures, f, indent=2)
