@@ -42,6 +42,8 @@ from loyalty.members import service as members
 from loyalty.members.models import Member
 from loyalty.points import service as points
 from loyalty.points.models import Activity, PointsPayment, Purchase, Refund
+from loyalty.promotions import service as promotions
+from loyalty.promotions.models import Promotion
 from loyalty.referrals import service as referrals
 from loyalty.referrals.models import Referral, ReferralCampaign
 from loyalty.rewards import service as rewards
@@ -521,6 +523,21 @@ def _jobs_done(anchor, tz):
     return set(done) == set(JOBS)
 
 
+def promotion_plan(start):
+    """The demo's promotions, from the world's first day: double points on Tuesday afternoons, still
+    running, and a bonus for big baskets in the world's second month, long finished."""
+    return [
+        ("Double points Tuesday afternoons", {
+            "status": "active", "starts_at": start, "ends_at": None,
+            "schedule": {"days_of_week": [2], "from": "14:00", "until": "18:00"},
+            "effect": {"type": "multiplier", "value": Decimal("2")}, "stacking": "stack", "priority": 0}),
+        ("Golden week: 50 points over 200", {
+            "status": "active", "starts_at": start + timedelta(days=30), "ends_at": start + timedelta(days=37),
+            "scope": {"min_amount": Decimal("200.00")}, "effect": {"type": "bonus", "points": Decimal("50")},
+            "limits": {"per_member": 1, "per_member_period": "promotion"}, "stacking": "stack", "priority": 0}),
+    ]
+
+
 class Player:
     """Writes the plan's events through the services, each at its own time."""
 
@@ -578,6 +595,9 @@ class Player:
                 continue
             rewards.create_reward({**fields, "valid_from": None, "valid_until": None, "active": True,
                                    "image_url": None}, self.actor, now=now)
+        for name, fields in promotion_plan(now):
+            if not db.session.scalar(sa.select(sa.exists().where(Promotion.name == name))):
+                promotions.create_promotion({"name": name, **fields}, self.actor, now=now)
         referrals.create_campaign({
             "name": CAMPAIGN_NAME, "starts_at": now + timedelta(days=1), "ends_at": None,
             "link_template": settings().referral_link, **CAMPAIGN}, self.actor, now=now)

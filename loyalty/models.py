@@ -13,3 +13,4 @@ from loyalty.segments.models import MemberTag  # noqa: F401
 from loyalty.webhooks.models import Attempt, Delivery, Event, Subscription, SubscriptionEvent  # noqa: F401
 from loyalty.settings_cache import SettingsVersion  # noqa: F401
 from loyalty.staff.models import StaffMember  # noqa: F401
+from loyalty.promotions.models import Promotion, PromotionGrant  # noqa: F401

@@ -2,8 +2,8 @@
 
 In one transaction, with both accounts locked (lower id first, so two merges cannot deadlock):
 lots keep their points and expiry, entries (the history) keep their order, and purchases,
-payments, redemptions, vouchers, activities, tier history, referrals, identities and tags all
-move to the surviving member; each side gets an entry that says so. The other member is closed
+payments, promotion grants, redemptions, vouchers, activities, tier history, referrals, identities
+and tags all move to the surviving member; each side gets an entry that says so. The other member is closed
 and its lookups answer with the survivor. The ledger's invariants hold on both afterwards."""
 from datetime import datetime
 from typing import Any
@@ -18,6 +18,7 @@ from loyalty.members import phones, service
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger
 from loyalty.points.models import Account, Entry, Lot, PointsPayment, Purchase
+from loyalty.promotions.models import PromotionGrant
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
 from loyalty.segments.models import MemberTag
@@ -51,7 +52,7 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
 
         moved["lots"] = move(Lot)
         moved["entries"] = move(Entry)
-        for model in (Purchase, PointsPayment, Redemption, Voucher, TierChange):
+        for model in (Purchase, PointsPayment, Redemption, Voucher, TierChange, PromotionGrant):
             move(model)
         # An activity the survivor also recorded (same type and event) stays with the closed member.
         db.session.execute(sa.text(

@@ -1,5 +1,7 @@
 """The ledger's tables: accounts (cached balances), entries (append-only), lots, and the
 records that give each entry its natural key (purchases, refunds, activities, payments)."""
+from decimal import Decimal
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -115,11 +117,27 @@ class Purchase(Model):
     points_reversed = mapped_column(Points(), nullable=False, server_default=ZERO)
     available_at = mapped_column(UTCDateTime, nullable=False)
     items = mapped_column(sa.JSON)
+    channel: Mapped[str | None] = mapped_column(sa.String(30))  # store, online, mini_program...; None: store
+    # The answer's lines (base, tier, each promotion, referral) as credited, so a replay gives them
+    # again: [{"source", "promotion_id"?, "name", "points"}], points as strings. None before promotions.
+    breakdown = mapped_column(sa.JSON)
     lot_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lots.id"))
     occurred_at = mapped_column(UTCDateTime, nullable=False)
     created_at = mapped_column(UTCDateTime, nullable=False)
 
     lot = relationship("Lot")
+
+    @property
+    def lines(self):
+        """The purchase's points line by line, as credited (one from before promotions has its base line)."""
+        if self.breakdown is None:
+            return [{"source": "base", "name": "Base points", "points": self.points_earned}]
+        return [{**line, "points": Decimal(line["points"])} for line in self.breakdown]
+
+    @property
+    def total_points(self):
+        """What the purchase earned in all: its lines' sum (the answer's `points_earned`)."""
+        return sum((line["points"] for line in self.lines), Decimal("0.00"))
 
 
 class Refund(Model):
@@ -130,9 +148,15 @@ class Refund(Model):
     purchase_id: Mapped[int] = mapped_column(sa.ForeignKey("purchases.id"))
     refund_no: Mapped[str] = mapped_column(sa.String(64))
     amount = mapped_column(Money(), nullable=False)
-    points_reversed = mapped_column(Points(), nullable=False)
+    points_reversed = mapped_column(Points(), nullable=False)  # the purchase's base points taken
+    promotion_points = mapped_column(Points(), nullable=False, server_default=ZERO)  # its promotions' points taken
     entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
     created_at = mapped_column(UTCDateTime, nullable=False)
+
+    @property
+    def total_points(self):
+        """The points the refund took back: the purchase's base points and its promotions'."""
+        return self.points_reversed + (self.promotion_points or Decimal("0.00"))
 
 
 class Activity(Model):

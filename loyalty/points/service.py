@@ -38,6 +38,7 @@ from loyalty.points.models import (
 )
 from loyalty.points.rules import EarningRules
 from loyalty.points.settings import current_rules
+from loyalty.promotions import service as promotions
 from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
 
@@ -78,8 +79,10 @@ def update_rules(new_rules: EarningRules, actor, now=None):
 # --- purchases and refunds ----------------------------------------------------------------------
 
 def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occurred_at=None,
-                    items=None, now=None):
-    """Record a purchase and credit its points (pending for the return window, if one is set)."""
+                    items=None, channel=None, now=None):
+    """Record a purchase and credit its points (pending for the return window, if one is set): the
+    earning rules' base points with the tier's multiplier, one `bonus` entry per promotion that
+    applies, and a referral's welcome reward. `purchase.breakdown` lists them line by line."""
     now = now or clock.now()
     home_currency, tz = settings().currency, settings().timezone
     currency = (currency or home_currency).upper()
@@ -96,27 +99,87 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
         # A retry racing its first attempt waits here for the account's lock, then finds the receipt.
         account = ledger.lock_account(member_id, now)
         rules = current_rules()
-        eligible, points = rules_mod.purchase_points(amount, items, rules, multiplier=earn_multiplier(account))
+        eligible, base, points = _earning(amount, items, rules, account.member)
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
             if rules.pending_days else now
         purchase = _claim_receipt(dict(
             member_id=member_id, store_id=store_id, receipt_no=receipt_no, amount=amount,
             eligible_amount=eligible, currency=currency, points_earned=points, available_at=available_at,
-            items=_items_json(items), occurred_at=occurred_at, created_at=now))
+            items=_items_json(items), channel=channel, occurred_at=occurred_at, created_at=now))
         if purchase is None:  # the receipt was recorded before: a replay, or a mistake
             existing = _purchase_by_receipt(store_id, receipt_no)
             if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
                 raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
                                "different member or amount; use a new receipt number.")
             return Outcome(existing, member_or_404(existing.member_id), replayed=True)
+        expires_at = rules_mod.expires_at(available_at, occurred_at, rules, tz)
         if points > 0:
             _, purchase.lot = ledger.credit(
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
-                ("purchase", purchase.id), now, available_at=available_at,
-                expires_at=rules_mod.expires_at(available_at, occurred_at, rules, tz))
-        referrals.on_purchase(account, purchase, now)
+                ("purchase", purchase.id), now, available_at=available_at, expires_at=expires_at)
+        basket = promotions.basket_for(account.member, store_id, channel, amount, items, occurred_at,
+                                       exclude_purchase_id=purchase.id)
+        awards = promotions.plan(member_id, basket, rules, lock=True)
+        promotions.grant(account, purchase, awards, now, available_at, expires_at)
+        referral = referrals.on_purchase(account, purchase, now)
+        welcome = referral.referee_points if referral is not None and referral.purchase_id == purchase.id \
+            and referral.status == "qualified" else ZERO
+        purchase.breakdown = _breakdown_json(_breakdown(account.member, base, points, awards, welcome))
         tiers.upgrade_if_qualified(account.member, now, purchase=purchase)
     return Outcome(purchase, account.member)
+
+
+def quote_purchase(member_id, store_id, amount, items=None, channel=None, at=None, include_drafts=False,
+                   now=None):
+    """What a purchase would earn at `at` (default now), line by line, writing nothing: the same
+    rules, promotions (limits and budgets as they stand) and referral reward as `credit_purchase`.
+    Without a member: a member of the lowest tier, on a first purchase, with no tags. Returns
+    {"points", "breakdown", "at"}."""
+    now = now or clock.now()
+    at = clock.as_utc(at) if at else now
+    _check_positive(amount, "A purchase")
+    _check_items(amount, items)
+    member = member_or_404(member_id) if member_id is not None else None
+    rules = current_rules()
+    _, base, points = _earning(amount, items, rules, member)
+    basket = promotions.basket_for(member, store_id, channel, amount, items, at, include_drafts=include_drafts)
+    awards = promotions.plan(member_id, basket, rules, include_drafts=include_drafts)
+    welcome = referrals.first_purchase_reward(member, amount, now)
+    lines = _breakdown(member, base, points, awards, welcome)
+    return {"points": sum((line["points"] for line in lines), ZERO), "breakdown": lines, "at": at}
+
+
+def _earning(amount, items, rules, member):
+    """(eligible amount, base points, base and tier points) of a purchase by `member` (None: a guest
+    of the lowest tier). The tier multiplies base points only; promotions come on top."""
+    eligible, base = rules_mod.purchase_points(amount, items, rules)
+    _, points = rules_mod.purchase_points(amount, items, rules, multiplier=_multiplier(member))
+    return eligible, base, points
+
+
+def _multiplier(member):
+    """The multiplier of the member's tier as the purchase starts: an upgrade the purchase itself
+    earns applies from the next one."""
+    return tiers.earn_multiplier(member) if member is not None else tiers.ladder()[0].earn_multiplier
+
+
+def _breakdown(member, base, points, awards, welcome):
+    """The lines of a purchase's points: base, the tier's extra, each promotion, the referral reward."""
+    lines = [{"source": "base", "name": "Base points", "points": base}]
+    if points > base:
+        tier = next((t for t in tiers.ladder() if t.code == (member.tier_code if member else None)),
+                    tiers.ladder()[0])
+        lines.append({"source": "tier", "name": f"{tier.name or tier.code} tier x{tier.earn_multiplier.normalize():f}",
+                      "points": points - base})
+    lines += [{"source": "promotion", "promotion_id": award.promotion_id, "name": award.name,
+               "points": award.points} for award in awards]
+    if welcome > 0:
+        lines.append({"source": "referral", "name": "Welcome reward: joined with a referral", "points": welcome})
+    return lines
+
+
+def _breakdown_json(lines):
+    return [{**line, "points": str(line["points"])} for line in lines]
 
 
 def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
@@ -159,6 +222,7 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
             db.session.flush()
             refund.entry_id = entry.id
         account.lifetime_earned -= due - points  # the expired part was not earned either
+        refund.promotion_points = promotions.on_refund(account, purchase, refund, purchase.refunded_amount, now)
         purchase.refunded_amount += amount
         purchase.points_reversed += due
         referrals.on_refund(account, purchase, now)
@@ -409,12 +473,6 @@ def get_purchase(purchase_id):
     if purchase is None:
         raise NotFound(f"No purchase with id {purchase_id}.")
     return purchase
-
-
-def earn_multiplier(account):
-    """The multiplier of the member's tier as the purchase starts: an upgrade the purchase itself
-    earns applies from the next one."""
-    return tiers.earn_multiplier(account.member)
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -279,6 +279,20 @@ def on_purchase(account, purchase, now):
     return referral
 
 
+def first_purchase_reward(member, amount, now):
+    """The welcome reward a purchase of `amount` would give the member now, writing nothing: what
+    `on_purchase` would credit them (0.00 when it would not). POST /promotions/simulate shows it."""
+    if member is None or member.referred_by_id is None:
+        return ZERO
+    referral = db.session.scalar(sa.select(Referral).where(
+        Referral.referee_id == member.id, Referral.status == "pending"))
+    if referral is None or now > referral.deadline or amount < referral.min_first_purchase:
+        return ZERO
+    if db.session.scalar(sa.select(sa.exists().where(Purchase.member_id == member.id))):
+        return ZERO
+    return referral.referee_points
+
+
 def _maybe_ambassador(referrer_account, campaign, now):
     referrer = referrer_account.member
     if referrer.ambassador_since is not None or not campaign.ambassador_threshold:

@@ -5,7 +5,7 @@ to it. When LOYALTY_MEMBER_TOKEN_SECRET is unset, the signing secret is generate
 member_token_secrets so every process shares it.
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-11-29 13:30:00
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0015'
-down_revision = '0013'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 

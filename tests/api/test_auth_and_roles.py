@@ -27,6 +27,13 @@ ENDPOINTS = [
     ("post", "/points-payments/1/reversal", {"pos", "admin"}),
     ("get", "/earning-rules", EVERYONE),
     ("put", "/earning-rules", {"marketing", "admin"}),
+    ("get", "/promotions", {"marketing", "admin"}),
+    ("post", "/promotions", {"marketing", "admin"}),
+    ("get", "/promotions/1", {"marketing", "admin"}),
+    ("patch", "/promotions/1", {"marketing", "admin"}),
+    ("post", "/promotions/1/stop", {"marketing", "admin"}),
+    ("get", "/promotions/1/stats", {"marketing", "admin"}),
+    ("post", "/promotions/simulate", EVERYONE),
 ]
 REFUSED = [(method, path, role) for method, path, allowed in ENDPOINTS for role in ROLES if role not in allowed]
 ALLOWED = [(method, path, role) for method, path, allowed in ENDPOINTS for role in sorted(allowed)]

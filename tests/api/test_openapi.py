@@ -44,6 +44,11 @@ CONTRACT = {
     "/api/v1/audit-log": {"get"},
     "/api/v1/members/{member_id}/merge": {"post"},
     "/api/v1/members/{member_id}/tokens": {"post", "delete"},
+    "/api/v1/promotions": {"get", "post"},
+    "/api/v1/promotions/{promotion_id}": {"get", "patch"},
+    "/api/v1/promotions/{promotion_id}/stop": {"post"},
+    "/api/v1/promotions/{promotion_id}/stats": {"get"},
+    "/api/v1/promotions/simulate": {"post"},
     "/healthz": {"get"},
 }
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -94,7 +99,7 @@ def test_success_statuses_are_those_of_the_contract(spec):
                                      "/api/v1/members/{member_id}/adjustments",
                                      "/api/v1/points-payments/{payment_id}/reversal",
                                      "/api/v1/rewards", "/api/v1/members/{member_id}/redemptions",
-                                     "/api/v1/referral-campaigns", "/api/v1/webhooks",
+                                     "/api/v1/referral-campaigns", "/api/v1/webhooks", "/api/v1/promotions",
                                      "/api/v1/members/{member_id}/tokens"]}
     no_content = {("delete", "/api/v1/members/{member_id}/tokens")}
 

@@ -150,7 +150,9 @@ def test_a_referral_campaign_from_creation_to_stats(api, app, assert_ledger_ok):
 
     # The first buys enough: both rewarded in the purchase's own answer and history.
     bought = buy(api, first["id"], "150.00", "R1", T0 + DAY)
-    assert bought["points_earned"] == 150
+    # points_earned is the sum of the answer's lines, the welcome reward included (API.md, Promotions).
+    assert bought["points_earned"] == 200
+    assert [(line["source"], line["points"]) for line in bought["breakdown"]] == [("base", 150), ("referral", 50)]
     assert bought["member"]["points"]["available"] == 200
     first_referral = referral_id(app, first["id"])
     assert history(api, first["id"]) == [("earn_purchase", 150, "purchase", str(bought["purchase_id"])),

@@ -58,6 +58,8 @@ CAMPAIGN = {"name": "Bring a friend", "starts_at": "2020-01-01T00:00:00Z", "ends
             "referrer_points": 100, "referee_points": 50, "min_first_purchase": "100.00",
             "qualify_within_days": 30, "link_template": "https://shop.example/join?ref={code}"}
 SECRET = "a-webhook-secret-for-tests"
+PROMOTION = {"name": "Double points", "status": "active", "starts_at": "2020-01-01T00:00:00Z",
+             "effect": {"type": "multiplier", "value": "2"}}
 
 MATRIX = [
     # Documentation: API.md names these pages but is silent on auth; the code serves them to anyone.
@@ -112,6 +114,16 @@ MATRIX = [
        body=lambda w: {"referral_code": w["referral_code"]}, source=SILENT),
     op("GET", M + "/referral/qr.png", "app", "/members/{member}/referral/qr.png", member=True),
     op("GET", M + "/referral/qr.svg", "app", "/members/{member}/referral/qr.svg", member=True),
+    # Promotions
+    op("GET", "/promotions", "marketing"),
+    op("POST", "/promotions", "marketing", body=lambda w: {**PROMOTION, "name": "Door test"}),
+    op("GET", "/promotions/<id:promotion_id>", "marketing", "/promotions/{promotion}"),
+    op("PATCH", "/promotions/<id:promotion_id>", "marketing", "/promotions/{promotion}",
+       body=lambda w: {"name": "Renamed promotion"}),
+    op("POST", "/promotions/<id:promotion_id>/stop", "marketing", "/promotions/{doomed_promotion}/stop"),
+    op("GET", "/promotions/<id:promotion_id>/stats", "marketing", "/promotions/{promotion}/stats"),
+    op("POST", "/promotions/simulate", ANY, body=lambda w: {"member_id": w["member"], "store_id": "S1",
+                                                            "amount": "100.00"}, member=True),
     # Rewards and redemption
     op("GET", "/rewards", ANY, "/rewards?member_id={member}", member=True),
     op("POST", "/rewards", "marketing",
@@ -221,6 +233,8 @@ def world(app, api):
     w["doomed_redemption"] = ok(api.post("app", f"/members/{one['id']}/redemptions",
                                          json={"reward_id": w["reward"]}))["redemption_id"]
     w["campaign"] = ok(api.post("marketing", "/referral-campaigns", json=CAMPAIGN))["id"]
+    w["promotion"] = ok(api.post("marketing", "/promotions", json=PROMOTION))["id"]
+    w["doomed_promotion"] = ok(api.post("marketing", "/promotions", json={**PROMOTION, "status": "draft"}))["id"]
     w["hook"] = ok(api.post("admin", "/webhooks", json={"url": "https://crm.example/hooks",
                                                         "events": ["member.created"], "secret": SECRET}))["id"]
     w["doomed_hook"] = ok(api.post("admin", "/webhooks", json={"url": "https://crm.example/old",
@@ -287,9 +301,8 @@ def test_the_matrix_lists_every_operation_the_app_serves(app):
     assert all("admin" in o.allowed for o in GUARDED)
     # API.md's list for member tokens: the member's profile (read, and name and email), points,
     # history, tier, redemptions, referral and its QR, card, the catalog for it, redeeming,
-    # cancelling its redemptions, its vouchers and their QR. (POST /promotions/simulate joins
-    # when promotions are merged.)
-    assert len(MEMBER_OPS) == 17
+    # cancelling its redemptions, its vouchers and their QR, and simulating a basket for itself.
+    assert len(MEMBER_OPS) == 18
 
 
 def test_every_operation_refuses_a_missing_unknown_or_revoked_key(app, client, world, revoked_admin_key):

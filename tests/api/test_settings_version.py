@@ -133,3 +133,17 @@ def test_a_request_learns_the_version_with_its_key_and_pays_no_other_round_trip_
     reading_settings = [s for s in statements if "settings_version" in s or "earning_rules" in s
                         or "FROM tiers" in s or "webhook_subscription" in s]
     assert len(reading_settings) == 1 and "api_keys" in reading_settings[0], reading_settings
+
+
+def test_a_promotion_started_in_another_process_applies_to_the_next_purchase_here(api, headers, other_process):
+    member_id = register(api, "13800000006")
+    assert Decimal(str(buy(api, member_id, "R1")["points_earned"])) == Decimal("100")  # none running, and kept
+
+    started = other_process.test_client().post("/api/v1/promotions", headers=headers["marketing"], json={
+        "name": "Double points", "status": "active", "starts_at": "2020-01-01T00:00:00Z",
+        "effect": {"type": "multiplier", "value": "2"}})
+    assert started.status_code == 201, started.get_json()
+
+    answer = buy(api, member_id, "R2")
+    assert Decimal(str(answer["points_earned"])) == Decimal("200")
+    assert [line["source"] for line in answer["breakdown"]] == ["base", "promotion"]

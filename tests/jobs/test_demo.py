@@ -11,6 +11,8 @@ from loyalty.extensions import db
 from loyalty.members import service as members
 from loyalty.members.models import Member
 from loyalty.points.models import Activity, PointsPayment, Purchase, Refund
+from loyalty.promotions.models import Promotion, PromotionGrant
+from loyalty.promotions.service import status_of
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
 from loyalty.segments.models import MemberTag
@@ -56,6 +58,10 @@ def test_demo_world_has_members_in_several_tiers_stages_and_segments(app, runner
         assert count(Redemption) > 0
         assert count(Voucher, Voucher.status == "used") > 0
         assert count(PointsPayment) > 0
+        running, ended = (db.session.scalar(sa.select(Promotion).where(Promotion.name == name))
+                          for name, _ in demo.promotion_plan(DAY))
+        assert (status_of(running, DAY), status_of(ended, DAY)) == ("active", "ended")
+        assert count(PromotionGrant, PromotionGrant.promotion_id == running.id) > 0
         assert count(MemberTag) > 0
         # Upgrades as purchases qualified during the year; tonight's recompute takes down a member
         # whose silver year is over.

@@ -36,6 +36,16 @@ class PurchaseCreateSchema(MemberReference):
     currency = fields.String(validate=validate.Length(equal=3))
     occurred_at = Timestamp()
     items = fields.List(fields.Nested(ItemSchema), validate=validate.Length(max=500))
+    channel = fields.String(validate=validate.Length(min=1, max=30), metadata={
+        "description": "Where the purchase was made: store, online, mini_program... (default store); "
+                       "promotions may be limited to channels"})
+
+
+class BreakdownLineSchema(Schema):
+    source = fields.String(metadata={"enum": ["base", "tier", "promotion", "referral"]})
+    promotion_id = fields.Integer(metadata={"description": "Promotion lines only"})
+    name = fields.String()
+    points = PointsField()
 
 
 class PurchaseResultSchema(Schema):
@@ -44,7 +54,10 @@ class PurchaseResultSchema(Schema):
     store_id = fields.String(attribute="record.store_id")
     amount = MoneyField(attribute="record.amount")
     currency = fields.String(attribute="record.currency")
-    points_earned = PointsField(attribute="record.points_earned")
+    points_earned = PointsField(attribute="record.total_points",
+                                metadata={"description": "The sum of the breakdown's lines"})
+    breakdown = fields.List(fields.Nested(BreakdownLineSchema), attribute="record.lines")
+    channel = fields.String(attribute="record.channel", allow_none=True)
     status = fields.Method("get_status", metadata={"enum": ["available", "pending"]})
     available_at = Timestamp(attribute="record.available_at")
     member = fields.Nested(MemberSchema)
@@ -64,7 +77,8 @@ class RefundResultSchema(Schema):
     purchase_id = fields.Integer(attribute="record.purchase_id")
     refund_no = fields.String(attribute="record.refund_no")
     amount = MoneyField(attribute="record.amount")
-    points_reversed = PointsField(attribute="record.points_reversed")
+    points_reversed = PointsField(attribute="record.total_points",
+                                  metadata={"description": "Base and promotion points taken back"})
     member = fields.Nested(MemberSchema)
 
 

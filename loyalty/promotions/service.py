@@ -1,0 +1,376 @@
+"""Promotions: marketing's points campaigns (API.md "Promotions").
+
+Marketing's use cases (create, change, stop, list, stats) each own their transaction and are
+audit-logged. A purchase reaches this module inside its own transaction, with the member's account
+locked (points/service.py): `plan` decides what the promotions give (the pure rules of
+promotions/rules.py over the promotions this process keeps in the settings cache), `grant` writes
+one `bonus` entry per promotion, referencing it, and `on_refund` takes them back pro rata.
+
+Budgets: a promotion's `budget_used` is a counter. A purchase locks the rows of the budgeted
+promotions it may get (in id order, after the member's account: no other order is ever taken, so
+no deadlock), reads what is left, gets at most that, and adds it with a conditional UPDATE that
+can never take the counter past the budget (the table's check constraint says so too). The last
+purchase gets what is left; later ones nothing. Points a refund takes back do not return to the
+budget: the budget counts what was given.
+"""
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from loyalty import audit, clock, settings_cache
+from loyalty.config import settings
+from loyalty.cursors import decode_cursor, encode_cursor
+from loyalty.database import Money, Points, transaction
+from loyalty.errors import Conflict, NotFound, ValidationFailed
+from loyalty.extensions import db
+from loyalty.points import ledger
+from loyalty.points.models import Entry, Purchase
+from loyalty.points import rules as earning
+from loyalty.promotions import rules
+from loyalty.promotions.models import Promotion, PromotionGrant
+from loyalty.segments.models import MemberTag
+from loyalty.tiers import service as tiers
+
+ZERO = Decimal("0.00")
+FIELDS = ("name", "status", "starts_at", "ends_at", "schedule", "scope", "effect", "limits", "stacking",
+          "priority")
+STATUSES = ("draft", "active", "stopped", "ended")
+# Ended promotions stay in the cache this long: a till uploading offline purchases (up to
+# LOYALTY_OFFLINE_MAX_DAYS back) still gets the promotions in force when they were made.
+LOADED_AFTER_END = timedelta(days=400)
+
+
+# --- marketing's use cases ----------------------------------------------------------------------
+
+def create_promotion(fields, actor, now=None):
+    """A new promotion, draft or active; audit-logged."""
+    now = now or clock.now()
+    values = {"status": "draft", "stacking": "stack", "priority": 0, "starts_at": now, **fields}
+    _check(values)
+    with transaction():
+        promotion = Promotion(created_at=now, updated_at=now, budget_used=ZERO)
+        _assign(promotion, values)
+        db.session.add(promotion)
+        db.session.flush()
+        audit.record(actor, "promotion.create", "promotion", promotion.id, None, document(promotion), now)
+    return promotion
+
+
+def update_promotion(promotion_id, changes, actor, now=None):
+    """Change a promotion; purchases after the change see it. A stopped one cannot change."""
+    now = now or clock.now()
+    with transaction():
+        promotion = db.session.get(Promotion, promotion_id, with_for_update=True, populate_existing=True)
+        if promotion is None:
+            raise NotFound(f"No promotion with id {promotion_id}.")
+        if promotion.status == "stopped":
+            raise Conflict(f"Promotion {promotion_id} was stopped and cannot change; create a new one.")
+        before = document(promotion)
+        merged = {**before_values(promotion), **changes}
+        _check(merged)
+        limits = merged.get("limits") or {}
+        if limits.get("budget_points") is not None and limits["budget_points"] < promotion.budget_used:
+            raise ValidationFailed(
+                f"The promotion has already given {promotion.budget_used} points; its budget cannot be "
+                "less than that.", errors={"limits": {"budget_points": [
+                    f"Must be at least {promotion.budget_used}."]}})
+        _assign(promotion, merged)
+        promotion.updated_at = now
+        after = document(promotion)
+        if after != before:
+            audit.record(actor, "promotion.update", "promotion", promotion.id, before, after, now)
+    return promotion
+
+
+def stop_promotion(promotion_id, actor, now=None):
+    """Stop a promotion for good: purchases after this get nothing from it. Stopping twice is a no-op."""
+    now = now or clock.now()
+    with transaction():
+        promotion = db.session.get(Promotion, promotion_id, with_for_update=True, populate_existing=True)
+        if promotion is None:
+            raise NotFound(f"No promotion with id {promotion_id}.")
+        if promotion.status != "stopped":
+            before = document(promotion)
+            promotion.status, promotion.stopped_at, promotion.updated_at = "stopped", now, now
+            audit.record(actor, "promotion.stop", "promotion", promotion.id, before, document(promotion), now)
+    return promotion
+
+
+def get_promotion(promotion_id):
+    # Fresh: purchases move `budget_used` with UPDATE statements that leave loaded objects alone.
+    promotion = db.session.get(Promotion, promotion_id, populate_existing=True)
+    if promotion is None:
+        raise NotFound(f"No promotion with id {promotion_id}.")
+    return promotion
+
+
+def promotions(status=None, limit=50, cursor=None, now=None):
+    """(a page of promotions, newest first; the next page's cursor or None), by status: `ended` is an
+    active promotion past its end, `active` one that has not ended (it may not have started yet)."""
+    now = now or clock.now()
+    query = sa.select(Promotion).order_by(Promotion.id.desc())
+    not_ended = sa.or_(Promotion.ends_at.is_(None), Promotion.ends_at > now)
+    if status == "ended":
+        query = query.where(Promotion.status == "active", sa.not_(not_ended))
+    elif status == "active":
+        query = query.where(Promotion.status == "active", not_ended)
+    elif status is not None:
+        query = query.where(Promotion.status == status)
+    if cursor:
+        query = query.where(Promotion.id < decode_cursor(cursor))
+    rows = db.session.scalars(query.limit(limit + 1)).all()
+    return rows[:limit], (encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
+
+
+def status_of(promotion, now=None):
+    """The status a client sees: draft, active, stopped, or ended (active, past its end)."""
+    now = now or clock.now()
+    if promotion.status == "active" and promotion.ends_at is not None and promotion.ends_at <= now:
+        return "ended"
+    return promotion.status
+
+
+def promotion_stats(promotion_id):
+    promotion = get_promotion(promotion_id)
+    purchases, members, granted, clawed_back, spend = db.session.execute(
+        sa.select(sa.func.count(), sa.func.count(sa.distinct(PromotionGrant.member_id)),
+                  sa.type_coerce(sa.func.coalesce(sa.func.sum(PromotionGrant.points), 0), Points()),
+                  sa.type_coerce(sa.func.coalesce(sa.func.sum(PromotionGrant.points_clawed_back), 0), Points()),
+                  sa.type_coerce(sa.func.coalesce(sa.func.sum(PromotionGrant.qualifying_amount), 0), Money()))
+        .where(PromotionGrant.promotion_id == promotion.id)).one()
+    budget = promotion.budget_points
+    return {"promotion_id": promotion.id, "purchases": purchases, "members": members,
+            "points_granted": granted, "points_clawed_back": clawed_back, "qualifying_spend": spend,
+            "budget_points": budget, "budget_left": None if budget is None else budget - promotion.budget_used}
+
+
+# --- documents ------------------------------------------------------------------------------------
+
+def before_values(promotion):
+    """The promotion's fields as the API takes them (what a PATCH merges its changes into)."""
+    limits = {key: value for key, value in (("per_member", promotion.per_member),
+                                            ("per_member_period", promotion.per_member_period),
+                                            ("budget_points", promotion.budget_points)) if value is not None}
+    return {"name": promotion.name, "status": promotion.status, "starts_at": promotion.starts_at,
+            "ends_at": promotion.ends_at, "schedule": promotion.schedule, "scope": _scope_values(promotion.scope),
+            "effect": _effect_values(promotion.effect), "limits": limits or None,
+            "stacking": promotion.stacking, "priority": promotion.priority}
+
+
+def document(promotion):
+    """The promotion as the audit log keeps it: JSON, decimals as strings, times in ISO 8601."""
+    values = before_values(promotion)
+    return {"id": promotion.id, **{key: _plain(value) for key, value in values.items()},
+            "budget_used": str(promotion.budget_used), "stopped_at": audit.plain(promotion.stopped_at)}
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return audit.plain(value)
+
+
+def _scope_values(scope):
+    if not scope:
+        return None
+    return {**scope, **({"min_amount": Decimal(scope["min_amount"])} if scope.get("min_amount") is not None else {})}
+
+
+def _effect_values(effect):
+    return {key: (value if key == "type" else Decimal(value)) for key, value in effect.items()}
+
+
+def _assign(promotion, values):
+    limits = values.get("limits") or {}
+    promotion.name, promotion.status = values["name"], values["status"]
+    promotion.starts_at, promotion.ends_at = values["starts_at"], values.get("ends_at")
+    promotion.schedule = values.get("schedule") or None
+    promotion.scope = _plain(values.get("scope")) or None
+    promotion.effect = _plain(values["effect"])
+    promotion.per_member = limits.get("per_member")
+    promotion.per_member_period = (limits.get("per_member_period") or "promotion") \
+        if limits.get("per_member") is not None else None
+    promotion.budget_points = limits.get("budget_points")
+    promotion.stacking, promotion.priority = values["stacking"], values["priority"]
+
+
+def _check(values):
+    """The rules between fields (the schema checks each field's shape)."""
+    errors = {}
+    if values.get("ends_at") is not None and values["ends_at"] <= values["starts_at"]:
+        errors["ends_at"] = ["Must be after starts_at."]
+    if values.get("status") not in ("draft", "active"):
+        errors["status"] = ["Must be draft or active (stop a promotion with POST /promotions/{id}/stop)."]
+    schedule = values.get("schedule") or {}
+    if schedule.get("from") is not None and schedule.get("from") == schedule.get("until"):
+        errors["schedule"] = {"until": ["Must differ from 'from' (a window of no time never applies)."]}
+    known = {tier.code for tier in tiers.ladder()}
+    unknown = sorted(set((values.get("scope") or {}).get("tiers") or ()) - known)
+    if unknown:
+        errors["scope"] = {"tiers": [f"Unknown tier {', '.join(unknown)}; tiers are: {', '.join(sorted(known))}."]}
+    limits = values.get("limits") or {}
+    if limits.get("per_member_period") is not None and limits.get("per_member") is None:
+        errors["limits"] = {"per_member": ["Give per_member with per_member_period: how many purchases per period."]}
+    if errors:
+        field, problem = next(iter(errors.items()))
+        detail = problem[0] if isinstance(problem, list) else f"{next(iter(problem))}: {next(iter(problem.values()))[0]}"
+        raise ValidationFailed(f"The promotion is not valid: {field}: {detail}", errors=errors)
+
+
+# --- the promotions in force, as rules ----------------------------------------------------------
+
+def active_rules():
+    """The draft and active promotions, as immutable rules (kept a few seconds per process,
+    loyalty/settings_cache.py: every purchase matches them in memory)."""
+    return settings_cache.cached("promotions", _load_rules)
+
+
+def _load_rules():
+    horizon = clock.now() - LOADED_AFTER_END
+    rows = db.session.scalars(sa.select(Promotion).where(
+        Promotion.status.in_(("draft", "active")),
+        sa.or_(Promotion.ends_at.is_(None), Promotion.ends_at > horizon)).order_by(Promotion.id)).all()
+    return tuple(rules.rule_from_document(
+        row.id, row.name, row.status, row.starts_at, row.ends_at, row.schedule, row.scope, row.effect,
+        row.per_member, row.per_member_period, row.budget_points, row.stacking, row.priority) for row in rows)
+
+
+settings_cache.watch(Promotion, "promotions")
+
+
+def basket_for(member, store_id, channel, amount, items, occurred_at, exclude_purchase_id=None,
+               include_drafts=False):
+    """The purchase as the promotions see it. The member's tags and whether this is their first
+    purchase cost a query each, asked only when a promotion in force for this store, channel and tier
+    needs them."""
+    basket = rules.Basket(
+        store_id=store_id, channel=channel or "store", amount=amount,
+        items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
+                    for i in items or ()),
+        occurred_at=occurred_at, tier=member.tier_code if member is not None else tiers.ladder()[0].code)
+    if member is None:
+        return basket
+    tz = settings().timezone
+    open_ = [promotion for promotion in active_rules()
+             if (promotion.scope.tags or promotion.scope.first_purchase_only)
+             and rules.in_force(promotion, occurred_at, tz, include_drafts)
+             and rules.in_scope(promotion, replace(basket, tags=promotion.scope.tags, first_purchase=True))]
+    tags, first = frozenset(), True
+    if any(promotion.scope.tags for promotion in open_):
+        tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
+    if any(promotion.scope.first_purchase_only for promotion in open_):
+        first = not db.session.scalar(sa.select(sa.exists().where(
+            Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
+    return replace(basket, tags=tags, first_purchase=first)
+
+
+def plan(member_id, basket, earning_rules, lock=False, include_drafts=False):
+    """The awards of `basket` for the member (None: a guest), limits and budgets applied. With `lock`
+    (a real purchase, in its transaction, the member's account locked) the budgeted promotions' rows
+    stay locked until the purchase commits; without, nothing is locked or written (simulate)."""
+    tz = settings().timezone
+    matched = rules.matching(active_rules(), basket, earning_rules, tz, include_drafts)
+    if not matched:
+        return ()
+    limited = [promotion for promotion, _, _ in matched if promotion.per_member is not None]
+    used = _used(member_id, limited, basket.occurred_at, tz) if member_id is not None and limited else {}
+    budgeted = sorted(promotion.id for promotion, _, _ in matched if promotion.budget_points is not None)
+    left = _budget_left(budgeted, lock) if budgeted else {}
+    return rules.choose(matched, used, left)
+
+
+def _used(member_id, promotions, occurred_at, tz):
+    """Grants this member had from each promotion in the period `occurred_at` falls in."""
+    keys = [sa.and_(PromotionGrant.promotion_id == promotion.id,
+                    PromotionGrant.period == rules.period_key(promotion, occurred_at, tz))
+            for promotion in promotions]
+    return dict(db.session.execute(
+        sa.select(PromotionGrant.promotion_id, sa.func.count()).where(
+            PromotionGrant.member_id == member_id, sa.or_(*keys)).group_by(PromotionGrant.promotion_id)).all())
+
+
+def _budget_left(promotion_ids, lock):
+    query = sa.select(Promotion.id, Promotion.budget_points, Promotion.budget_used).where(
+        Promotion.id.in_(promotion_ids)).order_by(Promotion.id)
+    if lock:
+        query = query.with_for_update()
+    return {row.id: (None if row.budget_points is None else row.budget_points - row.budget_used)
+            for row in db.session.execute(query)}
+
+
+# --- inside a purchase's and a refund's transaction ---------------------------------------------
+
+def grant(account, purchase, awards, now, available_at, expires_at):
+    """Write the awards of a purchase: one `bonus` entry (and lot) each, referencing the promotion,
+    and the budgets they used."""
+    tz = settings().timezone
+    by_id = {promotion.id: promotion for promotion in active_rules()}
+    for award in awards:
+        promotion = by_id.get(award.promotion_id)
+        entry, lot = ledger.credit(
+            account, "bonus", award.points, f"Promotion {award.name}: purchase {purchase.receipt_no}",
+            ("promotion", award.promotion_id), now, available_at=available_at, expires_at=expires_at)
+        db.session.add(PromotionGrant(
+            promotion_id=award.promotion_id, purchase_id=purchase.id, member_id=account.member_id,
+            period=rules.period_key(promotion, purchase.occurred_at, tz) if promotion else "all",
+            qualifying_amount=award.qualifying_amount, points=award.points, entry=entry, lot=lot,
+            created_at=now))
+        if promotion is not None and promotion.budget_points is not None:
+            _spend_budget(award.promotion_id, award.points)
+
+
+def _spend_budget(promotion_id, points):
+    """Add to the counter only while it stays within the budget: under the row lock `plan` took this
+    always succeeds; should anything ever go around that lock, the purchase fails rather than overspend."""
+    result = db.session.execute(
+        sa.update(Promotion).where(Promotion.id == promotion_id,
+                                   sa.or_(Promotion.budget_points.is_(None),
+                                          Promotion.budget_used + points <= Promotion.budget_points))
+        .values(budget_used=Promotion.budget_used + points).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        raise Conflict("A promotion's budget ran out while this purchase was recorded; send it again.")
+
+
+def on_refund(account, purchase, refund, refunded_before, now):
+    """Take each promotion's points of the purchase back pro rata to the money refunded, like its base
+    points: from the grant's own lot first, then from available points, then as debt. Points of the
+    grant that expired already count as taken back. Returns the points taken."""
+    taken_total = ZERO
+    grants = db.session.scalars(sa.select(PromotionGrant).where(PromotionGrant.purchase_id == purchase.id)
+                                .order_by(PromotionGrant.id)).all()
+    for row in grants:
+        due = earning.reversal_points(row.points, purchase.amount, refunded_before, refund.amount,
+                                      row.points_reversed)
+        if due <= 0:
+            continue
+        taken = due - min(due, _expired_not_yet_counted(row))
+        if taken > 0:
+            ledger.claw_back(account, taken, f"Refund {refund.refund_no}: points of promotion {row.promotion_id} "
+                                             f"on purchase {purchase.receipt_no}", ("refund", refund.id), now,
+                             first_lot=row.lot)
+        account.lifetime_earned -= due - taken  # the expired part was not earned either
+        row.points_reversed += due
+        row.points_clawed_back += taken
+        taken_total += taken
+    return taken_total
+
+
+def _expired_not_yet_counted(row):
+    if row.lot.status != "expired":
+        return ZERO
+    expired = -db.session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Entry.points), 0)).where(
+        Entry.member_id == row.member_id, Entry.type == "expire", Entry.reference_type == "lot",
+        Entry.reference_id == str(row.lot_id)))
+    return max(expired - (row.points_reversed - row.points_clawed_back), ZERO)
+
+
+def purchase_awards(purchase_id):
+    """What promotions gave a purchase: [(promotion id, name, points)], in the order granted."""
+    return db.session.execute(
+        sa.select(PromotionGrant.promotion_id, Promotion.name, PromotionGrant.points)
+        .join(Promotion, Promotion.id == PromotionGrant.promotion_id)
+        .where(PromotionGrant.purchase_id == purchase_id).order_by(PromotionGrant.id)).all()

@@ -1,0 +1,61 @@
+"""A promotion's budget under 20 tills at once (real threads; see tests/service/test_concurrency.py):
+the budget is never exceeded, the purchase that reaches it gets what is left, later ones nothing,
+and the ledger stays exact."""
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from loyalty.extensions import db
+from loyalty.promotions import service as promotions
+from loyalty.promotions.models import Promotion, PromotionGrant
+from tests import factories
+from tests.service.test_concurrency import (assert_ledger_exact, on_both_databases, outcomes, post, race,
+                                            read, setup)
+
+D = Decimal
+
+
+def budgeted(points, budget, **fields):
+    return promotions.create_promotion({
+        "name": "Budgeted bonus", "status": "active", "starts_at": datetime(2020, 1, 1, tzinfo=timezone.utc),
+        "effect": {"type": "bonus", "points": D(points)}, "limits": {"budget_points": D(budget)}, **fields},
+        actor="test").id
+
+
+@on_both_databases
+def test_twenty_tills_at_once_never_exceed_a_promotions_budget(database, app, headers):
+    def build():
+        return budgeted("30", "100"), [factories.member().id for _ in range(20)]
+    promotion_id, members = setup(app, build)
+
+    results = race(app, [post("/purchases", headers["pos"], {"member_id": m, "receipt_no": f"R{n}",
+                                                              "amount": "10.00"})
+                         for n, m in enumerate(members)], threads=20)
+
+    assert outcomes(results) == [(201, None)] * 20
+    bonuses = sorted((D(str(r.get_json()["points_earned"])) - D("10") for r in results), reverse=True)
+    assert bonuses == [D("30.00")] * 3 + [D("10.00")] + [D("0.00")] * 16
+    used, granted = read(app, lambda: (
+        db.session.scalar(sa.select(Promotion.budget_used).where(Promotion.id == promotion_id)),
+        db.session.scalar(sa.select(sa.func.sum(PromotionGrant.points)))))
+    assert used == granted == D("100.00")
+    assert_ledger_exact(app)
+
+
+@on_both_databases
+def test_one_members_tills_at_once_respect_a_per_member_limit(database, app, headers):
+    def build():
+        promotion_id = promotions.create_promotion({
+            "name": "Once a day", "status": "active", "starts_at": datetime(2020, 1, 1, tzinfo=timezone.utc),
+            "effect": {"type": "bonus", "points": D("50")}, "limits": {"per_member": 1, "per_member_period": "day"}},
+            actor="test").id
+        return promotion_id, factories.member().id
+    promotion_id, member_id = setup(app, build)
+
+    results = race(app, [post("/purchases", headers["pos"], {"member_id": member_id, "receipt_no": f"R{n}",
+                                                              "amount": "10.00"}) for n in range(12)])
+
+    assert outcomes(results) == [(201, None)] * 12
+    assert sorted(r.get_json()["points_earned"] for r in results) == [10] * 11 + [60]
+    assert_ledger_exact(app)
