@@ -1,8 +1,12 @@
-"""The settle rule has one source, points/ledger.py, in two forms: `settle`, which brings one locked
-account up to now when it is written to, and `release_range` + `expire_range`, which do the same to
-every account of a range of members at once (the nightly jobs). On generated lives (credits pending
-for a while or available at once, expiring or not, points taken back into debt) and generated
-dates, twins settled each way end with the same balances, lots and entries."""
+"""The ledger's rules have one source each, points/ledger.py, in two forms: one locked account at a
+time (what a write does) and every account of a range of members at once (the nightly jobs).
+
+- `settle` brings an account up to now; `release_range` + `expire_range` do the same set-based.
+- `credit` adds a lot to one account; `credit_many` credits many (the birthday gifts).
+
+On generated lives (credits pending for a while or available at once, expiring or not, points
+taken back into debt) and generated dates, twins taken each way end with the same balances, lots
+and entries, and the ledger's invariants hold."""
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -12,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loyalty.database import transaction
+from loyalty.errors import ValidationFailed
 from loyalty.extensions import db
 from loyalty.points import ledger
 from loyalty.points.models import Account, Entry, Lot
@@ -27,13 +32,14 @@ points = st.integers(min_value=1, max_value=50_000).map(lambda n: Decimal(n).sca
 hours = st.integers(min_value=0, max_value=96)
 credit = st.tuples(st.just("credit"), points, hours, st.one_of(st.none(), hours))  # pending for, expires after
 take_back = st.tuples(st.just("take_back"), points)  # a refund's claw-back: what is spent becomes debt
-lives = st.lists(st.lists(st.one_of(credit, credit, take_back), min_size=1, max_size=8), min_size=1, max_size=4)
+spend = st.tuples(st.just("spend"), points)  # a payment, of at most what is available
+lives = st.lists(st.lists(st.one_of(credit, credit, take_back, spend), min_size=1, max_size=8), min_size=1, max_size=4)
 
 
 def live(member_id, operations):
     """One member's life, all of it at T0, through the ledger itself: credits pending for some hours
-    (or available at once) that expire some hours after they become available (or never), and
-    claw-backs, which leave a debt when the points are gone."""
+    (or available at once) that expire some hours after they become available (or never),
+    payments, and claw-backs, which leave a debt when the points are gone."""
     with transaction():
         account = ledger.lock_account(member_id, T0)
         for number, operation in enumerate(operations):
@@ -43,6 +49,9 @@ def live(member_id, operations):
                 expires_at = None if expiry_hours is None else available_at + (expiry_hours + 1) * HOUR
                 ledger.credit(account, "earn", amount, "credit", ("test", number), T0,
                               available_at=available_at, expires_at=expires_at)
+            elif operation[0] == "spend":
+                if account.available > 0:
+                    ledger.debit(account, "redeem", min(operation[1], account.available), "spent", ("test", number), T0)
             else:
                 ledger.claw_back(account, operation[1], "taken back", ("test", number), T0)
 
@@ -61,8 +70,11 @@ def state(member_id):
     return (account.available, account.pending, account.debt, account.lifetime_earned), lots, entries
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTIES = settings(max_examples=30, deadline=None, derandomize=True,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+@PROPERTIES
 @given(lives, st.integers(min_value=0, max_value=200), st.integers(min_value=0, max_value=200))
 def test_settling_one_account_and_settling_a_range_in_sql_leave_the_same_ledger(lives, first_hours, more_hours):
     """The jobs' form runs over the whole range of the first twins, releasing at one instant and
@@ -87,4 +99,48 @@ def test_settling_one_account_and_settling_a_range_in_sql_leave_the_same_ledger(
     db.session.remove()
 
     assert [state(one) for one in by_sql] == [state(twin) for twin in by_write]
+    assert broken_accounts() == []
+
+
+@PROPERTIES
+@given(lives.flatmap(lambda lives: st.tuples(st.just(lives), st.lists(points, min_size=len(lives),
+                                                                      max_size=len(lives)))),
+       st.booleans(), st.one_of(st.none(), st.integers(min_value=0, max_value=2)))
+def test_crediting_many_accounts_at_once_leaves_what_crediting_each_would(world, earned, near_the_most):
+    """Twins live the same life; then the first of each pair is credited with the others in one
+    credit_many, the second by a credit of its own. With `near_the_most`, the first pair holds
+    almost the most an account may: a gift that would pass it is refused one way, left out the other."""
+    lives, gifts = world
+    by_sql = [factories.member(now=T0).id for _ in lives]
+    by_one = [factories.member(now=T0).id for _ in lives]
+    for operations, one, twin in zip(lives, by_sql, by_one):
+        live(one, operations)
+        live(twin, operations)
+        if near_the_most is not None and one == by_sql[0]:
+            account = db.session.get(Account, one, populate_existing=True)
+            fortune = (ledger.MAX_ACCOUNT_POINTS - max(account.balance, account.lifetime_earned)
+                       - gifts[0] * near_the_most)
+            live(one, [("credit", fortune, 0, None)])
+            live(twin, [("credit", fortune, 0, None)])
+    expires_at = T0 + 400 * 24 * HOUR
+
+    due = " UNION ALL ".join(f"SELECT :member{n} AS member_id, :points{n} AS points" for n in range(len(by_sql)))
+    params = {name: value for n, (member_id, gift) in enumerate(zip(by_sql, gifts))
+              for name, value in ((f"member{n}", member_id), (f"points{n}", int(gift * 100)))}
+    with transaction():
+        credited = ledger.credit_many(due, params, "bonus", "A gift", ("gift", 2026), T0,
+                                      expires_at=expires_at, earned=earned)
+    refused = 0
+    for twin, gift in zip(by_one, gifts):
+        try:
+            with transaction():
+                account = ledger.lock_account(twin, T0)
+                ledger.credit(account, "bonus", gift, "A gift", ("gift", 2026), T0,
+                              expires_at=expires_at, earned=earned)
+        except ValidationFailed:
+            refused += 1
+    db.session.remove()
+
+    assert credited == len(by_sql) - refused
+    assert [state(one) for one in by_sql] == [state(twin) for twin in by_one]
     assert broken_accounts() == []
