@@ -1,5 +1,5 @@
-"""Membership tiers: the ladder marketing edits, upgrades at once, the nightly recompute, and an
-admin's manual tier. See DESIGN.md "Tiers".
+"""Membership tiers: the ladder marketing edits, upgrades at once, and an admin's manual tier; the
+nightly recompute is in jobs.py, the rules both apply in rules.py. See DESIGN.md "Tiers".
 
 Dates: a member's qualification window is the `LOYALTY_TIER_WINDOW_MONTHS` months that end with
 today (local time). A tier reached on day R is protected from downgrades through the same day
