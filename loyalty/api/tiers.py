@@ -15,7 +15,7 @@ class Tiers(MethodView):
     @blp.response(200, TierSchema(many=True))
     def get(self):
         """The tiers, lowest rank first, with their qualification and benefits (a plain list: there are few)"""
-        return [service.tier_document(tier) for tier in service.tiers()]
+        return [service.tier_document(tier) for tier in service.ladder()]
 
 
 @blp.route("/tiers/<string(maxlength=20):code>")

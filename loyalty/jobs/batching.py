@@ -1,6 +1,6 @@
 """What every set-based job shares: members in id ranges of BATCH, one transaction per range, and
 the day a run acts for (never ahead of now). The jobs themselves live with their domains
-(points/jobs.py, segments/jobs.py, members/jobs.py, ...); jobs/ keeps the registry, the runner,
+(points/jobs.py, tiers/jobs.py, members/jobs.py, segments/jobs.py, referrals/jobs.py, webhooks/jobs.py); jobs/ keeps the registry, the runner,
 this batching and the scheduler."""
 import sqlalchemy as sa
 

@@ -13,11 +13,11 @@ from loyalty.extensions import db
 from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
 from loyalty.points import jobs as points_jobs
+from loyalty.referrals import jobs as referral_jobs
 from loyalty.referrals.models import Referral
-from loyalty.referrals.service import expire_referrals
 from loyalty.segments import jobs as segment_jobs
-from loyalty.tiers.service import recompute_tiers
-from loyalty.webhooks.service import deliver_due, due_count
+from loyalty.tiers import jobs as tier_jobs
+from loyalty.webhooks import jobs as webhook_jobs
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ JOBS = [
     Job("members.value_segments", "Value segments: high value, potential, low value, at risk",
         "30 3 * * *", segment_jobs.value_segments, _member_count),
     Job("tiers.recompute", "Put every member in the tier their window earns; downgrades only after "
-        "protection, one tier at a time", "30 2 * * *", recompute_tiers, _member_count),
+        "protection, one tier at a time", "30 2 * * *", tier_jobs.recompute_tiers, _member_count),
     Job("referrals.expire", "Pending referrals whose first-purchase deadline has passed expire",
-        "15 2 * * *", expire_referrals, _pending_referrals),
+        "15 2 * * *", referral_jobs.expire_referrals, _pending_referrals),
     Job("webhooks.deliver", "Webhook deliveries that are due are sent (signed), retried with back-off, dead "
-        "after the last try", "* * * * *", deliver_due, due_count),
+        "after the last try", "* * * * *", webhook_jobs.deliver_due, webhook_jobs.due_count),
 ]
 
 

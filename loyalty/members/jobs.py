@@ -1,26 +1,27 @@
-"""Birthday gifts, nightly and set-based: the tier's birthday points, once a year, as one INSERT
-... SELECT per range of member ids and day. Running it twice for the same day changes nothing the
-second time."""
+"""Birthday gifts, nightly and set-based: the tier's birthday points, once a year, credited by
+ledger.credit_many per range of member ids and day. Running it twice for the same day changes
+nothing the second time."""
 from datetime import timedelta
 
 import sqlalchemy as sa
 
 from loyalty import clock
-from loyalty.database import Points, UTCDateTime, transaction
+from loyalty.database import transaction
 from loyalty.extensions import db
 from loyalty.jobs.batching import BATCH, id_ranges
 from loyalty.jobs.models import JobRun
+from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
 from loyalty.points.settings import current_rules
-from loyalty.webhooks import service as webhooks
 from loyalty.config import settings
 
 
 def birthday_bonus(as_of, progress=None, now=None, batch=BATCH):
     """Members whose birthday is `as_of` get their tier's birthday points, once a year: a `bonus`
     entry naming the year, and a lot (paying any debt first, like every credit). Born on 29
-    February: 28 February in other years. Set-based: per range, one INSERT of the entries, one of
-    the lots, one UPDATE of the accounts, after locking the accounts it changes.
+    February: 28 February in other years. Set-based: per range, the members due are credited by
+    ledger.credit_many (one INSERT of the entries, one of the lots, one UPDATE of the accounts,
+    after locking the accounts it changes).
 
     Days the job missed (the scheduler was down, a run failed) are caught up: the birthdays of
     every day after the last successful run, at most LOYALTY_BIRTHDAY_CATCH_UP_DAYS (7) back, are
@@ -51,54 +52,20 @@ def _birthday_gifts(day, now, expires, progress, batch):
         days.append("02-29")
     dialect = db.session.get_bind().dialect.name
     month_day = "to_char(m.birthday, 'MM-DD')" if dialect == "postgresql" else "strftime('%m-%d', m.birthday)"
-    lock = " ORDER BY a.member_id FOR UPDATE OF a" if dialect == "postgresql" else ""
     year = str(day.year)
-    params = {"year": year, "now": now, "expires": expires, "d1": days[0], "d2": days[-1]}
-    when = UTCDateTime()
-    bind = [sa.bindparam("now", type_=when), sa.bindparam("expires", type_=when)]
+    params = {"year": year, "d1": days[0], "d2": days[-1]}
+    due = (f"SELECT m.id AS member_id, t.birthday_points AS points FROM members m "
+           f"JOIN tiers t ON t.code = m.tier_code "
+           f"WHERE m.id BETWEEN :low AND :high AND m.status = 'active' AND m.birthday IS NOT NULL "
+           f"AND {month_day} IN (:d1, :d2) AND t.birthday_points > 0 AND NOT EXISTS ("
+           f"SELECT 1 FROM ledger_entries e WHERE e.member_id = m.id AND e.type = 'bonus' "
+           f"AND e.reference_type = 'birthday' AND e.reference_id = :year)")
     given = 0
     for low, high in id_ranges(batch):
         params.update(low=low, high=high)
         with transaction():
-            due = (f"FROM members m JOIN tiers t ON t.code = m.tier_code JOIN accounts a ON a.member_id = m.id "
-                   f"WHERE m.id BETWEEN :low AND :high AND m.status = 'active' AND m.birthday IS NOT NULL "
-                   f"AND {month_day} IN (:d1, :d2) AND t.birthday_points > 0 AND NOT EXISTS ("
-                   f"SELECT 1 FROM ledger_entries e WHERE e.member_id = m.id AND e.type = 'bonus' "
-                   f"AND e.reference_type = 'birthday' AND e.reference_id = :year)")
-            db.session.execute(sa.text(f"SELECT a.member_id {due}{lock}"), params)
-            db.session.execute(sa.text("DROP TABLE IF EXISTS birthday_due"))
-            db.session.execute(sa.text(
-                f"CREATE TEMPORARY TABLE birthday_due AS SELECT m.id AS member_id, t.birthday_points AS points, "
-                f"CASE WHEN a.debt < t.birthday_points THEN a.debt ELSE t.birthday_points END AS paid, "
-                f"a.available + a.pending + t.birthday_points AS balance_after {due}"), params)
-            db.session.execute(sa.text(
-                "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
-                "reference_id, expires_at, created_at) SELECT member_id, 'bonus', points, balance_after, "
-                "'Birthday gift', 'birthday', :year, :expires, :now FROM birthday_due").bindparams(*bind), params)
-            db.session.execute(sa.text(
-                "INSERT INTO lots (member_id, entry_id, points, remaining, status, available_at, expires_at, "
-                "created_at) SELECT d.member_id, e.id, d.points, d.points - d.paid, 'available', :now, :expires, "
-                ":now FROM birthday_due d JOIN ledger_entries e ON e.member_id = d.member_id AND e.type = 'bonus' "
-                "AND e.reference_type = 'birthday' AND e.reference_id = :year").bindparams(*bind), params)
-            db.session.execute(sa.text(
-                "UPDATE accounts SET available = available + (SELECT points FROM birthday_due d "
-                "WHERE d.member_id = accounts.member_id), lifetime_earned = lifetime_earned + (SELECT points "
-                "FROM birthday_due d WHERE d.member_id = accounts.member_id), debt = debt - (SELECT paid "
-                "FROM birthday_due d WHERE d.member_id = accounts.member_id), updated_at = :now "
-                "WHERE member_id IN (SELECT member_id FROM birthday_due)").bindparams(bind[0]), params)
-            given += db.session.scalar(sa.text("SELECT COUNT(*) FROM birthday_due"))
-            if webhooks.subscribers("points.credited"):
-                webhooks.emit_many("points.credited", [
-                    {"member_id": member_id, "entry_type": "bonus", "points": points, "pending": False,
-                     "available_at": now, "expires_at": expires, "description": "Birthday gift",
-                     "reference": {"type": "birthday", "id": year},
-                     "balance": {"available": available, "pending": pending}}
-                    for member_id, points, available, pending in db.session.execute(sa.text(
-                        "SELECT d.member_id, d.points, a.available, a.pending FROM birthday_due d "
-                        "JOIN accounts a ON a.member_id = d.member_id ORDER BY d.member_id").columns(
-                        sa.column("member_id", sa.BigInteger), sa.column("points", Points()),
-                        sa.column("available", Points()), sa.column("pending", Points())))], now)
-            db.session.execute(sa.text("DROP TABLE birthday_due"))
+            given += ledger.credit_many(due, params, "bonus", "Birthday gift", ("birthday", year), now,
+                                        expires_at=expires)
         if progress:
             progress(high - low + 1)
     return given

@@ -1,13 +1,11 @@
 """The ledger's nightly jobs, set-based: pending points become available, points past their expiry
 expire, and members are reminded of points about to expire.
 
-They do to every account at once what `ledger.settle` does to one account when it is written to,
-with the same results (the tests run both ways and compare): released points pay a debt first,
-then what is past its expiry expires with an `expire` entry per lot. SQL over members in id
-ranges, one transaction per range; each range first locks the accounts it will change, so a
-purchase for one of those members waits for the batch (and then sees its result) instead of
-settling the same lots twice. Idempotent: a second run finds nothing due. Restartable: a run
-killed half-way has committed whole ranges only, and the next run does the rest.
+They do to every account at once what `ledger.settle` does to one account when it is written to:
+the set-based form of that rule (`ledger.release_range`, `ledger.expire_range`) lives beside it in
+ledger.py. Members in id ranges, one transaction per range. Idempotent: a second run finds nothing
+due. Restartable: a run killed half-way has committed whole ranges only, and the next run does the
+rest.
 """
 import json
 from datetime import timedelta
@@ -20,106 +18,10 @@ from loyalty.database import UTCDateTime, transaction
 from loyalty.extensions import db
 from loyalty.jobs.batching import BATCH, day_cutoff, id_ranges
 from loyalty.jobs.models import Notification
+from loyalty.points.ledger import expire_range, release_range
 from loyalty.points.models import Lot
 from loyalty.webhooks import service as webhooks
 from loyalty.config import settings
-
-EXPIRY_DESCRIPTION = "Points expired"
-
-
-def _t(sql):
-    """Raw SQL whose :cutoff and :now are aware datetimes (stored as the models store them)."""
-    return sa.text(sql).bindparams(*(sa.bindparam(name, type_=UTCDateTime())
-                                     for name in ("cutoff", "now") if f":{name}" in sql))
-
-
-def _lock_accounts(low, high, due_condition, params):
-    """Lock (PostgreSQL) the accounts of the range that have something due, lowest id first."""
-    if db.session.get_bind().dialect.name != "postgresql":
-        return  # SQLite: BEGIN IMMEDIATE holds the whole database already
-    db.session.execute(_t(
-        f"SELECT a.member_id FROM accounts a WHERE a.member_id BETWEEN :low AND :high AND EXISTS "
-        f"(SELECT 1 FROM lots l WHERE l.member_id = a.member_id AND {due_condition}) "
-        f"ORDER BY a.member_id FOR UPDATE"), params)
-
-
-def _index_due(table, *columns):
-    """Index a range's temporary table on the columns the UPDATEs below look its rows up by (a
-    correlated subquery per lot or account), so that a lookup is not a scan of the whole table,
-    and give PostgreSQL its statistics (autovacuum never analyses temporary tables)."""
-    for column in columns:
-        db.session.execute(sa.text(f"CREATE INDEX {table}_{column} ON {table} ({column})"))
-    if db.session.get_bind().dialect.name == "postgresql":
-        db.session.execute(sa.text(f"ANALYZE {table}"))
-
-
-PENDING_DUE = "l.status = 'pending' AND l.available_at <= :cutoff"
-EXPIRY_DUE = "l.status = 'available' AND l.remaining > 0 AND l.expires_at <= :cutoff"
-
-
-def release_range(low, high, cutoff, now):
-    """Pending lots whose time has come become available; each pays the account's debt first, in
-    the order the lots became available (as ledger.settle does)."""
-    params = {"low": low, "high": high, "cutoff": cutoff, "now": now}
-    _lock_accounts(low, high, PENDING_DUE, params)
-    db.session.execute(sa.text("DROP TABLE IF EXISTS release_due"))
-    db.session.execute(_t(f"""
-        CREATE TEMPORARY TABLE release_due AS
-        SELECT lot_id, member_id, remaining,
-               CASE WHEN debt - before_it <= 0 THEN 0
-                    WHEN debt - before_it >= remaining THEN remaining
-                    ELSE debt - before_it END AS paid
-        FROM (SELECT l.id AS lot_id, l.member_id, l.remaining, a.debt,
-                     COALESCE(SUM(l.remaining) OVER (PARTITION BY l.member_id ORDER BY l.available_at, l.id
-                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
-                     AS before_it
-              FROM lots l JOIN accounts a ON a.member_id = l.member_id
-              WHERE l.member_id BETWEEN :low AND :high AND {PENDING_DUE}) AS due"""), params)
-    _index_due("release_due", "lot_id", "member_id")
-    db.session.execute(sa.text(
-        "UPDATE lots SET status = 'available', remaining = remaining - "
-        "(SELECT paid FROM release_due d WHERE d.lot_id = lots.id) "
-        "WHERE id IN (SELECT lot_id FROM release_due)"))
-    db.session.execute(_t(
-        "UPDATE accounts SET pending = pending - (SELECT SUM(remaining) FROM release_due d "
-        "WHERE d.member_id = accounts.member_id), "
-        "available = available + (SELECT SUM(remaining) FROM release_due d WHERE d.member_id = accounts.member_id), "
-        "debt = debt - (SELECT SUM(paid) FROM release_due d WHERE d.member_id = accounts.member_id), "
-        "updated_at = :now WHERE member_id IN (SELECT member_id FROM release_due)"), params)
-    released = db.session.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM release_due")).one()
-    db.session.execute(sa.text("DROP TABLE release_due"))
-    return released
-
-
-def expire_range(low, high, cutoff, now):
-    """Lots past their expiry give up what remains of them, earliest expiry first, one `expire`
-    entry per lot with the balance after it."""
-    params = {"low": low, "high": high, "cutoff": cutoff, "now": now, "description": EXPIRY_DESCRIPTION}
-    _lock_accounts(low, high, EXPIRY_DUE, params)
-    db.session.execute(sa.text("DROP TABLE IF EXISTS expire_due"))
-    db.session.execute(_t(f"""
-        CREATE TEMPORARY TABLE expire_due AS
-        SELECT l.id AS lot_id, l.member_id, l.remaining,
-               a.available + a.pending - SUM(l.remaining) OVER (
-                   PARTITION BY l.member_id ORDER BY l.expires_at, l.id ROWS UNBOUNDED PRECEDING)
-               AS balance_after
-        FROM lots l JOIN accounts a ON a.member_id = l.member_id
-        WHERE l.member_id BETWEEN :low AND :high AND {EXPIRY_DUE}"""), params)
-    _index_due("expire_due", "lot_id", "member_id")
-    db.session.execute(_t(
-        "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
-        "reference_id, expires_at, created_at) "
-        "SELECT member_id, 'expire', -remaining, balance_after, :description, 'lot', CAST(lot_id AS VARCHAR(40)), "
-        "NULL, :now FROM expire_due ORDER BY member_id, balance_after DESC"), params)
-    db.session.execute(sa.text(
-        "UPDATE lots SET remaining = 0, status = 'expired' WHERE id IN (SELECT lot_id FROM expire_due)"))
-    db.session.execute(_t(
-        "UPDATE accounts SET available = available - (SELECT SUM(remaining) FROM expire_due d "
-        "WHERE d.member_id = accounts.member_id), updated_at = :now "
-        "WHERE member_id IN (SELECT member_id FROM expire_due)"), params)
-    expired = db.session.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM expire_due")).one()
-    db.session.execute(sa.text("DROP TABLE expire_due"))
-    return expired
 
 
 def release_pending(as_of, progress=None, now=None, batch=BATCH):

@@ -10,6 +10,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from loyalty.database import Points, UTCDateTime
 from loyalty.errors import InsufficientPoints, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
@@ -21,6 +22,7 @@ ZERO = Decimal("0.00")
 # hundredths can store (9.2e16 points), so no balance, sum or later credit can overflow into a
 # database error. No real member comes near it (a largest purchase earns at most 1e11 points).
 MAX_ACCOUNT_POINTS = Decimal("1e14")
+EXPIRY_DESCRIPTION = "Points expired"
 SPEND_ORDER = (sa.nulls_last(Lot.expires_at.asc()), Lot.id.asc())  # earliest expiry first
 
 
@@ -44,9 +46,10 @@ def settle(account, now, lots_due=True):
     whose time has come (each pays any debt the moment it is released), expire lots past their
     expiry, then pay what debt is left from what is still available.
 
-    The nightly jobs do the same for everyone in bulk; doing it here as well means a write never
-    spends an expired point or misses one that became available a minute ago, and when an account
-    is settled never changes what it ends up holding.
+    `release_range` and `expire_range` below are the same rule, set-based: the nightly jobs run
+    them for everyone. Doing it here as well means a write never spends an expired point or misses
+    one that became available a minute ago, and when an account is settled never changes what it
+    ends up holding.
     """
     due = db.session.scalars(
         sa.select(Lot).where(Lot.member_id == account.member_id, _due(now)).order_by(Lot.id)
@@ -78,6 +81,113 @@ def _due(now):
     )
 
 
+# --- settle, set-based ------------------------------------------------------------------------------
+# The same rule as `settle`, for every account of a range of member ids at once (the nightly jobs,
+# points/jobs.py, one transaction per range): raw SQL with window functions, no query per member.
+# Each range first locks (PostgreSQL) the accounts it will change, so a purchase for one of those
+# members waits for the batch and then sees its result, instead of settling the same lots twice.
+# The one step of `settle` left out, paying a debt from lots that were available already, never
+# has anything to do: a debt is never owed while available points remain (verify.py checks it).
+# tests/service/test_ledger_sql.py checks on generated lots and dates that both forms agree.
+
+def _t(sql):
+    """Raw SQL whose :cutoff and :now are aware datetimes (stored as the models store them)."""
+    return sa.text(sql).bindparams(*(sa.bindparam(name, type_=UTCDateTime())
+                                     for name in ("cutoff", "now") if f":{name}" in sql))
+
+
+def _lock_accounts(low, high, due_condition, params):
+    """Lock (PostgreSQL) the accounts of the range that have something due, lowest id first."""
+    if db.session.get_bind().dialect.name != "postgresql":
+        return  # SQLite: BEGIN IMMEDIATE holds the whole database already
+    db.session.execute(_t(
+        f"SELECT a.member_id FROM accounts a WHERE a.member_id BETWEEN :low AND :high AND EXISTS "
+        f"(SELECT 1 FROM lots l WHERE l.member_id = a.member_id AND {due_condition}) "
+        f"ORDER BY a.member_id FOR UPDATE"), params)
+
+
+def _index_due(table, *columns):
+    """Index a range's temporary table on the columns the UPDATEs below look its rows up by (a
+    correlated subquery per lot or account), so that a lookup is not a scan of the whole table,
+    and give PostgreSQL its statistics (autovacuum never analyses temporary tables)."""
+    for column in columns:
+        db.session.execute(sa.text(f"CREATE INDEX {table}_{column} ON {table} ({column})"))
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(sa.text(f"ANALYZE {table}"))
+
+
+# `_due`, in the raw SQL below (lots aliased `l`), one condition per step.
+PENDING_DUE = "l.status = 'pending' AND l.available_at <= :cutoff"
+EXPIRY_DUE = "l.status = 'available' AND l.remaining > 0 AND l.expires_at <= :cutoff"
+
+
+def release_range(low, high, cutoff, now):
+    """`settle`'s first step for the members with ids `low`..`high`: pending lots whose time has
+    come become available; each pays the account's debt first, in the order the lots became
+    available. Returns (lots released, members touched)."""
+    params = {"low": low, "high": high, "cutoff": cutoff, "now": now}
+    _lock_accounts(low, high, PENDING_DUE, params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS release_due"))
+    db.session.execute(_t(f"""
+        CREATE TEMPORARY TABLE release_due AS
+        SELECT lot_id, member_id, remaining,
+               CASE WHEN debt - before_it <= 0 THEN 0
+                    WHEN debt - before_it >= remaining THEN remaining
+                    ELSE debt - before_it END AS paid
+        FROM (SELECT l.id AS lot_id, l.member_id, l.remaining, a.debt,
+                     COALESCE(SUM(l.remaining) OVER (PARTITION BY l.member_id ORDER BY l.available_at, l.id
+                                                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                     AS before_it
+              FROM lots l JOIN accounts a ON a.member_id = l.member_id
+              WHERE l.member_id BETWEEN :low AND :high AND {PENDING_DUE}) AS due"""), params)
+    _index_due("release_due", "lot_id", "member_id")
+    db.session.execute(sa.text(
+        "UPDATE lots SET status = 'available', remaining = remaining - "
+        "(SELECT paid FROM release_due d WHERE d.lot_id = lots.id) "
+        "WHERE id IN (SELECT lot_id FROM release_due)"))
+    db.session.execute(_t(
+        "UPDATE accounts SET pending = pending - (SELECT SUM(remaining) FROM release_due d "
+        "WHERE d.member_id = accounts.member_id), "
+        "available = available + (SELECT SUM(remaining) FROM release_due d WHERE d.member_id = accounts.member_id), "
+        "debt = debt - (SELECT SUM(paid) FROM release_due d WHERE d.member_id = accounts.member_id), "
+        "updated_at = :now WHERE member_id IN (SELECT member_id FROM release_due)"), params)
+    released = db.session.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM release_due")).one()
+    db.session.execute(sa.text("DROP TABLE release_due"))
+    return released
+
+
+def expire_range(low, high, cutoff, now):
+    """`settle`'s second step for the members with ids `low`..`high` (after `release_range`): lots
+    past their expiry give up what remains of them, earliest expiry first, one `expire` entry per
+    lot with the balance after it. Returns (lots expired, members touched)."""
+    params = {"low": low, "high": high, "cutoff": cutoff, "now": now, "description": EXPIRY_DESCRIPTION}
+    _lock_accounts(low, high, EXPIRY_DUE, params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS expire_due"))
+    db.session.execute(_t(f"""
+        CREATE TEMPORARY TABLE expire_due AS
+        SELECT l.id AS lot_id, l.member_id, l.remaining,
+               a.available + a.pending - SUM(l.remaining) OVER (
+                   PARTITION BY l.member_id ORDER BY l.expires_at, l.id ROWS UNBOUNDED PRECEDING)
+               AS balance_after
+        FROM lots l JOIN accounts a ON a.member_id = l.member_id
+        WHERE l.member_id BETWEEN :low AND :high AND {EXPIRY_DUE}"""), params)
+    _index_due("expire_due", "lot_id", "member_id")
+    db.session.execute(_t(
+        "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
+        "reference_id, expires_at, created_at) "
+        "SELECT member_id, 'expire', -remaining, balance_after, :description, 'lot', CAST(lot_id AS VARCHAR(40)), "
+        "NULL, :now FROM expire_due ORDER BY member_id, balance_after DESC"), params)
+    db.session.execute(sa.text(
+        "UPDATE lots SET remaining = 0, status = 'expired' WHERE id IN (SELECT lot_id FROM expire_due)"))
+    db.session.execute(_t(
+        "UPDATE accounts SET available = available - (SELECT SUM(remaining) FROM expire_due d "
+        "WHERE d.member_id = accounts.member_id), updated_at = :now "
+        "WHERE member_id IN (SELECT member_id FROM expire_due)"), params)
+    expired = db.session.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM expire_due")).one()
+    db.session.execute(sa.text("DROP TABLE expire_due"))
+    return expired
+
+
 # The member comes along, locked too, with its channel identities: every answer shows it, and an
 # upgrade changes it. (Locked rather than merely joined: after waiting for a lock, PostgreSQL
 # re-reads only the rows it locks, so an unlocked member row could be one a twin has since
@@ -103,8 +213,8 @@ def expire_lot(account, lot, now):
     lot.remaining = ZERO
     lot.status = "expired"
     account.available -= points
-    # The same words as the nightly job's (points/jobs.py): an entry reads the same either way.
-    return add_entry(account, "expire", -points, "Points expired", ("lot", lot.id), now)
+    # The same words as expire_range's: an entry reads the same either way.
+    return add_entry(account, "expire", -points, EXPIRY_DESCRIPTION, ("lot", lot.id), now)
 
 
 def pay_debt(account, now):
@@ -157,6 +267,67 @@ def credit(account, type_, points, description, reference, now, *, available_at=
         "reference": {"type": reference[0], "id": str(reference[1])} if reference else None,
         "balance": {"available": account.available, "pending": account.pending}}, now)
     return entry, lot
+
+
+def credit_many(due_sql, params, type_, description, reference, now, *, expires_at=None, earned=True):
+    """`credit`, set-based, for many accounts at once (a nightly job's range): each member that the
+    raw SQL `due_sql` selects, as rows of (member_id, points), with its bind `params`, gets an entry
+    and a lot of those points, available at once, that pay the account's debt first. The entry's
+    type, description and `reference` are the same for every member, so the caller's selection
+    leaves out those who have them already (that is what makes a second run change nothing). Like
+    `credit`, it leaves out a member the credit would take past MAX_ACCOUNT_POINTS. Inside the
+    caller's transaction; locks the accounts (PostgreSQL) lowest id first; one statement per table,
+    no query per member. Returns how many members were credited."""
+    reference_type, reference_id = reference
+    params = {**params, "type": type_, "description": description[:200], "reference_type": reference_type,
+              "reference_id": str(reference_id), "now": now, "expires": expires_at, "most": MAX_ACCOUNT_POINTS}
+    when, amount = UTCDateTime(), Points()
+    binds = {"now": when, "expires": when, "most": amount}
+
+    def statement(sql):
+        return sa.text(sql).bindparams(*(sa.bindparam(name, type_=type_of) for name, type_of in binds.items()
+                                         if f":{name}" in sql))
+
+    due = f"FROM ({due_sql}) d JOIN accounts a ON a.member_id = d.member_id"
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(statement(f"SELECT a.member_id {due} ORDER BY a.member_id FOR UPDATE OF a"), params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS credit_due"))
+    db.session.execute(statement(
+        f"CREATE TEMPORARY TABLE credit_due AS SELECT d.member_id, d.points, "
+        f"CASE WHEN a.debt < d.points THEN a.debt ELSE d.points END AS paid, "
+        f"a.available + a.pending + d.points AS balance_after {due} "
+        f"WHERE a.available + a.pending + d.points <= :most AND a.lifetime_earned + d.points <= :most"), params)
+    db.session.execute(statement(
+        "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
+        "reference_id, expires_at, created_at) SELECT member_id, :type, points, balance_after, :description, "
+        ":reference_type, :reference_id, :expires, :now FROM credit_due"), params)
+    db.session.execute(statement(
+        "INSERT INTO lots (member_id, entry_id, points, remaining, status, available_at, expires_at, "
+        "created_at) SELECT d.member_id, e.id, d.points, d.points - d.paid, 'available', :now, :expires, "
+        ":now FROM credit_due d JOIN ledger_entries e ON e.member_id = d.member_id AND e.type = :type "
+        "AND e.reference_type = :reference_type AND e.reference_id = :reference_id AND e.created_at = :now"),
+        params)
+    earned_sql = ("lifetime_earned = lifetime_earned + (SELECT points FROM credit_due d "
+                  "WHERE d.member_id = accounts.member_id), " if earned else "")
+    db.session.execute(statement(
+        "UPDATE accounts SET available = available + (SELECT points FROM credit_due d "
+        f"WHERE d.member_id = accounts.member_id), {earned_sql}debt = debt - (SELECT paid "
+        "FROM credit_due d WHERE d.member_id = accounts.member_id), updated_at = :now "
+        "WHERE member_id IN (SELECT member_id FROM credit_due)"), params)
+    credited = db.session.scalar(sa.text("SELECT COUNT(*) FROM credit_due"))
+    if webhooks.subscribers("points.credited"):
+        webhooks.emit_many("points.credited", [
+            {"member_id": member_id, "entry_type": type_, "points": points, "pending": False,
+             "available_at": now, "expires_at": expires_at, "description": description,
+             "reference": {"type": reference_type, "id": str(reference_id)},
+             "balance": {"available": available, "pending": pending}}
+            for member_id, points, available, pending in db.session.execute(sa.text(
+                "SELECT d.member_id, d.points, a.available, a.pending FROM credit_due d "
+                "JOIN accounts a ON a.member_id = d.member_id ORDER BY d.member_id").columns(
+                sa.column("member_id", sa.BigInteger), sa.column("points", Points()),
+                sa.column("available", Points()), sa.column("pending", Points())))], now)
+    db.session.execute(sa.text("DROP TABLE credit_due"))
+    return credited
 
 
 def debit(account, type_, points, description, reference, now):

@@ -334,19 +334,6 @@ def _bonus_expiry(now):
     return rules_mod.expires_at(now, now, current_rules(), settings().timezone)
 
 
-def expire_referrals(as_of, progress=None, now=None):
-    """Pending referrals whose deadline passed by the end of local day `as_of` expire. One UPDATE."""
-    now = now or clock.now()
-    cutoff = min(now, clock.end_of_local_day(as_of, settings().timezone))
-    with transaction():
-        result = db.session.execute(
-            sa.update(Referral).where(Referral.status == "pending", Referral.deadline < cutoff)
-            .values(status="expired", settled_at=now).execution_options(synchronize_session=False))
-    if progress:
-        progress(result.rowcount)
-    return {"expired": result.rowcount}
-
-
 def member_referral(member_id):
     member = member_or_404(member_id)
     counts = dict(db.session.execute(

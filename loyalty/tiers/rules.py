@@ -1,7 +1,17 @@
-"""Which tier a member's window qualifies for, and what is still needed: pure functions."""
+"""Which tier a member's window qualifies for, and what is still needed: pure functions.
+
+Each rule the nightly recompute applies to everyone at once has its SQL twin here, beside it, under
+the same name with `_sql` (`met_by_sql`, `tier_for_sql`, `target_rank_sql`): expressions built
+from the recompute's columns, which run nothing themselves. tests/service/test_tier_rules_sql.py
+checks on generated ladders and windows that each pair gives the same answers.
+"""
 import calendar
 from dataclasses import dataclass, field
 from decimal import Decimal
+
+import sqlalchemy as sa
+
+from loyalty.database import Money
 
 ZERO_MONEY = Decimal("0.00")
 MODES = ("all", "any")
@@ -27,10 +37,21 @@ class TierRule:
     perks: tuple = field(default=(), compare=False)
 
     def met_by(self, spend, activities):
+        """Does a window of `spend` and `activities` meet this tier's qualification? Mode "all":
+        both thresholds; mode "any": either threshold above 0 (a 0 is not a way in), or both if
+        neither is. `met_by_sql` is the same rule on SQL expressions (the recompute's columns)."""
         spend_met, activities_met = spend >= self.spend, activities >= self.activities
         if self.mode == "any" and (self.spend > 0 or self.activities > 0):
             return (self.spend > 0 and spend_met) or (self.activities > 0 and activities_met)
         return spend_met and activities_met
+
+    def met_by_sql(self, spend, activities):
+        spend_met = spend >= sa.literal(self.spend, Money())
+        activities_met = activities >= self.activities
+        if self.mode == "any" and (self.spend > 0 or self.activities > 0):
+            ways = ([spend_met] if self.spend > 0 else []) + ([activities_met] if self.activities > 0 else [])
+            return sa.or_(*ways)
+        return sa.and_(spend_met, activities_met)
 
 
 # The programme's default ladder (DESIGN.md): spend over the window. Marketing can add activity
@@ -53,13 +74,31 @@ def ranked(tiers):
 
 
 def tier_for(spend, activities, tiers):
-    """The highest-ranked tier whose qualification the window meets (the lowest tier always)."""
+    """The highest-ranked tier whose qualification the window meets (the lowest tier always).
+    `tier_for_sql` is the same rule in SQL, answering the tier's position on the ladder (0 = the
+    lowest), so that "down one tier" is position - 1 whatever the ranks."""
     ordered = ranked(tiers)
     best = ordered[0]
     for tier in ordered[1:]:
         if tier.met_by(spend, activities):
             best = tier
     return best
+
+
+def tier_for_sql(spend, activities, tiers):
+    ordered = ranked(tiers)
+    return sa.case(*[(tier.met_by_sql(spend, activities), position)
+                     for position, tier in reversed(list(enumerate(ordered))) if position > 0], else_=0)
+
+
+def position_sql(code, tiers):
+    """The position on the ladder (0 = the lowest) of the tier a `code` column names; 0 if none."""
+    return sa.case({tier.code: position for position, tier in enumerate(ranked(tiers))}, value=code, else_=0)
+
+
+def code_sql(position, tiers):
+    """The code of the tier at a `position` column (the inverse of `position_sql`)."""
+    return sa.case({position_: tier.code for position_, tier in enumerate(ranked(tiers))}, value=position)
 
 
 def next_tier(current_code, tiers):
@@ -86,10 +125,24 @@ def shortfall(tier, spend, activities):
 def target_rank(current, qualified, protected, max_drop, floor=0):
     """The recompute's rule: up to what the window earns at once; down only when the tier is no
     longer protected, by at most `max_drop` ranks per recompute, and never below `floor` (the
-    tier an admin guaranteed, while the guarantee lasts)."""
+    tier an admin guaranteed, while the guarantee lasts). `target_rank_sql` is the same rule on
+    SQL expressions (positions on the ladder, `protected` a condition)."""
     if qualified >= current or protected:
         return max(qualified, current)
     return max(qualified, current - max_drop, min(floor, current))
+
+
+def target_rank_sql(current, qualified, protected, max_drop, floor=0):
+    dropped = _greatest(qualified, current - max_drop, sa.case((floor < current, floor), else_=current))
+    return sa.case((qualified >= current, qualified), (protected, current), else_=dropped)
+
+
+def _greatest(*values):
+    """GREATEST() of a few expressions, written as CASE so SQLite and PostgreSQL agree."""
+    result = values[0]
+    for value in values[1:]:
+        result = sa.case((value > result, value), else_=result)
+    return result
 
 
 def validate_ladder(tiers):

@@ -1,5 +1,5 @@
-"""Membership tiers: the ladder marketing edits, upgrades at once, the nightly recompute, and an
-admin's manual tier. See DESIGN.md "Tiers".
+"""Membership tiers: the ladder marketing edits, upgrades at once, and an admin's manual tier; the
+nightly recompute is in jobs.py, the rules both apply in rules.py. See DESIGN.md "Tiers".
 
 Dates: a member's qualification window is the `LOYALTY_TIER_WINDOW_MONTHS` months that end with
 today (local time). A tier reached on day R is protected from downgrades through the same day
@@ -17,7 +17,6 @@ from loyalty.database import Money, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
-from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points.models import Activity, Purchase
 from loyalty.tiers import rules
@@ -33,33 +32,21 @@ HISTORY_LIMIT = 100
 def seed_tiers(now=None):
     """Store the default ladder if there is none (the migration does this on a new database)."""
     now = now or clock.now()
-    _forget_tiers()
     with transaction():
         if db.session.scalar(sa.select(sa.func.count()).select_from(Tier)) == 0:
             for rule in rules.DEFAULT_LADDER:
                 db.session.add(_row_from_rule(rule, now))
 
 
-def tiers():
-    """The ladder, lowest rank first. Read once per session (a request, a job run) and kept: a
-    purchase needs it for the multiplier, the upgrade and the answer's tier name."""
-    cached = db.session.info.get("tiers")
-    if cached is None:
-        cached = db.session.info["tiers"] = db.session.scalars(sa.select(Tier).order_by(Tier.rank)).all()
-    return cached
-
-
-def _forget_tiers():
-    db.session.info.pop("tiers", None)
-
-
 def ladder():
     """The ladder as rules, lowest rank first. Every purchase needs it (the multiplier, the upgrade,
     the answer's tier name): kept a few seconds per process (loyalty/settings_cache.py)."""
-    return settings_cache.cached("tiers", _read_ladder)
+    return settings_cache.cached("tiers", read_ladder)
 
 
-def _read_ladder():
+def read_ladder():
+    """The ladder as rules, lowest rank first, read now from the database: for the recompute, which
+    judges everyone by the ladder as it is, not as this process last saw it."""
     return tuple(rule_of(tier) for tier in db.session.scalars(sa.select(Tier).order_by(Tier.rank)))
 
 
@@ -81,10 +68,9 @@ def _row_from_rule(rule, now):
                 service_level=rule.service_level, perks=list(rule.perks), updated_at=now)
 
 
-def tier_document(tier: Tier):
+def tier_document(tier: TierRule):
     return {"code": tier.code, "name": tier.name, "rank": tier.rank,
-            "qualification": {"spend": str(tier.qualify_spend), "activities": tier.qualify_activities,
-                              "mode": tier.qualify_mode},
+            "qualification": {"spend": str(tier.spend), "activities": tier.activities, "mode": tier.mode},
             "benefits": {"earn_multiplier": str(tier.earn_multiplier),
                          "birthday_points": str(tier.birthday_points),
                          "service_level": tier.service_level, "perks": list(tier.perks)}}
@@ -92,16 +78,16 @@ def tier_document(tier: Tier):
 
 def update_tier(code, name, qualification, benefits, actor, now=None):
     """Change one tier's name, qualification and benefits. The whole ladder must still make sense
-    (ranks in order, thresholds rising with rank, multipliers ≥ 1); the change is audit-logged."""
+    (ranks in order, thresholds rising with rank, multipliers ≥ 1); the change is audit-logged.
+    Returns the tier as it now is (a TierRule)."""
     now = now or clock.now()
-    _forget_tiers()
     with transaction():
         rows = {tier.code: tier for tier in db.session.scalars(
             sa.select(Tier).order_by(Tier.rank).with_for_update()).all()}
         tier = rows.get(code)
         if tier is None:
             raise NotFound(f"No tier {code!r}; the tiers are {', '.join(rows)}.")
-        before = tier_document(tier)
+        before = tier_document(rule_of(tier))
         tier.name = name
         tier.qualify_spend = qualification["spend"]
         tier.qualify_activities = qualification["activities"]
@@ -114,8 +100,9 @@ def update_tier(code, name, qualification, benefits, actor, now=None):
         problems = rules.validate_ladder([rule_of(row) for row in rows.values()])
         if problems:
             raise ValidationFailed(" ".join(problems), errors={"tier": problems})
-        audit.record(actor, "tier.update", "tier", code, before, tier_document(tier), now)
-    return tier
+        updated = rule_of(tier)
+        audit.record(actor, "tier.update", "tier", code, before, tier_document(updated), now)
+    return updated
 
 
 def earn_multiplier(member):
@@ -279,7 +266,7 @@ def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=N
         # the same moment waits, then sees the new tier.
         member = ledger.lock_account(member_id, now).member
         if db.session.get(Tier, code) is None:
-            known = ", ".join(tier.code for tier in tiers())
+            known = ", ".join(tier.code for tier in read_ladder())
             raise ValidationFailed(f"No tier {code!r}; choose one of: {known}.",
                                    errors={"tier": [f"Must be one of: {known}."]})
         before = {"tier": member.tier_code, "guaranteed_tier": member.tier_guaranteed_code,
@@ -339,151 +326,3 @@ def _guarantee(member, now):
     if member.tier_guaranteed_code and member.tier_guaranteed_until and member.tier_guaranteed_until > now:
         return member.tier_guaranteed_code, member.tier_guaranteed_until
     return None
-
-
-
-
-# --- the recompute: everyone, set-based ------------------------------------------------------------
-
-RECOMPUTE_ACTOR = "job:tiers.recompute"
-
-
-def recompute_tiers(as_of: date, batch_size=50_000, progress=None, now=None):
-    """Put every member in the tier their window earns, as of the end of local day `as_of`.
-
-    Upgrades apply at once (a member whose purchase did not upgrade them, say because marketing
-    lowered a threshold since). Downgrades only once the tier's protection and any admin guarantee
-    have run out, and by at most LOYALTY_TIER_MAX_DROP tiers. A member moved down is protected for
-    the rest of `as_of`, so a second run for the same day changes nothing.
-
-    SQL over members in id ranges of `batch_size`, one transaction per range: an INSERT of the
-    moves into tier history, selected from the window's aggregates, then one UPDATE of the members
-    from those rows. No query per member. Returns {"members", "upgraded", "downgraded"}."""
-    now = now or clock.now()
-    max_drop, tz = settings().tier_max_drop, settings().timezone
-    if as_of > clock.local_date(now, tz):
-        raise ValidationFailed(f"{as_of} has not come yet: a recompute judges days that have begun, "
-                               "today or earlier.", errors={"as_of": ["Must not be in the future."]})
-    judged_at = clock.end_of_local_day(as_of, tz)
-    start = window_start(as_of)
-    since = min(now, judged_at)
-    held_after_upgrade = protected_until(as_of)
-    _forget_tiers()  # a run reads the ladder as it is now
-    ordered = tiers()
-    first, last = db.session.execute(sa.select(sa.func.min(Member.id), sa.func.max(Member.id))).one()
-    db.session.rollback()
-    totals = {"members": 0, "upgraded": 0, "downgraded": 0}
-    if first is None:
-        return totals
-    for low in range(first, last + 1, batch_size):
-        high = min(low + batch_size - 1, last)
-        with transaction():
-            _recompute_range(low, high, ordered, start, judged_at, max_drop, now)
-            _apply_moves(low, high, now, since, judged_at, held_after_upgrade)
-            if webhooks.subscribers("tier.changed"):
-                webhooks.emit_many("tier.changed", [
-                    {"member_id": member_id, "from": from_code, "to": to_code, "reason": reason,
-                     "note": note} for member_id, from_code, to_code, reason, note in db.session.execute(
-                        sa.select(TierChange.member_id, TierChange.from_code, TierChange.to_code,
-                                  TierChange.reason, TierChange.note)
-                        .where(TierChange.member_id.between(low, high), TierChange.actor == RECOMPUTE_ACTOR,
-                               TierChange.created_at == now).order_by(TierChange.member_id))], now)
-            moved = _moves_counted(low, high, now)
-            counted = db.session.scalar(sa.select(sa.func.count()).select_from(Member)
-                                        .where(Member.id.between(low, high))) or 0
-        totals["members"] += counted
-        totals["upgraded"] += moved.get("upgrade", 0)
-        totals["downgraded"] += moved.get("downgrade", 0)
-        if progress:
-            progress(counted)
-    return totals
-
-
-def _recompute_range(low, high, ordered, start, judged_at, max_drop, now):
-    spend = (sa.select(Purchase.member_id.label("member_id"),
-                       sa.func.sum(Purchase.amount - Purchase.refunded_amount).label("spend"))
-             .where(Purchase.member_id.between(low, high), Purchase.occurred_at >= start,
-                    Purchase.occurred_at < judged_at)
-             .group_by(Purchase.member_id).subquery("window_spend"))
-    acts = (sa.select(Activity.member_id.label("member_id"), sa.func.count().label("activities"))
-            .where(Activity.member_id.between(low, high), Activity.occurred_at >= start,
-                   Activity.occurred_at < judged_at, Activity.capped.is_(False))
-            .group_by(Activity.member_id).subquery("window_activities"))
-    member_spend = sa.func.coalesce(spend.c.spend, sa.literal(Decimal("0"), Money()))
-    member_acts = sa.func.coalesce(acts.c.activities, 0)
-
-    def met(tier):
-        spend_met = member_spend >= sa.literal(tier.qualify_spend, Money())
-        acts_met = member_acts >= tier.qualify_activities
-        if tier.qualify_mode == "any" and (tier.qualify_spend > 0 or tier.qualify_activities > 0):
-            ways = ([spend_met] if tier.qualify_spend > 0 else []) + \
-                   ([acts_met] if tier.qualify_activities > 0 else [])
-            return sa.or_(*ways)
-        return sa.and_(spend_met, acts_met)
-
-    # Positions on the ladder (0 = lowest), so "down one tier" is position - 1 whatever the ranks.
-    qualified = sa.case(*[(met(tier), position) for position, tier in reversed(list(enumerate(ordered)))
-                          if position > 0], else_=0)
-    current = sa.case({tier.code: position for position, tier in enumerate(ordered)},
-                      value=Member.tier_code, else_=0)
-    protected = Member.tier_held_until >= judged_at
-    guaranteed = sa.case((Member.tier_guaranteed_until >= judged_at, sa.case(
-        {tier.code: position for position, tier in enumerate(ordered)},
-        value=Member.tier_guaranteed_code, else_=0)), else_=0)
-    # rules.target_rank, in SQL: max(qualified, current - max_drop, min(guaranteed, current)).
-    dropped = _greatest(qualified, current - max_drop,
-                        sa.case((guaranteed < current, guaranteed), else_=current))
-    target = sa.case((qualified >= current, qualified), (protected, current), else_=dropped)
-    targets = (sa.select(Member.id.label("member_id"), Member.tier_code.label("from_code"),
-                         target.label("target"), qualified.label("qualified"), current.label("current"),
-                         member_spend.label("spend"), member_acts.label("activities"))
-               .select_from(Member)
-               .outerjoin(spend, spend.c.member_id == Member.id)
-               .outerjoin(acts, acts.c.member_id == Member.id)
-               .where(Member.id.between(low, high), Member.status == "active")
-               .subquery("targets"))
-    to_code = sa.case({position: tier.code for position, tier in enumerate(ordered)},
-                      value=targets.c.target)
-    reason = sa.case((targets.c.target > targets.c.current, "upgrade"), else_="downgrade")
-    insert = sa.insert(TierChange).from_select(
-        ["member_id", "from_code", "to_code", "reason", "note", "actor", "created_at"],
-        sa.select(targets.c.member_id, targets.c.from_code, to_code, reason,
-                  sa.literal("Nightly recompute"), sa.literal(RECOMPUTE_ACTOR),
-                  sa.literal(now, TierChange.created_at.type))
-        .where(targets.c.target != targets.c.current))
-    db.session.execute(insert)
-
-
-def _greatest(*values):
-    """GREATEST() of a few expressions, written as CASE so SQLite and PostgreSQL agree."""
-    result = values[0]
-    for value in values[1:]:
-        result = sa.case((value > result, value), else_=result)
-    return result
-
-
-def _moves_counted(low, high, now):
-    return dict(db.session.execute(
-        sa.select(TierChange.reason, sa.func.count()).where(
-            TierChange.member_id.between(low, high), TierChange.actor == RECOMPUTE_ACTOR,
-            TierChange.created_at == now).group_by(TierChange.reason)).all())
-
-
-def _apply_moves(low, high, now, since, judged_at, held_after_upgrade):
-    """Members take the tier of this run's history rows. Only if their tier is still the one the
-    move started from: a purchase that upgraded them meanwhile wins, and its move is dropped."""
-    when = Member.tier_held_until.type
-    moves = sa.and_(TierChange.member_id == Member.id, TierChange.member_id.between(low, high),
-                    TierChange.actor == RECOMPUTE_ACTOR, TierChange.created_at == now)
-    db.session.execute(
-        sa.update(Member).where(moves, Member.tier_code == TierChange.from_code)
-        .values(tier_code=TierChange.to_code, tier_since=since, updated_at=now,
-                tier_held_until=sa.case((TierChange.reason == "upgrade", sa.literal(held_after_upgrade, when)),
-                                        else_=sa.literal(judged_at, when)))
-        .execution_options(synchronize_session=False))
-    db.session.execute(
-        sa.delete(TierChange).where(
-            TierChange.member_id.between(low, high), TierChange.actor == RECOMPUTE_ACTOR,
-            TierChange.created_at == now,
-            ~sa.exists().where(Member.id == TierChange.member_id, Member.tier_code == TierChange.to_code))
-        .execution_options(synchronize_session=False))

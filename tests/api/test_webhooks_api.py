@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from loyalty.webhooks import service as webhooks
+from loyalty.webhooks import jobs as webhook_jobs
 from tests.service.test_webhooks import Receiver
 
 SECRET = "a-shared-secret-for-tests"
@@ -47,7 +47,7 @@ def register(api, n=1):
 
 def deliver(app):
     with app.app_context():
-        return webhooks.deliver_due()
+        return webhook_jobs.deliver_due()
 
 
 @pytest.mark.parametrize("method, path", ENDPOINTS)

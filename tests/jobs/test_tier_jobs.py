@@ -157,7 +157,7 @@ def test_a_recompute_upgrades_a_member_a_lowered_threshold_now_admits(app, runne
         member = factories.member()
         with clock.frozen_at(datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)):
             factories.purchase(member.id, "2500.00")
-        silver = tiers.tiers()[1]
+        silver = tiers.read_ladder()[1]
         tiers.update_tier("silver", silver.name, {"spend": D("2000.00"), "activities": 0, "mode": "all"},
                           {"earn_multiplier": silver.earn_multiplier, "birthday_points": silver.birthday_points,
                            "service_level": silver.service_level, "perks": silver.perks}, "test")

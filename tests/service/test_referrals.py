@@ -20,6 +20,7 @@ from loyalty.members import service as members
 from loyalty.members.models import Member
 from loyalty.points import service as points
 from loyalty.points.models import Entry, Purchase
+from loyalty.referrals import jobs as referral_jobs
 from loyalty.referrals import service as referrals
 from loyalty.referrals.models import Referral, ReferralCampaign
 from tests import factories
@@ -483,18 +484,18 @@ def test_the_expiry_job_expires_pending_referrals_past_their_deadline_once():
     buy(buyer.id, "150.00", T0 + DAY)
 
     # The day before the deadline, and the deadline's own day run before the deadline: nothing.
-    assert referrals.expire_referrals((T0 + 6 * DAY).date(), now=T0 + 7 * DAY - timedelta(hours=1)) == {"expired": 0}
+    assert referral_jobs.expire_referrals((T0 + 6 * DAY).date(), now=T0 + 7 * DAY - timedelta(hours=1)) == {"expired": 0}
     # Run late for an earlier day: only what had passed by the end of that day expires.
-    assert referrals.expire_referrals((T0 + 6 * DAY).date(), now=T0 + 20 * DAY) == {"expired": 0}
+    assert referral_jobs.expire_referrals((T0 + 6 * DAY).date(), now=T0 + 20 * DAY) == {"expired": 0}
     assert referral_of(late.id).status == "pending"
 
-    assert referrals.expire_referrals((T0 + 7 * DAY).date(), now=T0 + 7 * DAY + timedelta(hours=1)) == {"expired": 1}
+    assert referral_jobs.expire_referrals((T0 + 7 * DAY).date(), now=T0 + 7 * DAY + timedelta(hours=1)) == {"expired": 1}
     expired = referral_of(late.id)
     assert (expired.status, expired.settled_at) == ("expired", T0 + 7 * DAY + timedelta(hours=1))
     assert referral_of(later.id).status == "pending"
     assert referral_of(buyer.id).status == "qualified"
     # A second run for the same day changes nothing.
-    assert referrals.expire_referrals((T0 + 7 * DAY).date(), now=T0 + 7 * DAY + timedelta(hours=2)) == {"expired": 0}
+    assert referral_jobs.expire_referrals((T0 + 7 * DAY).date(), now=T0 + 7 * DAY + timedelta(hours=2)) == {"expired": 0}
 
     # Expired is final: a purchase afterwards is just a purchase.
     buy(late.id, "150.00", T0 + 7 * DAY + timedelta(hours=3))
@@ -817,7 +818,7 @@ def test_campaign_stats_count_each_outcome():
     for n, referee in enumerate(rewarded + [over_cap]):
         buy(referee.id, "150.00", T0 + DAY + n * timedelta(minutes=1))
     buy(missed.id, "20.00", T0 + DAY)
-    referrals.expire_referrals((T0 + 8 * DAY).date(), now=T0 + 8 * DAY)
+    referral_jobs.expire_referrals((T0 + 8 * DAY).date(), now=T0 + 8 * DAY)
 
     summary = stats(campaign)
 

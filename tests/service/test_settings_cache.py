@@ -79,7 +79,7 @@ def test_a_transaction_sees_its_own_uncommitted_change_and_no_one_keeps_it(ctx):
 
 def test_a_tier_edit_renames_the_tier_in_the_next_answer(ctx):
     member = factories.member(now=T0)
-    silver = next(tier for tier in tiers.tiers() if tier.code == "silver")
+    silver = next(tier for tier in tiers.read_ladder() if tier.code == "silver")
     tiers.set_member_tier(member.id, "silver", reason="test", actor="test", now=T0)
     db.session.remove()
     rule = next(rule for rule in tiers.ladder() if rule.code == "silver")

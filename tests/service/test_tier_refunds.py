@@ -140,7 +140,7 @@ def test_of_two_purchases_refunding_the_second_goes_back_to_where_the_member_was
 
 
 def test_a_refund_of_a_purchase_made_before_the_tier_was_reached_by_activities_changes_nothing():
-    tier = next(t for t in tiers.tiers() if t.code == "silver")
+    tier = next(t for t in tiers.read_ladder() if t.code == "silver")
     tiers.update_tier("silver", tier.name, {"spend": D("3000.00"), "activities": 3, "mode": "any"},
                       {"earn_multiplier": tier.earn_multiplier, "birthday_points": tier.birthday_points,
                        "service_level": tier.service_level, "perks": tier.perks}, "test", now=T0)

@@ -22,7 +22,9 @@ from loyalty.points import jobs as points_jobs
 from loyalty.points import service as points
 from loyalty.referrals import service as referrals
 from loyalty.rewards import service as rewards
+from loyalty.tiers import jobs as tier_jobs
 from loyalty.tiers import service as tiers
+from loyalty.webhooks import jobs as webhook_jobs
 from loyalty.webhooks import service as webhooks
 from loyalty.webhooks.models import Attempt, Delivery, Event
 from tests import factories
@@ -107,7 +109,7 @@ def events(type_=None):
 
 
 def deliver(at=T0):
-    return webhooks.deliver_due(now=at)
+    return webhook_jobs.deliver_due(now=at)
 
 
 def closed_port_url():
@@ -239,7 +241,7 @@ def test_jobs_tell_of_expiring_points_birthday_gifts_and_recomputed_tiers():
     points_jobs.expiry_reminders(today, now=T0 + timedelta(days=10))
     points_jobs.expiry_reminders(today, now=T0 + timedelta(days=10, hours=1))  # again: nothing new
     member_jobs.birthday_bonus(today, now=T0 + timedelta(days=10))
-    tiers.recompute_tiers(protected_until + timedelta(days=1), now=T0 + timedelta(days=400))
+    tier_jobs.recompute_tiers(protected_until + timedelta(days=1), now=T0 + timedelta(days=400))
 
     [expiring] = events("points.expiring")
     assert expiring["data"]["member_id"] == member.id
@@ -446,9 +448,9 @@ def test_an_exception_in_one_delivery_is_recorded_on_it_and_the_others_go_out(re
     def send(url, body, headers, timeout):
         if url.endswith("/boom"):
             raise RuntimeError("the HTTP client broke")
-        return webhooks._post(url, body, headers, timeout)
+        return webhook_jobs._post(url, body, headers, timeout)
 
-    assert webhooks.deliver_due(now=T0, send=send) == {"delivered": 2, "failed": 1, "dead": 0, "rows": 3}
+    assert webhook_jobs.deliver_due(now=T0, send=send) == {"delivered": 2, "failed": 1, "dead": 0, "rows": 3}
     assert sorted(p for _, _, p in receiver.requests) == ["/a", "/c"]
     boom = next(d for d in deliveries() if d.status == "pending")
     assert boom.last_error == "the delivery failed unexpectedly; the error is in the service's log"
@@ -465,10 +467,10 @@ def test_a_job_killed_mid_batch_keeps_what_it_sent_and_does_not_send_it_again(re
         if len(sent) == 1:
             raise KeyboardInterrupt  # the process is stopped between two deliveries
         sent.append(url)
-        return webhooks._post(url, body, headers, timeout)
+        return webhook_jobs._post(url, body, headers, timeout)
 
     with pytest.raises(KeyboardInterrupt):
-        webhooks.deliver_due(now=T0, send=send_then_die)
+        webhook_jobs.deliver_due(now=T0, send=send_then_die)
     db.session.rollback()
     assert [d.status for d in deliveries()] == ["delivered", "pending", "pending"]
 
