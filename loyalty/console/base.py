@@ -186,7 +186,7 @@ def nav_items():
 @blp.app_template_filter("tier_name")
 def tier_name(code):
     """The programme's own name of a tier (普通, 白银, 黄金, 钻石), as marketing set it."""
-    return {tier.code: tier.name for tier in tiers_service.tiers()}.get(code, code)
+    return {tier.code: tier.name for tier in tiers_service.ladder()}.get(code, code)
 
 
 @blp.app_template_filter("when")

@@ -13,7 +13,7 @@ def dashboard():
     overview = reports.overview()
     liability = reports.liability()
     flows = reports.daily_flows(30)
-    names = {tier.code: tier.name for tier in tiers_service.tiers()}
+    names = {tier.code: tier.name for tier in tiers_service.ladder()}
     # The charts' labels in the page's language; the numbers as exact strings (JSON has no decimals).
     charts = {
         "labels": {"earned": _("Earned"), "burned": _("Burned")},

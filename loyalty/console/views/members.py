@@ -48,7 +48,7 @@ def member(member_id, errors=None, status=200):
         "console/members/member.html", member=profile, points=points_service.points_summary(member_id),
         tier=tiers_service.member_tier(member_id), entries=entries, next_cursor=next_cursor, cursor=cursor,
         redemptions=redemptions, referral=referrals_service.member_referral(member_id),
-        tags=segments_service.member_tags(member_id), tiers=tiers_service.tiers(),
+        tags=segments_service.member_tags(member_id), tiers=tiers_service.ladder(),
         errors=errors or {}, form=request.form if errors else {}), status
 
 

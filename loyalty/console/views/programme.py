@@ -16,7 +16,7 @@ TIER_FIELDS = ("name", "qualification.spend", "qualification.activities", "quali
 
 @blp.route("/tiers")
 def tiers():
-    return render_template("console/tiers.html", tiers=[tiers_service.tier_document(t) for t in tiers_service.tiers()],
+    return render_template("console/tiers.html", tiers=[tiers_service.tier_document(t) for t in tiers_service.read_ladder()],
                            modes=MODES, errors={}, failed=None)
 
 
@@ -37,7 +37,7 @@ def update_tier(code):
         data = load(TierSchema(), {k: v for k, v in document.items() if v is not None})
         attempt(tiers_service.update_tier, code, data["name"], data["qualification"], data["benefits"], actor())
     except FormErrors as error:
-        ladder = [tiers_service.tier_document(t) for t in tiers_service.tiers()]
+        ladder = [tiers_service.tier_document(t) for t in tiers_service.read_ladder()]
         return render_template("console/tiers.html", tiers=ladder, modes=MODES, errors=_by_field(error.errors),
                                message=error.message, failed=code, form=request.form), 422
     flash(_("Tier saved."), "ok")

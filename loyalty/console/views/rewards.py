@@ -22,7 +22,7 @@ def rewards():
 
 def _form(reward, values, errors, message=None, status=200):
     return render_template("console/rewards/form.html", reward=reward, values=values, errors=errors,
-                           message=message, kinds=KINDS, periods=LIMIT_PERIODS, tiers=tiers_service.tiers()), status
+                           message=message, kinds=KINDS, periods=LIMIT_PERIODS, tiers=tiers_service.ladder()), status
 
 
 @blp.route("/rewards/new", methods=["GET", "POST"])
