@@ -70,7 +70,7 @@ def _birthday_gifts(day, now, expires, progress, batch):
             db.session.execute(sa.text(
                 f"CREATE TEMPORARY TABLE birthday_due AS SELECT m.id AS member_id, t.birthday_points AS points, "
                 f"CASE WHEN a.debt < t.birthday_points THEN a.debt ELSE t.birthday_points END AS paid, "
-                f"a.available + a.pending + t.birthday_points AS balance_after {due}"), params)
+                f"a.available + a.pending + a.held + t.birthday_points AS balance_after {due}"), params)
             db.session.execute(sa.text(
                 "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
                 "reference_id, expires_at, created_at) SELECT member_id, 'bonus', points, balance_after, "

@@ -20,6 +20,7 @@ from loyalty.database import UTCDateTime, transaction
 from loyalty.extensions import db
 from loyalty.jobs.batching import BATCH, day_cutoff, id_ranges
 from loyalty.jobs.models import Notification
+from loyalty.points import ledger
 from loyalty.points.models import Lot
 from loyalty.webhooks import service as webhooks
 from loyalty.config import settings
@@ -100,7 +101,7 @@ def expire_range(low, high, cutoff, now):
     db.session.execute(_t(f"""
         CREATE TEMPORARY TABLE expire_due AS
         SELECT l.id AS lot_id, l.member_id, l.remaining,
-               a.available + a.pending - SUM(l.remaining) OVER (
+               a.available + a.pending + a.held - SUM(l.remaining) OVER (
                    PARTITION BY l.member_id ORDER BY l.expires_at, l.id ROWS UNBOUNDED PRECEDING)
                AS balance_after
         FROM lots l JOIN accounts a ON a.member_id = l.member_id
@@ -232,3 +233,65 @@ def _queue_reminders(fresh, now):
             {"member_id": member_id, "kind": "points_expiring", "dedupe_key": key, "payload": payload,
              "created_at": now} for member_id, key, payload in fresh])
     return len(queued.all())
+
+
+HOLDS_BATCH = 5000
+
+
+def release_holds(as_of=None, progress=None, now=None, batch=HOLDS_BATCH):
+    """Holds past their expiry give their points back to the lots they came from (what is past its
+    own expiry then is simply due, for `points.expire` or the member's next write), in batches of
+    holds, one transaction each. A member with a debt has it paid from what came back, as
+    ledger.settle does. Idempotent: a released hold is no longer `held`; restartable: a batch is
+    whole or not at all. Runs every minute."""
+    now = now or clock.now()
+    holds = members = 0
+    while True:
+        with transaction():
+            count, touched = release_holds_batch(now, batch)
+        holds, members = holds + count, members + touched
+        if progress and touched:
+            progress(touched)
+        if count < batch:
+            break
+    return {"holds_released": holds, "members": members, "rows": holds}
+
+
+HOLD_DUE = "h.status = 'held' AND h.expires_at <= :now"
+
+
+def release_holds_batch(now, batch):
+    params = {"now": now, "batch": batch}
+    if db.session.get_bind().dialect.name == "postgresql":
+        # The same order as every write (account first, then its holds), so that a till capturing
+        # one of these holds either finishes first (and the hold is no longer due) or waits.
+        db.session.execute(_t(
+            f"SELECT a.member_id FROM accounts a WHERE a.member_id IN (SELECT h.member_id FROM points_holds h "
+            f"WHERE {HOLD_DUE} ORDER BY h.member_id, h.id LIMIT :batch) ORDER BY a.member_id FOR UPDATE"), params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS holds_due"))
+    db.session.execute(_t(
+        f"CREATE TEMPORARY TABLE holds_due AS SELECT h.id AS hold_id, h.member_id, h.points FROM points_holds h "
+        f"WHERE {HOLD_DUE} ORDER BY h.member_id, h.id LIMIT :batch"), params)
+    _index_due("holds_due", "hold_id", "member_id")
+    db.session.execute(sa.text(
+        "UPDATE lots SET remaining = remaining + (SELECT SUM(ha.points) FROM hold_allocations ha "
+        "JOIN holds_due d ON d.hold_id = ha.hold_id WHERE ha.lot_id = lots.id) "
+        "WHERE id IN (SELECT ha.lot_id FROM hold_allocations ha JOIN holds_due d ON d.hold_id = ha.hold_id)"))
+    db.session.execute(_t(
+        "UPDATE accounts SET held = held - (SELECT SUM(points) FROM holds_due d WHERE d.member_id = accounts.member_id), "
+        "available = available + (SELECT SUM(points) FROM holds_due d WHERE d.member_id = accounts.member_id), "
+        "updated_at = :now WHERE member_id IN (SELECT member_id FROM holds_due)"), params)
+    db.session.execute(_t(
+        "UPDATE points_holds SET status = 'expired', closed_at = :now WHERE id IN (SELECT hold_id FROM holds_due)"),
+        params)
+    count, touched = db.session.execute(
+        sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM holds_due")).one()
+    debtors = db.session.scalars(sa.text(
+        "SELECT a.member_id FROM accounts a WHERE a.debt > 0 AND a.member_id IN (SELECT member_id FROM holds_due) "
+        "ORDER BY a.member_id")).all()
+    db.session.execute(sa.text("DROP TABLE holds_due"))
+    if debtors:
+        db.session.expire_all()  # the statements above bypassed the session's copies of these rows
+    for member_id in debtors:  # rare: a refund took back spent points while some were held
+        ledger.lock_account(member_id, now)
+    return count, touched

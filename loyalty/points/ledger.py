@@ -3,7 +3,12 @@ these functions, inside the caller's transaction; they keep the invariants of DE
 
     available == sum(remaining of available lots) - debt
     pending   == sum(remaining of pending lots)
-    sum(entries) == available + pending
+    held      == sum(points allocated to open holds)
+    sum(entries) == available + pending + held
+
+Held points are taken out of their lots' `remaining` (into hold allocations) rather than marked
+on the lots: everything that spends, pays, claws back or expires reads `remaining` only, so none
+of it can touch held points, and none of it needed to change.
 """
 from decimal import Decimal
 
@@ -13,7 +18,7 @@ from sqlalchemy import orm
 from loyalty.errors import InsufficientPoints, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
-from loyalty.points.models import Account, Entry, Lot, LotAllocation
+from loyalty.points.models import Account, Entry, HoldAllocation, Lot, LotAllocation, PointsHold
 from loyalty.webhooks import service as webhooks
 
 ZERO = Decimal("0.00")
@@ -35,7 +40,9 @@ def lock_account(member_id, now):
         raise NotFound(f"No member with id {member_id}.")
     account, has_due = row
     orm.attributes.set_committed_value(account.member, "account", account)  # no second load
-    settle(account, now, lots_due=has_due)
+    # Due holds first: what they give back may be past its expiry, which settling then expires.
+    released = release_due_holds(account, now) if account.held > 0 else False
+    settle(account, now, lots_due=has_due or released)
     return account
 
 
@@ -68,6 +75,12 @@ def settle(account, now, lots_due=True):
 def has_due_lots(member_id, now):
     """Would settling this member's account change anything now? One indexed EXISTS query."""
     return db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, _due(now))))
+
+
+def has_due_holds(member_id, now):
+    """Has the member a hold past its expiry that nothing has released yet?"""
+    return db.session.scalar(sa.select(sa.exists().where(
+        PointsHold.member_id == member_id, PointsHold.status == "held", PointsHold.expires_at <= now)))
 
 
 def _due(now):
@@ -120,7 +133,7 @@ def add_entry(account, type_, points, description, reference, now, expires_at=No
     account.updated_at = now
     entry = Entry(
         member_id=account.member_id, type=type_, points=points,
-        balance_after=account.available + account.pending, description=description[:200],
+        balance_after=account.balance, description=description[:200],
         reference_type=reference_type, reference_id=None if reference_id is None else str(reference_id),
         expires_at=expires_at, created_at=now,
     )
@@ -257,3 +270,83 @@ def _take_from_lots(member_id, points, entry):
             return
     # The account said the points were there; the lots disagree. Never paper over that.
     raise RuntimeError(f"ledger inconsistency: member {member_id} lots short by {left}")
+
+
+# --- holds ------------------------------------------------------------------------------------------
+
+def hold(account, hold_row, now):
+    """Reserve `hold_row.points` of the account's available points, earliest expiry first: they
+    leave `available` and their lots' `remaining` for the hold's allocations. No entry: the
+    member still owns them."""
+    points = hold_row.points
+    if account.available < points:
+        raise InsufficientPoints(
+            f"The member has {max(account.available, ZERO)} points available; {points} are needed.",
+            available=max(account.available, ZERO), needed=points,
+        )
+    account.available -= points
+    account.held += points
+    account.updated_at = now
+    left = points
+    for lot in _open_lots(account.member_id):
+        taken = min(lot.remaining, left)
+        lot.remaining -= taken
+        left -= taken
+        db.session.add(HoldAllocation(hold_id=hold_row.id, lot_id=lot.id, points=taken))
+        if left == 0:
+            return
+    raise RuntimeError(f"ledger inconsistency: member {account.member_id} lots short by {left}")
+
+
+def release_hold(account, hold_row, status, now):
+    """Give a hold's points back to the lots they came from (a lot whose expiry passed meanwhile
+    expires now, with its entry); the hold ends `released` or `expired`."""
+    _return_allocations(account, hold_row, ZERO, None, now)
+    hold_row.status, hold_row.closed_at = status, now
+    settle(account, now)
+
+
+def capture_hold(account, hold_row, points, description, reference, now):
+    """Turn `points` of a hold into a debit entry (a payment) taken from the hold's own lots,
+    recorded as lot allocations so that `restore` can reverse it like any payment; the rest goes
+    back to the lots. Returns the entry."""
+    entry = add_entry(account, "payment", -points, description, reference, now)
+    _return_allocations(account, hold_row, points, entry, now)
+    entry.balance_after = account.balance  # the balance once the hold is gone
+    hold_row.status, hold_row.captured_points, hold_row.closed_at = "captured", points, now
+    settle(account, now)
+    return entry
+
+
+def release_due_holds(account, now):
+    """Holds of this (locked) account past their expiry give their points back. Were there any?"""
+    due = db.session.scalars(
+        sa.select(PointsHold).where(PointsHold.member_id == account.member_id, PointsHold.status == "held",
+                                    PointsHold.expires_at <= now).order_by(PointsHold.id)
+        .execution_options(populate_existing=True)).all()
+    for row in due:
+        _return_allocations(account, row, ZERO, None, now)
+        row.status, row.closed_at = "expired", now
+    return bool(due)
+
+
+def _return_allocations(account, hold_row, captured, entry, now):
+    """The first `captured` points of the hold's allocations go to `entry` (as lot allocations);
+    the rest return to their lots and to `available`."""
+    allocations = db.session.execute(
+        sa.select(HoldAllocation, Lot).join(Lot, Lot.id == HoldAllocation.lot_id)
+        .where(HoldAllocation.hold_id == hold_row.id).order_by(HoldAllocation.id)).all()
+    to_capture = captured
+    for allocation, lot in allocations:
+        taken = min(allocation.points, to_capture)
+        to_capture -= taken
+        if taken > 0:
+            db.session.add(LotAllocation(entry=entry, lot_id=lot.id, points=taken))
+        back = allocation.points - taken
+        if back > 0:
+            lot.remaining += back
+            if lot.status == "expired":
+                lot.status = "available"  # settle expires it again, with an entry
+    account.held -= hold_row.points
+    account.available += hold_row.points - captured
+    account.updated_at = now

@@ -364,7 +364,7 @@ def points_summary(member_id, now=None):
     now, so a member never sees points that are gone or misses points that have arrived."""
     now = now or clock.now()
     member_or_404(member_id)
-    if ledger.has_due_lots(member_id, now):
+    if ledger.has_due_lots(member_id, now) or ledger.has_due_holds(member_id, now):
         with transaction():
             ledger.lock_account(member_id, now)
     account = db.session.get(Account, member_id, populate_existing=True)
@@ -381,7 +381,7 @@ def points_summary(member_id, now=None):
     ).all()
     return {
         "available": account.available, "pending": account.pending,
-        "lifetime_earned": account.lifetime_earned, "debt": account.debt,
+        "lifetime_earned": account.lifetime_earned, "debt": account.debt, "held": account.held,
         "expiring": [{"points": p, "expires_at": at} for at, p in expiring],
         "pending_lots": [{"points": p, "available_at": at} for at, p in pending],
     }

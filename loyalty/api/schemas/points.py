@@ -130,6 +130,7 @@ class PointsSummarySchema(Schema):
     pending = PointsField(signed=True)
     lifetime_earned = PointsField(signed=True)
     debt = PointsField(signed=True, metadata={"description": "Points owed after a refund of spent points"})
+    held = PointsField(metadata={"description": "Points reserved by open holds at tills"})
     expiring = fields.List(fields.Nested(ExpiringSchema))
     pending_lots = fields.List(fields.Nested(PendingSchema))
 
