@@ -29,6 +29,9 @@ def upgrade():
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column('api_key_id', ID, nullable=True))
             batch.create_foreign_key(op.f(f'fk_{table}_api_key_id_api_keys'), 'api_keys', ['api_key_id'], ['id'])
+    with op.batch_alter_table('vouchers') as batch:
+        batch.add_column(sa.Column('used_api_key_id', ID, nullable=True))
+        batch.create_foreign_key(op.f('fk_vouchers_used_api_key_id_api_keys'), 'api_keys', ['used_api_key_id'], ['id'])
     with op.batch_alter_table('points_payments') as batch:
         batch.add_column(sa.Column('reversal_api_key_id', ID, nullable=True))
         batch.create_foreign_key(op.f('fk_points_payments_reversal_api_key_id_api_keys'), 'api_keys',
@@ -76,6 +79,9 @@ def downgrade():
     with op.batch_alter_table('points_payments') as batch:
         batch.drop_constraint(op.f('fk_points_payments_reversal_api_key_id_api_keys'), type_='foreignkey')
         batch.drop_column('reversal_api_key_id')
+    with op.batch_alter_table('vouchers') as batch:
+        batch.drop_constraint(op.f('fk_vouchers_used_api_key_id_api_keys'), type_='foreignkey')
+        batch.drop_column('used_api_key_id')
     for table in ('purchases', 'refunds', 'points_payments'):
         with op.batch_alter_table(table) as batch:
             batch.drop_constraint(op.f(f'fk_{table}_api_key_id_api_keys'), type_='foreignkey')

@@ -23,6 +23,7 @@ CONTRACT = {
     "/api/v1/points-holds/{hold_id}": {"get"},
     "/api/v1/points-holds/{hold_id}/capture": {"post"},
     "/api/v1/points-holds/{hold_id}/release": {"post"},
+    "/api/v1/reports/stores/{store_id}/days/{date}": {"get"},
     "/api/v1/earning-rules": {"get", "put"},
     "/api/v1/tiers": {"get"},
     "/api/v1/tiers/{code}": {"put"},
