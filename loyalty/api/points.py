@@ -2,14 +2,14 @@ from flask import g
 from flask.views import MethodView
 
 from loyalty.api.schemas.points import (ActivityCreateSchema, ActivityResultSchema,
-                                        AdjustmentCreateSchema, EntryPageSchema, EntrySchema,
+                                        AdjustmentCreateSchema, BatchCreateSchema, BatchResultsSchema, EntryPageSchema, EntrySchema,
                                         HistoryQuerySchema, PaymentCreateSchema, PaymentResultSchema,
                                         PointsSummarySchema, PurchaseCreateSchema, PurchaseResultSchema,
                                         RefundCreateSchema, RefundResultSchema)
 from loyalty.auth import roles, store_for
 from loyalty.idempotency import REPLAY_HEADER
 from loyalty.members.service import member_id_for
-from loyalty.points import service
+from loyalty.points import batch, service
 
 from loyalty.api.base import Blueprint
 
@@ -32,6 +32,18 @@ class Purchases(MethodView):
         return answer(service.credit_purchase(
             member_id_for(data.pop("member_id", None), data.pop("card", None)),
             store_for(g.principal, data.pop("store_id", None)), **data, api_key_id=g.principal.key_id))
+
+
+@blp.route("/purchases/batch")
+class PurchaseBatches(MethodView):
+    @roles("pos")
+    @blp.idempotent
+    @blp.arguments(BatchCreateSchema)
+    @blp.response(200, BatchResultsSchema)
+    def post(self, data):
+        """Upload an offline till's purchases (1 to 500), each once by store + receipt, answered in order"""
+        return {"results": batch.credit_batch(store_for(g.principal, data.get("store_id")), data["purchases"],
+                                              api_key_id=g.principal.key_id)}
 
 
 @blp.route("/purchases/<id:purchase_id>/refunds")
