@@ -1,12 +1,14 @@
 """Points holds as a till uses them over HTTP: reserve, read, capture, release; held points in the
 balance; the error codes; store confinement; and races for one balance."""
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
 from loyalty import clock
 from loyalty.extensions import db
-from loyalty.points.models import PointsHold
+from loyalty.points import holds, jobs
+from loyalty.points.models import Account, PointsHold
 from loyalty.points.verify import broken_accounts
 from tests.api.test_points_api import T0, buy, member_id, summary  # noqa: F401 - member_id is a fixture
 from tests.service.test_concurrency import on_both_databases, outcomes, post, race, read, setup
@@ -158,4 +160,49 @@ def test_captures_releases_and_payments_racing_on_one_hold_settle_it_once(databa
     # release won (every capture is hold_closed, every release answers released).
     assert captures.count(201) + (1 if 200 in releases else 0) == 1, (captures, releases)
     assert all(r.status_code in (201, 409) for r in results[8:])
+    assert read(app, broken_accounts) == []
+
+
+def test_held_points_stay_in_the_points_outstanding(api, rich):
+    with clock.frozen_at(T0):
+        place(api, rich, 200)
+        points = api.get("marketing", "/reports/overview").json["points"]
+    assert (points["outstanding"], points["available"], points["held"]) == (500, 300, 200)
+
+
+@on_both_databases
+def test_the_job_and_writes_racing_over_expired_holds_release_each_once(database, app, headers):
+    """Expired holds of six members, released at the same instant by the job (twice), by points
+    payments on those members (their lock path releases due holds) and refused to tills capturing
+    or releasing them: each hold's points come back once, and nothing deadlocks."""
+    def build():
+        member_ids = []
+        with clock.frozen_at(clock.now() - timedelta(minutes=10)):
+            for n in range(6):
+                member = factories.member()
+                factories.purchase(member.id, "300")
+                holds.place_hold(member.id, "S1", f"H{n}", Decimal(100), ttl_seconds=60)
+                member_ids.append(member.id)
+        return member_ids, [row.id for row in db.session.query(PointsHold).order_by(PointsHold.id)]
+    member_ids, hold_ids = setup(app, build)
+
+    def job(client):
+        with client.application.app_context():
+            try:
+                return jobs.release_holds(None)
+            finally:
+                db.session.remove()
+
+    requests = ([job, job]
+                + [post(f"/points-holds/{hold_id}/capture", headers["pos"], {"payment_no": f"C{n}"})
+                   for n, hold_id in enumerate(hold_ids)]
+                + [post(f"/points-holds/{hold_id}/release", headers["pos"]) for hold_id in hold_ids]
+                + [post("/points-payments", headers["pos"], {"member_id": member_id, "payment_no": f"P{n}",
+                                                            "points": 250}) for n, member_id in enumerate(member_ids)])
+    results = race(app, requests)
+    assert sum(result["holds_released"] for result in results[:2]) <= 6
+    assert outcomes(results[2:14]) == [(409, "hold_expired")] * 12
+    assert outcomes(results[14:]) == [(201, None)] * 6  # the held points came back first
+    assert read(app, lambda: {row.status for row in db.session.query(PointsHold)}) == {"expired"}
+    assert read(app, lambda: sorted(db.session.get(Account, m).available for m in member_ids)) == [50] * 6
     assert read(app, broken_accounts) == []

@@ -40,9 +40,11 @@ class MoneyValueSchema(Schema):
 
 
 class OverviewPointsSchema(Schema):
-    outstanding = PointsField(signed=True, metadata={"description": "Available (not below 0) plus pending"})
+    outstanding = PointsField(signed=True, metadata={"description": "Available (not below 0) plus pending "
+                                                                    "plus held"})
     available = PointsField(signed=True)
     pending = PointsField(signed=True)
+    held = PointsField(metadata={"description": "Reserved by open holds at tills"})
     debt = PointsField(signed=True)
     outstanding_money_value = fields.Nested(MoneyValueSchema)
     expiring_30_days = PointsField(signed=True)
