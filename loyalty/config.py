@@ -34,6 +34,8 @@ def from_environment(instance_path):
         "LOYALTY_JOB_SCHEDULES": json.loads(os.environ.get("LOYALTY_JOB_SCHEDULES") or "{}"),
         # The jobs' thresholds (days, shares, amounts): see each domain's jobs.py (points/, segments/, members/).
         **{name: _number(name, default) for name, default in JOB_SETTINGS.items()},
+        # How far back a till that was offline may date a purchase it uploads (POST /purchases/batch).
+        "LOYALTY_OFFLINE_MAX_DAYS": _number("LOYALTY_OFFLINE_MAX_DAYS", 30),
         # Tiers: the qualification window, how long a reached tier is protected from downgrades,
         # and how many tiers one nightly recompute may take a member down.
         "LOYALTY_TIER_WINDOW_MONTHS": int(os.environ.get("LOYALTY_TIER_WINDOW_MONTHS", "12")),
@@ -187,6 +189,7 @@ class Settings:
     rate_limit_storage: str
     rate_limit_prefix: str
     trusted_proxies: int
+    offline_max_days: int
 
     @classmethod
     def from_config(cls, config) -> "Settings":

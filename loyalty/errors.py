@@ -75,6 +75,14 @@ class VoucherExpired(LoyaltyError):
     status, code = 409, "voucher_expired"
 
 
+class HoldExpired(LoyaltyError):
+    status, code = 409, "hold_expired"
+
+
+class HoldClosed(LoyaltyError):
+    status, code = 409, "hold_closed"
+
+
 # Machine codes for errors raised by Flask/werkzeug itself (routing, bad JSON, ...).
 HTTP_CODES = {
     400: ("bad_request", "The request could not be read; send a JSON body with the documented fields."),

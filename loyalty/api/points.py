@@ -2,14 +2,14 @@ from flask import g
 from flask.views import MethodView
 
 from loyalty.api.schemas.points import (ActivityCreateSchema, ActivityResultSchema,
-                                        AdjustmentCreateSchema, EntryPageSchema, EntrySchema,
+                                        AdjustmentCreateSchema, BatchCreateSchema, BatchResultsSchema, EntryPageSchema, EntrySchema,
                                         HistoryQuerySchema, PaymentCreateSchema, PaymentResultSchema,
                                         PointsSummarySchema, PurchaseCreateSchema, PurchaseResultSchema,
                                         RefundCreateSchema, RefundResultSchema)
 from loyalty.auth import roles, store_for
 from loyalty.idempotency import REPLAY_HEADER
 from loyalty.members.service import member_id_for
-from loyalty.points import service
+from loyalty.points import batch, service
 
 from loyalty.api.base import Blueprint
 
@@ -31,7 +31,19 @@ class Purchases(MethodView):
         """Credit a purchase's points (a repeated store + receipt is a replay)"""
         return answer(service.credit_purchase(
             member_id_for(data.pop("member_id", None), data.pop("card", None)),
-            store_for(g.principal, data.pop("store_id", None)), **data))
+            store_for(g.principal, data.pop("store_id", None)), **data, api_key_id=g.principal.key_id))
+
+
+@blp.route("/purchases/batch")
+class PurchaseBatches(MethodView):
+    @roles("pos")
+    @blp.idempotent
+    @blp.arguments(BatchCreateSchema)
+    @blp.response(200, BatchResultsSchema)
+    def post(self, data):
+        """Upload an offline till's purchases (1 to 500), each once by store + receipt, answered in order"""
+        return {"results": batch.credit_batch(store_for(g.principal, data.get("store_id")), data["purchases"],
+                                              api_key_id=g.principal.key_id)}
 
 
 @blp.route("/purchases/<id:purchase_id>/refunds")
@@ -43,7 +55,7 @@ class PurchaseRefunds(MethodView):
     def post(self, data, purchase_id):
         """Refund a purchase and claw back its points pro rata"""
         store = g.principal.store_id if g.principal.role == "pos" else None
-        return answer(service.refund_purchase(purchase_id, store, **data))
+        return answer(service.refund_purchase(purchase_id, store, **data, api_key_id=g.principal.key_id))
 
 
 @blp.route("/members/<id:member_id>/activities")
@@ -100,7 +112,8 @@ class PointsPayments(MethodView):
         """Pay with points at the till (409 insufficient_points when the member has too few)"""
         return answer(service.pay_with_points(
             member_id_for(data.pop("member_id", None), data.pop("card", None)),
-            store_for(g.principal, data.pop("store_id", None)), data["payment_no"], data["points"]))
+            store_for(g.principal, data.pop("store_id", None)), data["payment_no"], data["points"],
+            api_key_id=g.principal.key_id))
 
 
 @blp.route("/points-payments/<id:payment_id>/reversal")
@@ -111,4 +124,4 @@ class PointsPaymentReversal(MethodView):
     def post(self, payment_id):
         """Reverse a points payment: the points return to the lots they came from"""
         store = g.principal.store_id if g.principal.role == "pos" else None
-        return answer(service.reverse_payment(payment_id, store))
+        return answer(service.reverse_payment(payment_id, store, api_key_id=g.principal.key_id))

@@ -6,10 +6,11 @@ from flask.views import MethodView
 from loyalty import audit
 from loyalty.api.base import Blueprint
 from loyalty.api.schemas.reports import (AuditPageSchema, AuditQuerySchema, LiabilitySchema, OverviewSchema,
-                                         SegmentPageSchema, SegmentQuerySchema, TagsSchema)
-from loyalty.auth import roles
+                                         SegmentPageSchema, SegmentQuerySchema, StoreDaySchema, TagsSchema)
+from loyalty.auth import roles, store_for
 from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.members.lookup import member_or_404
+from loyalty.points.store_day import store_day
 from loyalty.segments import service
 
 blp = Blueprint("reports", __name__, description="Marketing: segments, tags, reports; the audit log")
@@ -40,6 +41,16 @@ class SegmentMembers(MethodView):
                           "available_points": member.account.available, "spend_12_months": spend or 0,
                           "last_purchase_at": last_purchase})
         return {"items": items, "next_cursor": encode_cursor(last) if last else None}
+
+
+@blp.route("/reports/stores/<string(maxlength=40):store_id>/days/<string(maxlength=40):date>")
+class StoreDay(MethodView):
+    @roles("pos", "marketing")
+    @blp.response(200, StoreDaySchema)
+    def get(self, store_id, date):
+        """The store's local day for the shift reconciliation, in total and by till key (a POS key: its own store)"""
+        store = store_for(g.principal, store_id) if g.principal.role == "pos" else store_id
+        return store_day(store, date)
 
 
 def _file_name(name):

@@ -106,7 +106,8 @@ class VoucherUse(MethodView):
     @blp.response(200, VoucherSchema)
     def post(self, data, code):
         """Accept a voucher at the till: once, ever (`409 voucher_used`, `voucher_expired`, `voucher_void`)"""
-        return service.use_voucher(code, store_for(g.principal, data.get("store_id")))
+        return service.use_voucher(code, store_for(g.principal, data.get("store_id")),
+                                   api_key_id=g.principal.key_id)
 
 
 @blp.route(f"/vouchers/{VOUCHER_CODE}/qr.png", endpoint="VoucherQrPng", defaults={"fmt": "png"})

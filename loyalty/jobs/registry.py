@@ -13,6 +13,7 @@ from loyalty.extensions import db
 from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
 from loyalty.points import jobs as points_jobs
+from loyalty.points.models import PointsHold
 from loyalty.referrals import jobs as referral_jobs
 from loyalty.referrals.models import Referral
 from loyalty.segments import jobs as segment_jobs
@@ -33,6 +34,10 @@ def _member_count():
     return db.session.scalar(sa.select(sa.func.count()).select_from(Member))
 
 
+def _open_holds():
+    return db.session.scalar(sa.select(sa.func.count()).select_from(PointsHold).where(PointsHold.status == "held"))
+
+
 def _pending_referrals():
     return db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(Referral.status == "pending"))
 
@@ -42,6 +47,8 @@ JOBS = [
         "5 0 * * *", points_jobs.release_pending, _member_count),
     Job("points.expire", "Points past their expiry (the end of a local day) expire, one entry per lot",
         "10 0 * * *", points_jobs.expire_points, _member_count),
+    Job("points.release_holds", "Points holds past their expiry give their points back to the member",
+        "* * * * *", points_jobs.release_holds, _open_holds),
     Job("points.expiry_reminders", "Members with points expiring within 30 days get one reminder per expiry day",
         "0 9 * * *", points_jobs.expiry_reminders, _member_count),
     Job("members.lifecycle", "Lifecycle stages: potential, new, active, dormant, churned",

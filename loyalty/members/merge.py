@@ -41,6 +41,10 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
                 raise Conflict(f"Member {member.id} is closed"
                                + (f" (merged into {member.merged_into_id})" if member.merged_into_id else "")
                                + "; merge into an open member.")
+        for account in (keep, gone):
+            if account.held > 0:
+                raise Conflict(f"Member {account.member_id} has {account.held} points on hold at a till; "
+                               "capture or release the hold (or let it expire) before merging.")
         before = {"survivor": _summary(keep), "other": _summary(gone)}
         moved = {"points": gone.available + gone.pending}
 

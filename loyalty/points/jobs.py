@@ -18,7 +18,7 @@ from loyalty.database import UTCDateTime, transaction
 from loyalty.extensions import db
 from loyalty.jobs.batching import BATCH, day_cutoff, id_ranges
 from loyalty.jobs.models import Notification
-from loyalty.points.ledger import expire_range, release_range
+from loyalty.points.ledger import expire_range, release_holds_range, release_range
 from loyalty.points.models import Lot
 from loyalty.webhooks import service as webhooks
 from loyalty.config import settings
@@ -134,3 +134,25 @@ def _queue_reminders(fresh, now):
             {"member_id": member_id, "kind": "points_expiring", "dedupe_key": key, "payload": payload,
              "created_at": now} for member_id, key, payload in fresh])
     return len(queued.all())
+
+
+HOLDS_BATCH = 5000
+
+
+def release_holds(as_of=None, progress=None, now=None, batch=HOLDS_BATCH):
+    """Holds past their expiry give their points back to the lots they came from (what is past its
+    own expiry then is simply due, for `points.expire` or the member's next write), in batches of
+    holds, one transaction each. A member with a debt has it paid from what came back, as
+    ledger.settle does. Idempotent: a released hold is no longer `held`; restartable: a batch is
+    whole or not at all. Runs every minute."""
+    now = now or clock.now()
+    holds = members = 0
+    while True:
+        with transaction():
+            count, touched = release_holds_range(now, batch)
+        holds, members = holds + count, members + touched
+        if progress and touched:
+            progress(touched)
+        if count < batch:
+            break
+    return {"holds_released": holds, "members": members, "rows": holds}

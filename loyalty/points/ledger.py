@@ -3,7 +3,12 @@ these functions, inside the caller's transaction; they keep the invariants of DE
 
     available == sum(remaining of available lots) - debt
     pending   == sum(remaining of pending lots)
-    sum(entries) == available + pending
+    held      == sum(points allocated to open holds)
+    sum(entries) == available + pending + held
+
+Held points are taken out of their lots' `remaining` (into hold allocations) rather than marked
+on the lots: everything that spends, pays, claws back or expires reads `remaining` only, so none
+of it can touch held points, and none of it needed to change.
 """
 from decimal import Decimal
 
@@ -14,7 +19,7 @@ from loyalty.database import Points, UTCDateTime
 from loyalty.errors import InsufficientPoints, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.models import Member
-from loyalty.points.models import Account, Entry, Lot, LotAllocation
+from loyalty.points.models import Account, Entry, HoldAllocation, Lot, LotAllocation, PointsHold
 from loyalty.webhooks import service as webhooks
 
 ZERO = Decimal("0.00")
@@ -37,8 +42,25 @@ def lock_account(member_id, now):
         raise NotFound(f"No member with id {member_id}.")
     account, has_due = row
     orm.attributes.set_committed_value(account.member, "account", account)  # no second load
-    settle(account, now, lots_due=has_due)
+    # Due holds first: what they give back may be past its expiry, which settling then expires.
+    released = release_due_holds(account, now) if account.held > 0 else False
+    settle(account, now, lots_due=has_due or released)
     return account
+
+
+def lock_accounts(member_ids, now):
+    """Lock many members' accounts at once, in id order (as every writer of several does, so no two
+    wait for each other), and bring each up to `now`. One statement for the locks; only the
+    accounts with something due cost more. Returns {member_id: account}; an unknown id is absent."""
+    rows = db.session.execute(_LOCK_ACCOUNTS, {"member_ids": sorted(set(member_ids)), "now": now}).unique().all()
+    accounts = {}
+    for account, has_due in rows:
+        orm.attributes.set_committed_value(account.member, "account", account)
+        released = release_due_holds(account, now) if account.held > 0 else False
+        if has_due or released:
+            settle(account, now)
+        accounts[account.member_id] = account
+    return accounts
 
 
 def settle(account, now, lots_due=True):
@@ -71,6 +93,12 @@ def settle(account, now, lots_due=True):
 def has_due_lots(member_id, now):
     """Would settling this member's account change anything now? One indexed EXISTS query."""
     return db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, _due(now))))
+
+
+def has_due_holds(member_id, now):
+    """Has the member a hold past its expiry that nothing has released yet?"""
+    return db.session.scalar(sa.select(sa.exists().where(
+        PointsHold.member_id == member_id, PointsHold.status == "held", PointsHold.expires_at <= now)))
 
 
 def _due(now):
@@ -166,7 +194,7 @@ def expire_range(low, high, cutoff, now):
     db.session.execute(_t(f"""
         CREATE TEMPORARY TABLE expire_due AS
         SELECT l.id AS lot_id, l.member_id, l.remaining,
-               a.available + a.pending - SUM(l.remaining) OVER (
+               a.available + a.pending + a.held - SUM(l.remaining) OVER (
                    PARTITION BY l.member_id ORDER BY l.expires_at, l.id ROWS UNBOUNDED PRECEDING)
                AS balance_after
         FROM lots l JOIN accounts a ON a.member_id = l.member_id
@@ -199,10 +227,64 @@ def expire_range(low, high, cutoff, now):
 # not yet due.)
 # Built once, with bind parameters: every write runs it, and a statement built anew per request
 # costs more CPU than its round trip (SQLAlchemy builds and hashes it again each time).
+HOLD_DUE = "h.status = 'held' AND h.expires_at <= :now"
+
+
+def release_holds_range(now, batch):
+    """The set-based form of `release_due_holds`: up to `batch` holds past their expiry, of any
+    members, give their points back to the lots they came from; debtors among those members then
+    settle as one account does. (count of holds, count of members)."""
+    params = {"now": now, "batch": batch}
+    if db.session.get_bind().dialect.name == "postgresql":
+        # The same order as every write (account first, then its holds), so that a till capturing
+        # one of these holds either finishes first (and the hold is no longer due) or waits.
+        db.session.execute(_t(
+            f"SELECT a.member_id FROM accounts a WHERE a.member_id IN (SELECT h.member_id FROM points_holds h "
+            f"WHERE {HOLD_DUE} ORDER BY h.member_id, h.id LIMIT :batch) ORDER BY a.member_id FOR UPDATE"), params)
+    db.session.execute(sa.text("DROP TABLE IF EXISTS holds_due"))
+    db.session.execute(_t(
+        f"CREATE TEMPORARY TABLE holds_due AS SELECT h.id AS hold_id, h.member_id, h.points FROM points_holds h "
+        f"WHERE {HOLD_DUE} ORDER BY h.member_id, h.id LIMIT :batch"), params)
+    _index_due("holds_due", "hold_id", "member_id")
+    db.session.execute(sa.text(
+        "UPDATE lots SET remaining = remaining + (SELECT SUM(ha.points) FROM hold_allocations ha "
+        "JOIN holds_due d ON d.hold_id = ha.hold_id WHERE ha.lot_id = lots.id) "
+        "WHERE id IN (SELECT ha.lot_id FROM hold_allocations ha JOIN holds_due d ON d.hold_id = ha.hold_id)"))
+    db.session.execute(_t(
+        "UPDATE accounts SET held = held - (SELECT SUM(points) FROM holds_due d WHERE d.member_id = accounts.member_id), "
+        "available = available + (SELECT SUM(points) FROM holds_due d WHERE d.member_id = accounts.member_id), "
+        "updated_at = :now WHERE member_id IN (SELECT member_id FROM holds_due)"), params)
+    db.session.execute(_t(
+        "UPDATE points_holds SET status = 'expired', closed_at = :now WHERE id IN (SELECT hold_id FROM holds_due)"),
+        params)
+    count, touched = db.session.execute(
+        sa.text("SELECT COUNT(*), COUNT(DISTINCT member_id) FROM holds_due")).one()
+    debtors = db.session.scalars(sa.text(
+        "SELECT a.member_id FROM accounts a WHERE a.debt > 0 AND a.member_id IN (SELECT member_id FROM holds_due) "
+        "ORDER BY a.member_id")).all()
+    db.session.execute(sa.text("DROP TABLE holds_due"))
+    if debtors:
+        db.session.expire_all()  # the statements above bypassed the session's copies of these rows
+    for member_id in debtors:  # rare: a refund took back spent points while some were held
+        lock_account(member_id, now)
+    return count, touched
+
+
 _LOCK_ACCOUNT = (
     sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(sa.bindparam("now"))))
     .join(Account.member).where(Account.member_id == sa.bindparam("member_id"))
     .options(orm.contains_eager(Account.member).joinedload(Member.identities))
+    .with_for_update(key_share=True, of=[Account, Member])
+    .execution_options(populate_existing=True)
+)
+
+
+# Many accounts (an offline till's batch): the same locks as _LOCK_ACCOUNT, lowest id first.
+_LOCK_ACCOUNTS = (
+    sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(sa.bindparam("now"))))
+    .join(Account.member).where(Account.member_id.in_(sa.bindparam("member_ids", expanding=True)))
+    .order_by(Account.member_id)
+    .options(orm.contains_eager(Account.member))
     .with_for_update(key_share=True, of=[Account, Member])
     .execution_options(populate_existing=True)
 )
@@ -230,7 +312,7 @@ def add_entry(account, type_, points, description, reference, now, expires_at=No
     account.updated_at = now
     entry = Entry(
         member_id=account.member_id, type=type_, points=points,
-        balance_after=account.available + account.pending, description=description[:200],
+        balance_after=account.balance, description=description[:200],
         reference_type=reference_type, reference_id=None if reference_id is None else str(reference_id),
         expires_at=expires_at, created_at=now,
     )
@@ -295,7 +377,7 @@ def credit_many(due_sql, params, type_, description, reference, now, *, expires_
     db.session.execute(statement(
         f"CREATE TEMPORARY TABLE credit_due AS SELECT d.member_id, d.points, "
         f"CASE WHEN a.debt < d.points THEN a.debt ELSE d.points END AS paid, "
-        f"a.available + a.pending + d.points AS balance_after {due} "
+        f"a.available + a.pending + a.held + d.points AS balance_after {due} "
         f"WHERE a.available + a.pending + d.points <= :most AND a.lifetime_earned + d.points <= :most"), params)
     db.session.execute(statement(
         "INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
@@ -428,3 +510,83 @@ def _take_from_lots(member_id, points, entry):
             return
     # The account said the points were there; the lots disagree. Never paper over that.
     raise RuntimeError(f"ledger inconsistency: member {member_id} lots short by {left}")
+
+
+# --- holds ------------------------------------------------------------------------------------------
+
+def hold(account, hold_row, now):
+    """Reserve `hold_row.points` of the account's available points, earliest expiry first: they
+    leave `available` and their lots' `remaining` for the hold's allocations. No entry: the
+    member still owns them."""
+    points = hold_row.points
+    if account.available < points:
+        raise InsufficientPoints(
+            f"The member has {max(account.available, ZERO)} points available; {points} are needed.",
+            available=max(account.available, ZERO), needed=points,
+        )
+    account.available -= points
+    account.held += points
+    account.updated_at = now
+    left = points
+    for lot in _open_lots(account.member_id):
+        taken = min(lot.remaining, left)
+        lot.remaining -= taken
+        left -= taken
+        db.session.add(HoldAllocation(hold_id=hold_row.id, lot_id=lot.id, points=taken))
+        if left == 0:
+            return
+    raise RuntimeError(f"ledger inconsistency: member {account.member_id} lots short by {left}")
+
+
+def release_hold(account, hold_row, status, now):
+    """Give a hold's points back to the lots they came from (a lot whose expiry passed meanwhile
+    expires now, with its entry); the hold ends `released` or `expired`."""
+    _return_allocations(account, hold_row, ZERO, None, now)
+    hold_row.status, hold_row.closed_at = status, now
+    settle(account, now)
+
+
+def capture_hold(account, hold_row, points, description, reference, now):
+    """Turn `points` of a hold into a debit entry (a payment) taken from the hold's own lots,
+    recorded as lot allocations so that `restore` can reverse it like any payment; the rest goes
+    back to the lots. Returns the entry."""
+    entry = add_entry(account, "payment", -points, description, reference, now)
+    _return_allocations(account, hold_row, points, entry, now)
+    entry.balance_after = account.balance  # the balance once the hold is gone
+    hold_row.status, hold_row.captured_points, hold_row.closed_at = "captured", points, now
+    settle(account, now)
+    return entry
+
+
+def release_due_holds(account, now):
+    """Holds of this (locked) account past their expiry give their points back. Were there any?"""
+    due = db.session.scalars(
+        sa.select(PointsHold).where(PointsHold.member_id == account.member_id, PointsHold.status == "held",
+                                    PointsHold.expires_at <= now).order_by(PointsHold.id)
+        .execution_options(populate_existing=True)).all()
+    for row in due:
+        _return_allocations(account, row, ZERO, None, now)
+        row.status, row.closed_at = "expired", now
+    return bool(due)
+
+
+def _return_allocations(account, hold_row, captured, entry, now):
+    """The first `captured` points of the hold's allocations go to `entry` (as lot allocations);
+    the rest return to their lots and to `available`."""
+    allocations = db.session.execute(
+        sa.select(HoldAllocation, Lot).join(Lot, Lot.id == HoldAllocation.lot_id)
+        .where(HoldAllocation.hold_id == hold_row.id).order_by(HoldAllocation.id)).all()
+    to_capture = captured
+    for allocation, lot in allocations:
+        taken = min(allocation.points, to_capture)
+        to_capture -= taken
+        if taken > 0:
+            db.session.add(LotAllocation(entry=entry, lot_id=lot.id, points=taken))
+        back = allocation.points - taken
+        if back > 0:
+            lot.remaining += back
+            if lot.status == "expired":
+                lot.status = "available"  # settle expires it again, with an entry
+    account.held -= hold_row.points
+    account.available += hold_row.points - captured
+    account.updated_at = now

@@ -24,14 +24,17 @@ class Account(Model):
     pending = mapped_column(Points(), nullable=False, server_default=ZERO)
     lifetime_earned = mapped_column(Points(), nullable=False, server_default=ZERO)
     debt = mapped_column(Points(), nullable=False, server_default=ZERO)
+    # Points reserved by open holds: out of `available`, out of their lots' `remaining` (kept by
+    # the holds' allocations), still the member's until captured.
+    held = mapped_column(Points(), nullable=False, server_default=ZERO)
     updated_at = mapped_column(UTCDateTime, nullable=False)
 
     member = relationship("Member", back_populates="account")
 
     @property
     def balance(self):
-        """What the entries add up to: available (net of debt) plus pending."""
-        return self.available + self.pending
+        """What the entries add up to: available (net of debt), pending and held."""
+        return self.available + self.pending + self.held
 
 
 class Entry(Model):
@@ -122,6 +125,7 @@ class Purchase(Model):
     # again: [{"source", "promotion_id"?, "name", "points"}], points as strings. None before promotions.
     breakdown = mapped_column(sa.JSON)
     lot_id: Mapped[int | None] = mapped_column(sa.ForeignKey("lots.id"))
+    api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))  # the till's key
     occurred_at = mapped_column(UTCDateTime, nullable=False)
     created_at = mapped_column(UTCDateTime, nullable=False)
 
@@ -151,6 +155,7 @@ class Refund(Model):
     points_reversed = mapped_column(Points(), nullable=False)  # the purchase's base points taken
     promotion_points = mapped_column(Points(), nullable=False, server_default=ZERO)  # its promotions' points taken
     entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))
     created_at = mapped_column(UTCDateTime, nullable=False)
 
     @property
@@ -194,11 +199,46 @@ class PointsPayment(Model):
     status: Mapped[str] = mapped_column(sa.String(10))  # completed | reversed
     entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
     reversal_entry_id: Mapped[int | None] = mapped_column(sa.ForeignKey("ledger_entries.id"))
+    api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))
+    reversal_api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))
     created_at = mapped_column(UTCDateTime, nullable=False)
     reversed_at = mapped_column(UTCDateTime)
 
     entry = relationship("Entry", foreign_keys=[entry_id])
     reversal_entry = relationship("Entry", foreign_keys=[reversal_entry_id])
+
+
+class PointsHold(Model):
+    """Points reserved at a till (authorise), then captured as a payment or released."""
+
+    __tablename__ = "points_holds"
+    __table_args__ = (sa.UniqueConstraint("store_id", "hold_no"),
+                      sa.Index("ix_points_holds_status_expires_at", "status", "expires_at"),
+                      sa.Index("ix_points_holds_member_status", "member_id", "status"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"))
+    store_id: Mapped[str] = mapped_column(sa.String(40))
+    hold_no: Mapped[str] = mapped_column(sa.String(64))
+    points = mapped_column(Points(), nullable=False)
+    captured_points = mapped_column(Points(), nullable=False, server_default=ZERO)
+    status: Mapped[str] = mapped_column(sa.String(10))  # held | captured | released | expired
+    expires_at = mapped_column(UTCDateTime, nullable=False)
+    payment_id: Mapped[int | None] = mapped_column(sa.ForeignKey("points_payments.id"))
+    api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))
+    created_at = mapped_column(UTCDateTime, nullable=False)
+    closed_at = mapped_column(UTCDateTime)
+
+
+class HoldAllocation(Model):
+    """How many points an open hold took out of which lot; they go back there when it lets go."""
+
+    __tablename__ = "hold_allocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    hold_id: Mapped[int] = mapped_column(sa.ForeignKey("points_holds.id"), index=True)
+    lot_id: Mapped[int] = mapped_column(sa.ForeignKey("lots.id"), index=True)
+    points = mapped_column(Points(), nullable=False)
 
 
 class PaymentRefusal(Model):

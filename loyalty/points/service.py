@@ -79,7 +79,7 @@ def update_rules(new_rules: EarningRules, actor, now=None):
 # --- purchases and refunds ----------------------------------------------------------------------
 
 def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occurred_at=None,
-                    items=None, channel=None, now=None):
+                    items=None, channel=None, now=None, api_key_id=None):
     """Record a purchase and credit its points (pending for the return window, if one is set): the
     earning rules' base points with the tier's multiplier, one `bonus` entry per promotion that
     applies, and a referral's welcome reward. `purchase.breakdown` lists them line by line."""
@@ -105,7 +105,8 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
         purchase = _claim_receipt(dict(
             member_id=member_id, store_id=store_id, receipt_no=receipt_no, amount=amount,
             eligible_amount=eligible, currency=currency, points_earned=points, available_at=available_at,
-            items=_items_json(items), channel=channel, occurred_at=occurred_at, created_at=now))
+            items=_items_json(items), channel=channel, occurred_at=occurred_at, created_at=now,
+            api_key_id=api_key_id))
         if purchase is None:  # the receipt was recorded before: a replay, or a mistake
             existing = _purchase_by_receipt(store_id, receipt_no)
             if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
@@ -182,7 +183,7 @@ def _breakdown_json(lines):
     return [{**line, "points": str(line["points"])} for line in lines]
 
 
-def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
+def refund_purchase(purchase_id, store_id, refund_no, amount, now=None, api_key_id=None):
     """Refund part or all of a purchase and claw back its points pro rata (into debt if spent)."""
     now = now or clock.now()
     _check_positive(amount, "A refund")
@@ -212,7 +213,7 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None):
         # Points of this purchase that expired are gone already: they count as reversed first.
         points = due - min(due, _expired_not_yet_reversed(purchase))
         refund = Refund(purchase_id=purchase.id, refund_no=refund_no, amount=amount,
-                        points_reversed=points, created_at=now)
+                        points_reversed=points, api_key_id=api_key_id, created_at=now)
         db.session.add(refund)
         db.session.flush()
         if points > 0:
@@ -326,7 +327,7 @@ def adjust_points(member_id, points, reason, actor, now=None):
 
 # --- points as payment ----------------------------------------------------------------------------
 
-def pay_with_points(member_id, store_id, payment_no, points, now=None):
+def pay_with_points(member_id, store_id, payment_no, points, now=None, api_key_id=None):
     """Take points as money at the till. Never below zero: `insufficient_points` otherwise.
 
     A refusal is an answer too: it is kept for the store and payment number (in the refusal's
@@ -362,7 +363,7 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None):
         else:
             payment = PointsPayment(member_id=member_id, store_id=store_id, payment_no=payment_no,
                                     points=points, money_amount=value, currency=currency,
-                                    status="completed", created_at=now)
+                                    status="completed", api_key_id=api_key_id, created_at=now)
             db.session.add(payment)
             db.session.flush()
             payment.entry = ledger.debit(
@@ -400,7 +401,7 @@ def _refusal_error(refusal):
     return error
 
 
-def reverse_payment(payment_id, store_id, now=None):
+def reverse_payment(payment_id, store_id, now=None, api_key_id=None):
     """Give back the points of a payment (the sale was voided); they return to their lots."""
     now = now or clock.now()
     with transaction():
@@ -416,6 +417,7 @@ def reverse_payment(payment_id, store_id, now=None):
         entry = ledger.restore(account, payment.entry, f"Reversal of payment {payment.payment_no}",
                                ("payment", payment.id), now)
         payment.status, payment.reversal_entry, payment.reversed_at = "reversed", entry, now
+        payment.reversal_api_key_id = api_key_id
     return Outcome(payment, account.member)
 
 
@@ -428,7 +430,7 @@ def points_summary(member_id, now=None):
     now, so a member never sees points that are gone or misses points that have arrived."""
     now = now or clock.now()
     member_or_404(member_id)
-    if ledger.has_due_lots(member_id, now):
+    if ledger.has_due_lots(member_id, now) or ledger.has_due_holds(member_id, now):
         with transaction():
             ledger.lock_account(member_id, now)
     account = db.session.get(Account, member_id, populate_existing=True)
@@ -445,7 +447,7 @@ def points_summary(member_id, now=None):
     ).all()
     return {
         "available": account.available, "pending": account.pending,
-        "lifetime_earned": account.lifetime_earned, "debt": account.debt,
+        "lifetime_earned": account.lifetime_earned, "debt": account.debt, "held": account.held,
         "expiring": [{"points": p, "expires_at": at} for at, p in expiring],
         "pending_lots": [{"points": p, "available_at": at} for at, p in pending],
     }

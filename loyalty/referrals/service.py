@@ -241,7 +241,7 @@ def on_purchase(account, purchase, now):
     if referral is None:
         return None
     earlier = db.session.scalar(sa.select(sa.func.count()).select_from(Purchase).where(
-        Purchase.member_id == account.member_id, Purchase.id != purchase.id))
+        Purchase.member_id == account.member_id, Purchase.id < purchase.id))
     if earlier:
         return None  # only the first purchase counts; the referral was settled then
     if now > referral.deadline:

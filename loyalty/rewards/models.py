@@ -67,6 +67,7 @@ class Voucher(Model):
     expires_at = mapped_column(UTCDateTime, nullable=False)
     used_at = mapped_column(UTCDateTime)
     used_store_id: Mapped[str | None] = mapped_column(sa.String(40))
+    used_api_key_id: Mapped[int | None] = mapped_column(sa.ForeignKey("api_keys.id"))  # the till's key
     created_at = mapped_column(UTCDateTime, nullable=False)
 
     redemption = relationship("Redemption", back_populates="vouchers")

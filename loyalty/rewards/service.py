@@ -318,7 +318,7 @@ def get_voucher(code: str, owner: int | None = None) -> Voucher:
     return voucher
 
 
-def use_voucher(code: str, store_id: str, now: datetime | None = None) -> Voucher:
+def use_voucher(code: str, store_id: str, now: datetime | None = None, api_key_id: int | None = None) -> Voucher:
     """A till accepts the voucher. Once, ever: the UPDATE only matches an issued, unexpired voucher,
     so of two tills scanning it at the same instant exactly one succeeds."""
     now = now or clock.now()
@@ -326,7 +326,7 @@ def use_voucher(code: str, store_id: str, now: datetime | None = None) -> Vouche
     with transaction():
         used = rows_changed(
             sa.update(Voucher).where(Voucher.code == code, Voucher.status == "issued", Voucher.expires_at > now)
-            .values(status="used", used_at=now, used_store_id=store_id))
+            .values(status="used", used_at=now, used_store_id=store_id, used_api_key_id=api_key_id))
         voucher = db.session.scalar(sa.select(Voucher).where(Voucher.code == code)
                                     .execution_options(populate_existing=True))
         if voucher is None:

@@ -192,11 +192,12 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
         by_tier[tier] = by_tier.get(tier, 0) + count
         by_stage[stage or "unknown"] = by_stage.get(stage or "unknown", 0) + count
         by_segment[segment or "none"] = by_segment.get(segment or "none", 0) + count
-    available, pending, debt = db.session.execute(sa.select(
+    available, pending, debt, held = db.session.execute(sa.select(
         sa.type_coerce(sa.func.coalesce(sa.func.sum(sa.case((Account.available > 0, Account.available),
                                                             else_=0)), 0), Points()),
         sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.pending), 0), Points()),
-        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.debt), 0), Points()))).one()
+        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.debt), 0), Points()),
+        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.held), 0), Points()))).one()
     expiring = db.session.scalar(sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Lot.remaining), 0), Points()))
                                  .where(Lot.status == "available", Lot.remaining > 0, Lot.expires_at > now,
                                         Lot.expires_at <= now + timedelta(days=30)))
@@ -204,14 +205,14 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
         sa.select(Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
         .where(Entry.created_at >= now - timedelta(days=30), Entry.created_at <= now).group_by(Entry.type)).all())
     rules = current_rules()
-    outstanding = available + pending
+    outstanding = available + pending + held  # held points are still the members' until captured
     campaign = active_campaign(now)
     zero = Decimal("0.00")
     return {
         "members": {"total": sum(by_tier.values()), "by_tier": by_tier, "by_lifecycle_stage": by_stage,
                     "by_value_segment": by_segment},
         "points": {
-            "outstanding": outstanding, "available": available, "pending": pending, "debt": debt,
+            "outstanding": outstanding, "available": available, "pending": pending, "held": held, "debt": debt,
             "outstanding_money_value": {
                 "amount": (outstanding / rules.payment_points_per_unit).quantize(Decimal("0.01")),
                 "currency": settings().currency},

@@ -19,6 +19,11 @@ CONTRACT = {
     "/api/v1/members/{member_id}/points/history": {"get"},
     "/api/v1/points-payments": {"post"},
     "/api/v1/points-payments/{payment_id}/reversal": {"post"},
+    "/api/v1/points-holds": {"post"},
+    "/api/v1/points-holds/{hold_id}": {"get"},
+    "/api/v1/points-holds/{hold_id}/capture": {"post"},
+    "/api/v1/points-holds/{hold_id}/release": {"post"},
+    "/api/v1/reports/stores/{store_id}/days/{date}": {"get"},
     "/api/v1/earning-rules": {"get", "put"},
     "/api/v1/tiers": {"get"},
     "/api/v1/tiers/{code}": {"put"},
@@ -100,7 +105,8 @@ def test_success_statuses_are_those_of_the_contract(spec):
                                      "/api/v1/points-payments/{payment_id}/reversal",
                                      "/api/v1/rewards", "/api/v1/members/{member_id}/redemptions",
                                      "/api/v1/referral-campaigns", "/api/v1/webhooks", "/api/v1/promotions",
-                                     "/api/v1/members/{member_id}/tokens"]}
+                                     "/api/v1/members/{member_id}/tokens",
+                                     "/api/v1/points-holds", "/api/v1/points-holds/{hold_id}/capture"]}
     no_content = {("delete", "/api/v1/members/{member_id}/tokens")}
 
     for path, method, operation in operations(spec):

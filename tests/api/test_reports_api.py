@@ -334,7 +334,8 @@ def test_the_overview_over_http(api, world):
     assert report["members"]["by_tier"] == {"ordinary": 5, "silver": 0, "gold": 1, "diamond": 0}
     assert report["members"]["by_lifecycle_stage"] == {"active": 1, "dormant": 1, "new": 2, "potential": 1,
                                                        "churned": 1}
-    assert report["points"] == {"outstanding": 811, "available": D("730.5"), "pending": D("80.5"), "debt": 0,
+    assert report["points"] == {"outstanding": 811, "available": D("730.5"), "pending": D("80.5"), "held": 0,
+                                "debt": 0,
                                 "outstanding_money_value": {"amount": "8.11", "currency": "CNY"},
                                 "expiring_30_days": 10}
     assert report["last_30_days"] == {"earned": 281, "redeemed": 20, "paid": 300, "expired": 100,

@@ -17,13 +17,14 @@
 import logging
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import quote
 
 import jwt
 import pytest
 import sqlalchemy as sa
 
-from loyalty import auth
+from loyalty import auth, clock
 from loyalty.extensions import db
 from loyalty.webhooks.models import Delivery
 
@@ -93,6 +94,17 @@ MATRIX = [
     op("POST", "/points-payments", "pos", body=lambda w: {"member_id": w["member"], "store_id": "S1",
                                                           "payment_no": "P-door", "points": 10}),
     op("POST", "/points-payments/<id:payment_id>/reversal", "pos", "/points-payments/{payment}/reversal"),
+    # POS: holds, offline upload, the store's day (issue 19)
+    op("POST", "/points-holds", "pos", body=lambda w: {"member_id": w["holder"], "store_id": "S1",
+                                                       "hold_no": "H-door", "points": 10}),
+    op("GET", "/points-holds/<id:hold_id>", "pos", "/points-holds/{hold}"),
+    op("POST", "/points-holds/<id:hold_id>/capture", "pos", "/points-holds/{hold}/capture",
+       body=lambda w: {"payment_no": "P-hold-door"}),
+    op("POST", "/points-holds/<id:hold_id>/release", "pos", "/points-holds/{hold_to_release}/release"),
+    op("POST", "/purchases/batch", "pos", body=lambda w: {"store_id": "S1", "purchases": [
+        {"member_id": w["member"], "receipt_no": "R-batch-door", "amount": "10.00", "occurred_at": w["recently"]}]}),
+    op("GET", "/reports/stores/<string(maxlength=40):store_id>/days/<string(maxlength=40):date>", "pos marketing",
+       "/reports/stores/S1/days/{today}"),
     # Tiers and earning rules
     op("GET", "/earning-rules", ANY),
     op("PUT", "/earning-rules", "marketing", body=lambda w: w["rules"]),
@@ -225,6 +237,15 @@ def world(app, api):
                                                            "amount": "100.00"}))["purchase_id"]
     w["payment"] = ok(api.post("pos", "/points-payments", json={"member_id": one["id"], "payment_no": "P0",
                                                                 "points": 100}))["payment_id"]
+    # Holds on a member of their own: a member with points on hold is not merged.
+    holder = ok(api.post("app", "/members", json={"name": "Matrix Holder", "phone": "+8613800000004"}))["id"]
+    ok(api.post("admin", f"/members/{holder}/adjustments", json={"points": 500, "reason": "matrix float"}))
+    w["holder"] = holder
+    w["hold"], w["hold_to_release"] = (
+        ok(api.post("pos", "/points-holds", json={"member_id": holder, "hold_no": f"H{n}", "points": 50}))["hold_id"]
+        for n in range(2))
+    w["recently"] = (clock.now() - timedelta(hours=1)).isoformat()
+    w["today"] = clock.local_date(clock.now(), "Asia/Shanghai").isoformat()
     w["reward"] = ok(api.post("marketing", "/rewards", json={"name": "Coffee", "kind": "coupon", "points_cost": 10,
                                                              "voucher_valid_days": 30}))["id"]
     vouchers = ok(api.post("app", f"/members/{one['id']}/redemptions",

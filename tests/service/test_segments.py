@@ -457,7 +457,7 @@ def test_the_overview_of_the_scripted_world():
     assert {segment: n for segment, n in members["by_value_segment"].items() if n} == {
         "high_value": 1, "low_value": 3, "at_risk": 1, "none": 1}
     assert report["points"] == {
-        "available": D("730.50"), "pending": D("80.50"), "debt": D("0.00"),
+        "available": D("730.50"), "pending": D("80.50"), "held": D("0.00"), "debt": D("0.00"),
         "outstanding": D("811.00"),
         "outstanding_money_value": {"amount": D("8.11"), "currency": "CNY"},  # 100 points pay 1.00
         "expiring_30_days": D("10.00"),  # D's adjustment, at the end of 11 September
@@ -495,7 +495,7 @@ def test_a_members_debt_does_not_lower_the_liability_of_the_others():
 
     report = segments.overview(now=N)
 
-    assert report["points"] == {"available": D("50.00"), "pending": D("0.00"), "debt": D("100.00"),
+    assert report["points"] == {"available": D("50.00"), "pending": D("0.00"), "held": D("0.00"), "debt": D("100.00"),
                                 "outstanding": D("50.00"),
                                 "outstanding_money_value": {"amount": D("0.50"), "currency": "CNY"},
                                 "expiring_30_days": D("0.00")}

@@ -3,6 +3,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from loyalty.api.schemas.common import (Identifier, MoneyField, MoneyValueSchema, PointsField, RecordId,
                                        Timestamp)
 from loyalty.api.schemas.members import MemberSchema
+from loyalty.points.batch import MAX_BATCH
 from loyalty.points.rules import (CAP_PERIODS, EXPIRY_POLICIES, MAX_ACTIVITY_CAP, MAX_ACTIVITY_POINTS,
                                   MAX_EXCLUDED_CODES, MAX_EXPIRY_DAYS, MAX_PAYMENT_POINTS_PER_UNIT,
                                   MAX_PENDING_DAYS, MAX_POINTS_PER_UNIT, MIN_PAYMENT_POINTS_PER_UNIT)
@@ -144,6 +145,7 @@ class PointsSummarySchema(Schema):
     pending = PointsField(signed=True)
     lifetime_earned = PointsField(signed=True)
     debt = PointsField(signed=True, metadata={"description": "Points owed after a refund of spent points"})
+    held = PointsField(metadata={"description": "Points reserved by open holds at tills"})
     expiring = fields.List(fields.Nested(ExpiringSchema))
     pending_lots = fields.List(fields.Nested(PendingSchema))
 
@@ -209,3 +211,65 @@ class EarningRulesSchema(Schema):
         names = [a["type"] for a in data.get("activities", [])]
         if len(names) != len(set(names)):
             raise ValidationError("Each activity type may appear once.", field_name="activities")
+
+
+class BatchItemSchema(MemberReference):
+    receipt_no = Identifier(required=True)
+    amount = MoneyField(required=True)
+    occurred_at = Timestamp(required=True, metadata={"description": "When the till made the sale; at most "
+                                                                    "LOYALTY_OFFLINE_MAX_DAYS (30) back"})
+    items = fields.List(fields.Nested(ItemSchema), validate=validate.Length(max=500))
+
+
+class BatchItems(fields.List):
+    """The batch's purchases, each read on its own: one the schema refuses becomes that item's
+    rejection ({"receipt_no", "error": {"error", "message"}}) instead of failing the whole batch."""
+
+    def __init__(self, **kwargs):
+        super().__init__(fields.Nested(BatchItemSchema), validate=validate.Length(min=1, max=MAX_BATCH), **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid list.")
+        return [self._item(raw) for raw in value]
+
+    @staticmethod
+    def _item(raw):
+        try:
+            return BatchItemSchema().load(raw)
+        except ValidationError as error:
+            receipt_no = raw.get("receipt_no") if isinstance(raw, dict) else None
+            return {"receipt_no": receipt_no if isinstance(receipt_no, str) and len(receipt_no) <= 64 else None,
+                    "error": {"error": "validation_error",
+                              "message": "This purchase was not recorded: " + _sentence(error.messages)}}
+
+
+def _sentence(messages):
+    if isinstance(messages, dict):
+        return "; ".join(f"{'purchase' if key == '_schema' else key}: {_sentence(value)}"
+                         for key, value in messages.items())
+    if isinstance(messages, list):
+        return " ".join(_sentence(message) for message in messages)
+    return str(messages)
+
+
+class BatchCreateSchema(Schema):
+    store_id = fields.String(validate=STORE, metadata={"description": "The POS key's own store"})
+    purchases = BatchItems(required=True)
+
+
+class BatchErrorSchema(Schema):
+    error = fields.String()
+    message = fields.String()
+
+
+class BatchResultSchema(Schema):
+    receipt_no = fields.String(allow_none=True)
+    status = fields.String(metadata={"enum": ["credited", "replayed", "rejected"]})
+    purchase_id = fields.Integer()
+    points_earned = PointsField()
+    error = fields.Nested(BatchErrorSchema)
+
+
+class BatchResultsSchema(Schema):
+    results = fields.List(fields.Nested(BatchResultSchema))

@@ -40,9 +40,11 @@ class MoneyValueSchema(Schema):
 
 
 class OverviewPointsSchema(Schema):
-    outstanding = PointsField(signed=True, metadata={"description": "Available (not below 0) plus pending"})
+    outstanding = PointsField(signed=True, metadata={"description": "Available (not below 0) plus pending "
+                                                                    "plus held"})
     available = PointsField(signed=True)
     pending = PointsField(signed=True)
+    held = PointsField(metadata={"description": "Reserved by open holds at tills"})
     debt = PointsField(signed=True)
     outstanding_money_value = fields.Nested(MoneyValueSchema)
     expiring_30_days = PointsField(signed=True)
@@ -101,3 +103,46 @@ class AuditEntrySchema(Schema):
 class AuditPageSchema(Schema):
     items = fields.List(fields.Nested(AuditEntrySchema))
     next_cursor = fields.String(allow_none=True)
+
+
+class SalesFiguresSchema(Schema):
+    count = fields.Integer()
+    amount = MoneyField(allow_zero=True)
+    currency = fields.String()
+    points = PointsField()
+
+
+class PaymentFiguresSchema(Schema):
+    count = fields.Integer()
+    points = PointsField()
+    money_value = fields.Nested(MoneyValueSchema)
+
+
+class VoucherLineSchema(Schema):
+    reward_id = fields.Integer()
+    name = fields.String()
+    count = fields.Integer()
+
+
+class DayFiguresSchema(Schema):
+    purchases = fields.Nested(SalesFiguresSchema, metadata={"description": "By the purchase's occurred_at"})
+    refunds = fields.Nested(SalesFiguresSchema)
+    points_payments = fields.Nested(PaymentFiguresSchema)
+    reversals = fields.Nested(PaymentFiguresSchema, metadata={"description": "Points payments reversed that day"})
+    vouchers_used = fields.List(fields.Nested(VoucherLineSchema))
+    holds_open = fields.Integer(metadata={"description": "Holds placed that day and still open now"})
+    holds_open_points = PointsField()
+
+
+class KeyDaySchema(DayFiguresSchema):
+    key_id = fields.Integer(allow_none=True, metadata={"description": "null: records made before keys were kept"})
+    key_name = fields.String(allow_none=True)
+
+
+class StoreDaySchema(DayFiguresSchema):
+    store_id = fields.String()
+    date = fields.String()
+    timezone = fields.String()
+    from_ = Timestamp(data_key="from")
+    until = Timestamp()
+    by_key = fields.List(fields.Nested(KeyDaySchema))
