@@ -88,15 +88,21 @@ class Lot(Model):
     entry = relationship("Entry")
 
 
-class LotAllocation(Model):
+class _TakenFromLot:
+    """How many points something took out of which lot (a debit, an open hold): they go back to
+    that lot, with its expiry, when it is reversed or lets go."""
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    lot_id: Mapped[int] = mapped_column(sa.ForeignKey("lots.id"), index=True)
+    points = mapped_column(Points(), nullable=False)
+
+
+class LotAllocation(_TakenFromLot, Model):
     """How many points a debit took from which lot, so a reversal can put them back."""
 
     __tablename__ = "lot_allocations"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     entry_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_entries.id"), index=True)
-    lot_id: Mapped[int] = mapped_column(sa.ForeignKey("lots.id"), index=True)
-    points = mapped_column(Points(), nullable=False)
 
     entry = relationship("Entry")
 
@@ -183,17 +189,22 @@ class Activity(Model):
     created_at = mapped_column(UTCDateTime, nullable=False)
 
 
-class PointsPayment(Model):
-    """Points taken as money at the till."""
-
-    __tablename__ = "points_payments"
-    __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
+class _TillPayment:
+    """A points payment as a till asks for it: one per (store_id, payment_no), whatever answer it got."""
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
     store_id: Mapped[str] = mapped_column(sa.String(40))
     payment_no: Mapped[str] = mapped_column(sa.String(64))
     points = mapped_column(Points(), nullable=False)
+
+
+class PointsPayment(_TillPayment, Model):
+    """Points taken as money at the till."""
+
+    __tablename__ = "points_payments"
+    __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
+
     money_amount = mapped_column(Money(), nullable=False)
     currency: Mapped[str] = mapped_column(sa.String(3))
     status: Mapped[str] = mapped_column(sa.String(10))  # completed | reversed
@@ -230,18 +241,15 @@ class PointsHold(Model):
     closed_at = mapped_column(UTCDateTime)
 
 
-class HoldAllocation(Model):
+class HoldAllocation(_TakenFromLot, Model):
     """How many points an open hold took out of which lot; they go back there when it lets go."""
 
     __tablename__ = "hold_allocations"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     hold_id: Mapped[int] = mapped_column(sa.ForeignKey("points_holds.id"), index=True)
-    lot_id: Mapped[int] = mapped_column(sa.ForeignKey("lots.id"), index=True)
-    points = mapped_column(Points(), nullable=False)
 
 
-class PaymentRefusal(Model):
+class PaymentRefusal(_TillPayment, Model):
     """A points payment refused on the state of the account (insufficient points), kept for its
     natural key: the same store and payment number sent again gets the same refusal, even if
     points have arrived since (the till took cash instead; a retry must not charge the member)."""
@@ -249,11 +257,6 @@ class PaymentRefusal(Model):
     __tablename__ = "points_payment_refusals"
     __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
-    store_id: Mapped[str] = mapped_column(sa.String(40))
-    payment_no: Mapped[str] = mapped_column(sa.String(64))
-    points = mapped_column(Points(), nullable=False)
     available = mapped_column(Points(), nullable=False)  # what the member had: the refusal's figures
     error: Mapped[str] = mapped_column(sa.String(30))
     message: Mapped[str] = mapped_column(sa.String(300))
