@@ -257,7 +257,10 @@ def _member_id(text):
     """The member typed into the simulator (phone, member number, email or card token), or None."""
     if not text:
         return None
-    found = attempt(members_service.search, text)
+    try:
+        found = attempt(members_service.search, text)
+    except FormErrors as error:  # the search's sentence, next to the member's field
+        raise FormErrors(error.message, {"member": [error.message]}) from None
     if len(found) != 1:
         raise FormErrors(_("Some fields are missing or invalid; see the messages next to them."), {"member": [
             _("No member matches %(query)s.", query=text) if not found else
