@@ -5,6 +5,7 @@ the staff member as the audit actor), stop after a confirmation, a promotion's s
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -97,6 +98,8 @@ def test_a_missing_promotion_is_a_404_page(admin):
 # --- create and edit ------------------------------------------------------------------------------
 
 def test_marketing_creates_a_double_points_promotion_audit_logged_as_the_staff_member(app, marketing):
+    now = clock.now().astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%dT")
+    assert f'name="starts_at" type="datetime-local" value="{now}' in text(marketing.get("/console/promotions/new"))
     response = marketing.post("/console/promotions/new", DOUBLE)
     assert response.status_code == 302, text(response)
     (promotion,) = stored(app)

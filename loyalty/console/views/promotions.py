@@ -9,6 +9,7 @@ from flask import flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 
+from loyalty import clock
 from loyalty.api.schemas.promotions import PromotionCreateSchema, PromotionFieldsSchema, SimulateSchema
 from loyalty.console.base import FormErrors, actor, attempt, blp, load, local_times, staff_only
 from loyalty.members import service as members_service
@@ -179,7 +180,7 @@ def promotions():
 def promotions_new():
     if request.method == "GET":
         blank = {name: "" for name in SCALARS + CODE_LISTS} | {name: [] for name in CHECKED}
-        return _form(None, blank | {"status": "draft", "stacking": "stack", "priority": "0",
+        return _form(None, blank | {"status": "draft", "starts_at": clock.now(), "stacking": "stack", "priority": "0",
                                     "effect.type": "multiplier", "scope.first_purchase_only": False})
     state = _form_state()
     document = {key: value for key, value in _document(state).items() if value is not None}
