@@ -8,7 +8,8 @@ from flask_babel import Babel
 
 from loyalty.console import auth  # noqa: F401  the sign-in pages
 from loyalty.console.base import blp, csrf, select_locale
-from loyalty.console.views import admin, dashboard, members, programme, referrals, rewards, segments  # noqa: F401
+from loyalty.console.views import admin, dashboard, members, programme, promotions, referrals, rewards  # noqa: F401
+from loyalty.console.views import segments  # noqa: F401
 
 TRANSLATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "translations")
 

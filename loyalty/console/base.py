@@ -175,7 +175,7 @@ def nav_items():
     """The navigation (API.md names them): marketing's pages, then admin's."""
     items = [("console.dashboard", _("Dashboard")), ("console.members", _("Members")),
              ("console.tiers", _("Tiers")), ("console.earning_rules", _("Earning rules")),
-             ("console.referrals", _("Referrals")), ("console.rewards", _("Rewards")),
+             ("console.promotions", _("Promotions")), ("console.referrals", _("Referrals")), ("console.rewards", _("Rewards")),
              ("console.segments", _("Segments"))]
     if is_admin():
         items += [("console.audit_log", _("Audit log")), ("console.webhooks", _("Webhooks")),

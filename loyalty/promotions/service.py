@@ -146,6 +146,21 @@ def promotion_stats(promotion_id):
             "budget_points": budget, "budget_left": None if budget is None else budget - promotion.budget_used}
 
 
+def running_promotions(limit=20, now=None):
+    """The dashboard's "active promotions": active and not ended (started or about to start), the
+    soonest to end first, each with the points it has given so far: [(promotion, points granted)]."""
+    now = now or clock.now()
+    rows = db.session.scalars(
+        sa.select(Promotion).where(Promotion.status == "active",
+                                   sa.or_(Promotion.ends_at.is_(None), Promotion.ends_at > now))
+        .order_by(Promotion.ends_at.is_(None), Promotion.ends_at, Promotion.id).limit(limit)).all()
+    granted = dict(db.session.execute(
+        sa.select(PromotionGrant.promotion_id, sa.type_coerce(sa.func.sum(PromotionGrant.points), Points()))
+        .where(PromotionGrant.promotion_id.in_([row.id for row in rows]))
+        .group_by(PromotionGrant.promotion_id)).all()) if rows else {}
+    return [(row, granted.get(row.id, ZERO)) for row in rows]
+
+
 # --- documents ------------------------------------------------------------------------------------
 
 def before_values(promotion):

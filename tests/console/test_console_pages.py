@@ -20,7 +20,8 @@ from tests.console.conftest import text
 ADMIN_ACTOR = "staff:alice@example.com (admin)"
 MARKETING_ACTOR = "staff:mark@example.com (marketing)"
 
-MARKETING_PAGES = ["/console/", "/console/members", "/console/tiers", "/console/earning-rules", "/console/referrals",
+MARKETING_PAGES = ["/console/", "/console/members", "/console/tiers", "/console/earning-rules", "/console/promotions",
+                   "/console/promotions/new", "/console/promotions/simulate", "/console/referrals",
                    "/console/referrals/new", "/console/rewards", "/console/rewards/new", "/console/segments",
                    "/console/segments/tier:ordinary", "/console/segments/active"]
 ADMIN_PAGES = ["/console/audit-log", "/console/webhooks", "/console/jobs", "/console/api-keys"]
@@ -61,7 +62,8 @@ def test_marketing_is_refused_admin_pages_with_a_sentence(marketing, path):
 
 def test_navigation_names_the_pages_of_the_contract_per_role(admin, marketing):
     admin_page, marketing_page = text(admin.get("/console/?lang=en")), text(marketing.get("/console/?lang=en"))
-    for label in ("Dashboard", "Members", "Tiers", "Earning rules", "Referrals", "Rewards", "Segments", "Sign out"):
+    for label in ("Dashboard", "Members", "Tiers", "Earning rules", "Promotions", "Referrals", "Rewards", "Segments",
+                  "Sign out"):
         assert f">{label}<" in admin_page and f">{label}<" in marketing_page
     for label in ("Audit log", "Webhooks", "Jobs", "API keys"):
         assert f">{label}<" in admin_page and f">{label}<" not in marketing_page

@@ -1,6 +1,7 @@
 """A marketer's and an admin's day in a real browser: sign in (wrong password, lockout), the
 first-sign-in password change, find a member and adjust points, a referral campaign and a
-reward, a segment's CSV, the language switch, sign out."""
+reward, a double-points promotion seen on the dashboard and in the simulator, a segment's CSV, the
+language switch, sign out."""
 import re
 
 import sqlalchemy as sa
@@ -8,6 +9,7 @@ from playwright.sync_api import expect
 
 from loyalty.extensions import db
 from loyalty.points.service import points_summary
+from loyalty.promotions.models import Promotion
 from loyalty.referrals.models import ReferralCampaign
 from loyalty.rewards.models import Reward
 from loyalty.staff import service as staff_service
@@ -152,3 +154,57 @@ def test_member_history_pages_in_place_with_htmx(app, page):
     expect(page.locator("#history tbody tr")).to_have_count(5)
     expect(page).to_have_url(re.compile(r"cursor="))
     assert page.evaluate("window.marker") == "still the same page"  # swapped in place, not reloaded
+
+
+def test_marketing_starts_a_double_points_promotion_sees_it_on_the_dashboard_and_simulates_a_basket(app, page):
+    with app.app_context():
+        factories.member(name="Wang Fang", phone="+8613800138000")
+        db.session.remove()
+    first_sign_in(page, "mark@example.com", create_staff(app, "mark@example.com", "marketing"))
+    expect(page.locator("#active-promotions")).to_contain_text("No promotion is active.")
+
+    page.get_by_role("navigation").get_by_role("link", name="Promotions").click()
+    page.get_by_role("link", name="New promotion").click()
+    page.get_by_label("Name").fill("Double points")
+    page.get_by_label("Status").select_option("active")
+    page.get_by_label("Starts").fill("2026-01-01T00:00")
+    page.get_by_label("Effect type").select_option("multiplier")
+    page.get_by_label("Multiplier").fill("1")
+    page.get_by_role("button", name="Create promotion").click()
+    expect(page.locator("#effect-value-error")).to_have_text("A multiplier must be more than 1 and at most 10.")
+    expect(page.get_by_label("Name")).to_have_value("Double points")  # what was typed stays
+    page.get_by_label("Multiplier").fill("2")
+    page.get_by_role("button", name="Create promotion").click()
+    expect(page.get_by_role("status")).to_have_text("Promotion created.")
+    expect(page.locator("#promotion-effect")).to_have_text("2× points")
+    with app.app_context():
+        assert [(p.name, p.status, p.effect) for p in db.session.scalars(sa.select(Promotion))] == [
+            ("Double points", "active", {"type": "multiplier", "value": "2.00"})]
+        db.session.remove()
+
+    page.get_by_role("navigation").get_by_role("link", name="Dashboard").click()
+    active = page.locator("#active-promotions")
+    expect(active).to_contain_text("Double points")
+    expect(active).to_contain_text("2× points")
+    expect(active).to_contain_text("Until stopped")
+
+    page.get_by_role("navigation").get_by_role("link", name="Promotions").click()
+    page.get_by_role("link", name="Simulate a basket").click()
+    page.get_by_label("Store").fill("S1")
+    page.get_by_label("Amount", exact=True).fill("100.00")
+    page.get_by_label("Member (optional)").fill("138 0013 8000")
+    page.get_by_label("Items (optional)").fill("T-1, tea, 2, 60.00\nC-1, cakes, 1, 40.00")
+    page.get_by_role("button", name="Simulate", exact=True).click()
+    result = page.locator("#simulation")
+    expect(result.get_by_role("link", name="Double points")).to_be_visible()
+    expect(page.locator("#simulated-total")).to_have_text("200.00")
+
+    page.get_by_role("navigation").get_by_role("link", name="Promotions").click()
+    page.get_by_role("link", name="Double points").click()
+    page.get_by_role("link", name="Stop", exact=True).click()
+    expect(page.get_by_role("heading", name="Stop Double points?")).to_be_visible()
+    page.get_by_role("button", name="Stop the promotion").click()
+    expect(page.get_by_role("status")).to_contain_text("Promotion stopped")
+    expect(page.locator("#promotion-status")).to_have_text("stopped")
+    page.get_by_role("navigation").get_by_role("link", name="Dashboard").click()
+    expect(page.locator("#active-promotions")).to_contain_text("No promotion is active.")

@@ -2,8 +2,9 @@ from flask import render_template
 from flask_babel import gettext as _
 
 from loyalty.console.base import blp
-from loyalty.tiers import service as tiers_service
+from loyalty.promotions import service as promotions_service
 from loyalty.segments import service as reports
+from loyalty.tiers import service as tiers_service
 
 
 @blp.route("/")
@@ -23,5 +24,5 @@ def dashboard():
         "liability": [[item["month"], str(item["points"])] for item in liability["items"]],
     }
     return render_template("console/dashboard.html", overview=overview, liability=liability, flows=flows,
-                           charts=charts)
+                           charts=charts, promotions=promotions_service.running_promotions())
 
