@@ -159,7 +159,7 @@ def _form(promotion, state, errors=None, message=None, status=200):
     return render_template("console/promotions/form.html", promotion=promotion, values=state, errors=placed,
                            other_errors={k: v for k, v in placed.items() if k not in FIELDS},
                            message=message, effects=EFFECTS, periods=PERIODS, stacking=STACKING,
-                           tiers=tiers_service.tiers(), days=DAYS, day_names=day_names()), status
+                           tiers=tiers_service.ladder(), days=DAYS, day_names=day_names()), status
 
 
 # --- the pages ----------------------------------------------------------------------------------
