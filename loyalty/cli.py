@@ -23,6 +23,7 @@ from loyalty.errors import LoyaltyError
 from loyalty.extensions import db
 from loyalty.jobs import registry, runner
 from loyalty.jobs import scheduler as schedules
+from loyalty.members.privacy import erase_member
 from loyalty.members.service import phone_duplicates
 from loyalty.points.service import seed_rules
 from loyalty.points.verify import broken_accounts
@@ -195,7 +196,7 @@ def run_job(job_id, as_of):
 
 @click.group()
 def members():
-    """Check the members."""
+    """Check the members; erase one's personal data."""
 
 
 @members.command("duplicates")
@@ -215,6 +216,19 @@ def member_duplicates():
         for member in invalid:
             click.echo(f"{member.id}\t{member.member_no}\t{member.phone}\t{_when(member.joined_at)}")
     click.echo(f"{len(shared)} pairs share a phone number; {len(invalid)} phones are not valid numbers.")
+
+
+@members.command("erase")
+@click.argument("member_id", type=int)
+@click.option("--reason", required=True, help="Why: the member's request and its date, for the audit log.")
+@with_appcontext
+def member_erase(member_id, reason):
+    """Erase a member's personal data for good (the ledger stays with the member number)."""
+    try:
+        member = erase_member(member_id, reason, actor="loyalty members erase (cli)")
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Member {member.id} ({member.member_no}): personal data erased.")
 
 
 def _when(moment):

@@ -11,7 +11,7 @@ from loyalty import clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.members import phones
+from loyalty.members import phones, privacy
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
@@ -113,6 +113,7 @@ def update_member(member_id: int, changes: dict[str, Any], now: datetime | None 
         _check_birthday(changes["birthday"], now)
     with transaction():
         member = get_member(member_id, for_update=True)
+        privacy.refuse_if_erased(member)
         _check_identities_free(changes.get("phone"), changes.get("email"), (), exclude=member.id)
         for field, value in changes.items():
             setattr(member, field, value.strip() if field == "name" else value)

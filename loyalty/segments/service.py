@@ -16,6 +16,7 @@ from loyalty import audit, clock
 from loyalty.database import Money, Points, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members import privacy
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, Purchase
@@ -49,7 +50,7 @@ def add_tags(member_id: int, tags: Iterable[str], actor: str, now: datetime | No
     now = now or clock.now()
     tags = _clean_tags(tags)
     with transaction():
-        member_or_404(member_id, lock=True)
+        privacy.refuse_if_erased(member_or_404(member_id, lock=True))
         have = set(member_tags(member_id))
         for tag in tags:
             if tag not in have:

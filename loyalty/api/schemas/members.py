@@ -109,7 +109,7 @@ class MemberSchema(Schema):
     referral_code = fields.String()
     ambassador = fields.Method("get_ambassador", metadata={"description": "推荐大使: a top referrer"})
     joined_at = Timestamp()
-    status = fields.String(metadata={"enum": ["active", "closed"]})
+    status = fields.String(metadata={"enum": ["active", "closed", "erased"]})
     merged_into_id = fields.Integer(allow_none=True, metadata={
         "description": "A member closed by a merge: the member it was merged into"})
 
@@ -126,3 +126,25 @@ class MemberListSchema(Schema):
 
 class MergeSchema(Schema):
     from_member_id = RecordId(required=True)
+
+
+class EraseSchema(Schema):
+    reason = fields.String(required=True, validate=[validate.Length(min=1, max=500), NOT_BLANK])
+
+
+class ExportSchema(Schema):
+    """Everything held about one member (GET /members/{id}/export)."""
+    member = fields.Raw()
+    identities = fields.List(fields.Raw())
+    tags = fields.List(fields.String())
+    points = fields.Raw(allow_none=True)
+    entries = fields.List(fields.Raw())
+    purchases = fields.List(fields.Raw())
+    refunds = fields.List(fields.Raw())
+    activities = fields.List(fields.Raw())
+    points_payments = fields.List(fields.Raw())
+    redemptions = fields.List(fields.Raw())
+    vouchers = fields.List(fields.Raw())
+    referrals = fields.List(fields.Raw())
+    tier_history = fields.List(fields.Raw())
+    exported_at = Timestamp()
