@@ -215,7 +215,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             "earned": flows.get("earn_purchase", zero) + flows.get("earn_activity", zero) + flows.get("bonus", zero),
             "redeemed": -flows.get("redeem", zero), "paid": -flows.get("payment", zero),
             "expired": -flows.get("expire", zero), "reversed": flows.get("reverse", zero),
-            "adjusted": flows.get("adjust", zero),
+            "adjusted": flows.get("adjust", zero), "imported": flows.get("import", zero),
         },
         "referrals": campaign_stats(campaign.id) if campaign else None,
         "as_of": now,

@@ -339,7 +339,7 @@ def test_the_overview_over_http(api, world):
                                 "outstanding_money_value": {"amount": "8.11", "currency": "CNY"},
                                 "expiring_30_days": 10}
     assert report["last_30_days"] == {"earned": 281, "redeemed": 20, "paid": 300, "expired": 100,
-                                      "reversed": -250, "adjusted": 0}
+                                      "reversed": -250, "adjusted": 0, "imported": 0}
     assert report["referrals"] is None
     assert report["as_of"] == "2026-09-01T04:00:00Z"
 
