@@ -12,3 +12,4 @@ from loyalty.jobs.models import JobLock, JobRun, Notification  # noqa: F401
 from loyalty.segments.models import MemberTag  # noqa: F401
 from loyalty.webhooks.models import Attempt, Delivery, Event, Subscription, SubscriptionEvent  # noqa: F401
 from loyalty.settings_cache import SettingsVersion  # noqa: F401
+from loyalty.bulk_awards.models import BulkAward, BulkAwardMember  # noqa: F401

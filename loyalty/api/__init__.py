@@ -1,6 +1,6 @@
 """The HTTP API: one flask-smorest Blueprint per resource group under /api/v1 (loyalty/api/base.py
 holds what they share)."""
-from loyalty.api import health, jobs, members, points, referrals, reports, rewards, rules, tiers, webhooks
+from loyalty.api import bulk_awards, health, jobs, members, points, referrals, reports, rewards, rules, tiers, webhooks
 from loyalty.api.base import IdConverter, api, refuse_malformed_input
 
 
@@ -11,6 +11,6 @@ def register_blueprints(app):
     if app.config.get("MAX_CONTENT_LENGTH") is None:
         app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     api.init_app(app)
-    for module in (members, points, rules, tiers, rewards, referrals, reports, jobs, webhooks):
+    for module in (members, points, rules, tiers, rewards, referrals, reports, jobs, webhooks, bulk_awards):
         api.register_blueprint(module.blp, url_prefix="/api/v1")
     api.register_blueprint(health.blp)

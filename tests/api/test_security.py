@@ -73,6 +73,9 @@ MATRIX = [
     op("POST", M + "/merge", "", "/members/{member}/merge", body=lambda w: {"from_member_id": w["spare"]}),
     op("GET", M + "/export", "", "/members/{member}/export"),
     op("POST", M + "/erase", "", "/members/{erasable}/erase", body=lambda w: {"reason": "the member asked"}),
+    op("POST", "/bulk-awards", "marketing", body=lambda w: {"award_no": "A-door", "segment": "new", "points": 5,
+                                                           "reason": "door test"}, source="API.md"),
+    op("GET", "/bulk-awards/<id:award_id>", "marketing", "/bulk-awards/{bulk_award}"),
     op("GET", M + "/card.png", "app pos", "/members/{member}/card.png"),
     op("GET", M + "/card.svg", "app pos", "/members/{member}/card.svg"),
     # Points
@@ -224,6 +227,8 @@ def world(app, api):
     # Registered after the subscription: one delivery, marked dead so that it may be replayed.
     w["spare"] = ok(api.post("app", "/members", json={"name": "Matrix Spare", "phone": "+8613800000002"}))["id"]
     w["fresh"] = ok(api.post("app", "/members", json={"name": "Matrix Fresh", "phone": "+8613800000003"}))["id"]
+    w["bulk_award"] = ok(api.post("marketing", "/bulk-awards", json={
+        "award_no": "A-world", "segment": "new", "points": 5, "reason": "matrix"}), 202)["id"]
     w["erasable"] = ok(api.post("app", "/members", json={"name": "Matrix Gone", "phone": "+8613800000004"}))["id"]
     w["rules"] = ok(api.get("marketing", "/earning-rules"), 200)
     silver = next(t for t in ok(api.get("marketing", "/tiers"), 200) if t["code"] == "silver")
