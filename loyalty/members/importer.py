@@ -412,12 +412,19 @@ def _insert(table: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def _copy(table: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """COPY rows into `table` on the session's own connection (so in its transaction)."""
+    """COPY rows into `table` on the session's own connection (so in its transaction). A unique
+    constraint refusing a row (a twin took the identity meanwhile) is SQLAlchemy's IntegrityError, as
+    it would be from an INSERT, so that the batch is checked again."""
     connection: Any = db.session.connection().connection.driver_connection
-    with connection.cursor() as cursor:
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    dbapi: Any = db.session.get_bind().dialect.dbapi
+    try:
+        with connection.cursor() as cursor:
+            with cursor.copy(statement) as copy:
+                for row in rows:
+                    copy.write_row(row)
+    except dbapi.IntegrityError as error:
+        raise IntegrityError(statement, None, error) from error
 
 
 def rejects_path_for(path: str) -> str:

@@ -2,6 +2,7 @@
 lot with their expiry, every kind of bad row rejected with its reason, resumable, dry run."""
 import csv
 import io
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
@@ -186,3 +187,33 @@ def test_a_file_without_the_key_columns_is_refused_with_a_sentence(runner, tmp_p
     result = runner.invoke(args=["import", "members", str(path)])
     assert result.exit_code != 0
     assert "no channel or external_id column" in result.output
+
+
+@pytest.mark.postgres_only
+def test_two_imports_of_one_file_at_once_import_each_row_once(app, tmp_path):
+    rows = [{"channel": "store", "external_id": f"T{n}", "name": f"Tan {n}", "phone": f"1360000{n:04d}",
+             "points": "5"} for n in range(40)]
+    path = write_csv(tmp_path / "twice.csv", rows)
+    summaries, errors = [], []
+
+    def run():
+        with app.app_context():
+            try:
+                summaries.append(importer.import_members(path, io.StringIO(), batch_size=7))
+            except Exception as error:  # pragma: no cover - reported below
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(summary.imported for summary in summaries) == 40
+    assert sum(summary.rejected for summary in summaries) == 0
+    with app.app_context():
+        assert table_counts()["members"] == 40
+        assert broken_accounts() == []
+        db.session.remove()
