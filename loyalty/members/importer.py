@@ -123,25 +123,56 @@ def import_members(path: str, rejects_out: TextIO, dry_run: bool = False, now: d
         reader.fieldnames = header
         rejects = Rejects(rejects_out, header)
         checker = RowChecker(now)
-        batch: list[Row] = []
+        read: list[tuple[int, dict[str, Any]]] = []
         for line, raw in enumerate(reader, start=2):
             summary.rows += 1
-            def reject(reason: str, line: int = line, raw: dict[str, Any] = raw) -> None:
-                rejects.add(summary, line, reason, raw)
-            row = checker.check(line, raw, reject)
-            if row is not None:
-                batch.append(row)
-            if summary.rows % batch_size == 0:
-                _import_batch(batch, rejects, summary, now, dry_run)
-                rejects.flush()
-                batch = []
+            read.append((line, raw))
+            if len(read) == batch_size:
+                _check_and_import(read, checker, rejects, summary, now, dry_run)
+                read = []
                 if progress:
                     progress(batch_size)
-        _import_batch(batch, rejects, summary, now, dry_run)
-        rejects.flush()
+        _check_and_import(read, checker, rejects, summary, now, dry_run)
         if progress and summary.rows % batch_size:
             progress(summary.rows % batch_size)
     return summary
+
+
+def _check_and_import(read: list[tuple[int, dict[str, Any]]], checker: "RowChecker", rejects: Rejects,
+                      summary: Summary, now: datetime, dry_run: bool) -> None:
+    """One batch of the file: rows whose identity is here already are counted and left alone before
+    anything else is checked (a run resumed after a kill, or run twice, skips the done part quickly);
+    the others are checked, then imported."""
+    if not read:
+        return
+    with transaction():
+        present = _present_keys({_key(raw) for _, raw in read})
+    batch: list[Row] = []
+    for line, raw in read:
+        if _key(raw) in present:
+            summary.already_there += 1
+            continue
+
+        def reject(reason: str, line: int = line, raw: dict[str, Any] = raw) -> None:
+            rejects.add(summary, line, reason, raw)
+        row = checker.check(line, raw, reject)
+        if row is not None:
+            batch.append(row)
+    _import_batch(batch, rejects, summary, now, dry_run)
+    rejects.flush()
+
+
+def _key(raw: dict[str, Any]) -> tuple[str, str]:
+    return (raw.get("channel") or "").strip().lower(), (raw.get("external_id") or "").strip()
+
+
+def _present_keys(keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    _stage([(channel, external_id, None, None) for channel, external_id in keys if channel and external_id])
+    present = {(channel, external_id) for channel, external_id in db.session.execute(sa.text(
+        f"SELECT s.channel, s.external_id FROM {STAGE} s JOIN member_identities i "
+        "ON i.channel = s.channel AND i.external_id = s.external_id"))}
+    db.session.execute(sa.text(f"DROP TABLE {STAGE}"))
+    return present
 
 
 class RowChecker:
@@ -278,7 +309,7 @@ STAGE = "import_stage"
 def _check_against_members(batch: list[Row]) -> tuple[list[Row], list[tuple[Row, str]], int]:
     """(rows to import, rows refused with the reason, how many are here already): three joins of the
     staged batch with the members, whatever the batch's size."""
-    _stage(batch)
+    _stage([(row.channel, row.external_id, row.phone, row.email) for row in batch])
     present = {(channel, external_id) for channel, external_id in db.session.execute(sa.text(
         f"SELECT s.channel, s.external_id FROM {STAGE} s JOIN member_identities i "
         "ON i.channel = s.channel AND i.external_id = s.external_id"))}
@@ -300,11 +331,11 @@ def _check_against_members(batch: list[Row]) -> tuple[list[Row], list[tuple[Row,
     return accepted, refused, len(present)
 
 
-def _stage(batch: list[Row]) -> None:
+def _stage(rows: list[tuple[str, str, str | None, str | None]]) -> None:
+    """The batch's keys, phones and emails in a temporary table, to join with the members."""
     db.session.execute(sa.text(
         f"CREATE TEMPORARY TABLE {STAGE} (channel VARCHAR(30), external_id VARCHAR(100), phone VARCHAR(20), "
         "email VARCHAR(254))"))
-    rows = [(row.channel, row.external_id, row.phone, row.email) for row in batch]
     if _postgresql():
         _copy(STAGE, ("channel", "external_id", "phone", "email"), rows)
         db.session.execute(sa.text(f"ANALYZE {STAGE}"))
