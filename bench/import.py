@@ -126,6 +126,7 @@ def main(argv=None):
                 started = time.monotonic()
                 bulk_awards.run_awards()
                 ran = time.monotonic() - started
+                db.session.expire_all()
                 award = db.session.get(type(award), award.id)
                 print(f"  bulk award: {award.members} members queued in {queued:.1f} s, {award.awarded} credited "
                       f"in {ran:.1f} s", flush=True)
