@@ -23,6 +23,8 @@ from loyalty.errors import LoyaltyError
 from loyalty.extensions import db
 from loyalty.jobs import registry, runner
 from loyalty.jobs import scheduler as schedules
+from loyalty.members import importer
+from loyalty.members.privacy import erase_member
 from loyalty.members.service import phone_duplicates
 from loyalty.points.service import seed_rules
 from loyalty.points.verify import broken_accounts
@@ -40,7 +42,7 @@ def main():
 
 def commands():
     migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
-    return [serve, api_keys, ledger, jobs, scheduler, members, demo, staff, migrations]
+    return [serve, api_keys, ledger, jobs, scheduler, members, import_data, demo, staff, migrations]
 
 
 def prepare_database():
@@ -253,7 +255,7 @@ def run_job(job_id, as_of):
 
 @click.group()
 def members():
-    """Check the members."""
+    """Check the members; erase one's personal data."""
 
 
 @members.command("duplicates")
@@ -273,6 +275,56 @@ def member_duplicates():
         for member in invalid:
             click.echo(f"{member.id}\t{member.member_no}\t{member.phone}\t{_when(member.joined_at)}")
     click.echo(f"{len(shared)} pairs share a phone number; {len(invalid)} phones are not valid numbers.")
+
+
+@members.command("erase")
+@click.argument("member_id", type=int)
+@click.option("--reason", required=True, help="Why: the member's request and its date, for the audit log.")
+@with_appcontext
+def member_erase(member_id, reason):
+    """Erase a member's personal data for good (the ledger stays with the member number)."""
+    try:
+        member = erase_member(member_id, reason, actor="loyalty members erase (cli)")
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Member {member.id} ({member.member_no}): personal data erased.")
+
+
+@click.group("import")
+def import_data():
+    """Bring members and balances over from a previous system."""
+
+
+@import_data.command("members")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Check every row (against the database too) and write nothing.")
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False),
+              help="Where the rejected rows go (default: FILE.rejects.csv beside the file).")
+@with_appcontext
+def import_members(path, dry_run, rejects_path):
+    """Import members from a CSV file with the columns channel, external_id, name, phone, email,
+    birthday, points, points_expire_at, tier. Each row once by (channel, external_id): a second run,
+    or a run after one was stopped, changes nothing already done. Rejected rows go to a CSV with the
+    reason; a summary at the end."""
+    rejects_path = rejects_path or importer.rejects_path_for(path)
+    started = time.monotonic()
+    with open(rejects_path, "w", encoding="utf-8", newline="") as rejects, contextlib.ExitStack() as stack:
+        progress = None
+        if sys.stdout.isatty():
+            bar = stack.enter_context(click.progressbar(length=importer.count_rows(path) or 1,
+                                                        label=f"Importing {path}"))
+            progress = bar.update
+        try:
+            summary = importer.import_members(path, rejects, dry_run=dry_run, progress=progress)
+        except importer.ImportFileError as error:
+            raise click.ClickException(str(error)) from None
+    what = "would be imported (dry run: nothing was written)" if dry_run else "imported"
+    click.echo(f"{summary.rows} rows: {summary.imported} {what}, {summary.already_there} already here, "
+               f"{summary.rejected} rejected; {summary.points} opening points; "
+               f"{time.monotonic() - started:.1f} s.")
+    if summary.rejected:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items()))
+        click.echo(f"Rejected rows ({reasons}) are in {rejects_path}.")
 
 
 def _when(moment):

@@ -14,3 +14,4 @@ from loyalty.webhooks.models import Attempt, Delivery, Event, Subscription, Subs
 from loyalty.settings_cache import SettingsVersion  # noqa: F401
 from loyalty.staff.models import StaffMember  # noqa: F401
 from loyalty.promotions.models import Promotion, PromotionGrant  # noqa: F401
+from loyalty.bulk_awards.models import BulkAward, BulkAwardMember  # noqa: F401

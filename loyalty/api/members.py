@@ -4,9 +4,9 @@ from flask.views import MethodView
 from loyalty.api.base import IDEMPOTENCY_KEY, QR_RESPONSES, Blueprint, qr_response
 from loyalty.api.schemas.members import (MemberCreateSchema, MemberListSchema, MemberLookupSchema,
                                          MemberSchema, MemberUpdateSchema)
-from loyalty.api.schemas.members import MergeSchema, TokenCreateSchema, TokenSchema
+from loyalty.api.schemas.members import EraseSchema, ExportSchema, MergeSchema, TokenCreateSchema, TokenSchema
 from loyalty.auth import roles
-from loyalty.members import merge, service, tokens
+from loyalty.members import merge, privacy, service, tokens
 
 blp = Blueprint("members", __name__, description="Members: registration, lookup, profile, card")
 
@@ -25,8 +25,10 @@ class Members(MethodView):
     @blp.arguments(MemberLookupSchema, location="query")
     @blp.response(200, MemberListSchema)
     def get(self, query):
-        """Find members by phone, email, card token, or channel and external id"""
-        return {"items": service.find_members(**query)}
+        """Find members by phone, email, card token, or channel and external id (a staff read is audit-logged)"""
+        found = service.find_members(**query)
+        privacy.record_read(g.principal.actor, g.principal.role, "lookup", [m.id for m in found])
+        return {"items": found}
 
 
 @blp.route("/members/<id:member_id>")
@@ -34,8 +36,10 @@ class MemberById(MethodView):
     @roles("app", "pos", "marketing", member=True)
     @blp.response(200, MemberSchema)
     def get(self, member_id):
-        """A member, with tier and points"""
-        return service.get_member(member_id)
+        """A member, with tier and points (a read by marketing or admin is audit-logged)"""
+        member = service.get_member(member_id)
+        privacy.record_read(g.principal.actor, g.principal.role, "profile", member.id)
+        return member
 
     @roles("app", member=True)
     @blp.arguments(MemberUpdateSchema)
@@ -92,3 +96,25 @@ class MemberTokens(MethodView):
     def delete(self, member_id):
         """Revoke every token of the member, at once, in every process (sign-out everywhere)"""
         tokens.revoke_tokens(member_id, g.principal.actor)
+
+
+@blp.route("/members/<id:member_id>/export")
+class MemberExport(MethodView):
+    @roles("admin")
+    @blp.response(200, ExportSchema)
+    def get(self, member_id):
+        """Everything held about the member: profile, identities, tags, entries, purchases,
+        redemptions, referrals, tier history (the read is audit-logged)"""
+        return privacy.export_member(member_id, g.principal.actor)
+
+
+@blp.route("/members/<id:member_id>/erase")
+class MemberErase(MethodView):
+    @roles("admin")
+    @blp.idempotent
+    @blp.arguments(EraseSchema)
+    @blp.response(200, MemberSchema)
+    def post(self, data, member_id):
+        """Erase the member's personal data for good (name, phone, email, birthday, identities,
+        card token, referral code, tags); the ledger stays with the member number; audit-logged"""
+        return privacy.erase_member(member_id, data["reason"], g.principal.actor)

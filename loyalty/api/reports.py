@@ -9,6 +9,7 @@ from loyalty.api.schemas.reports import (AuditPageSchema, AuditQuerySchema, Liab
                                          SegmentPageSchema, SegmentQuerySchema, StoreDaySchema, TagsSchema)
 from loyalty.auth import roles, store_for
 from loyalty.cursors import decode_cursor, encode_cursor
+from loyalty.members import privacy
 from loyalty.members.lookup import member_or_404
 from loyalty.points.store_day import store_day
 from loyalty.segments import service
@@ -28,10 +29,12 @@ class SegmentMembers(MethodView):
         if query["format"] == "csv":
             rows = service.csv_rows(name)
             first = next(rows)  # an unknown segment fails here, as a 404, before anything is sent
+            privacy.record_read(g.principal.actor, g.principal.role, f"segment {name} csv")
             return Response(stream_with_context(_chain(first, rows)), mimetype="text/csv",
                             headers={"Content-Disposition": f'attachment; filename="{_file_name(name)}.csv"'})
         after = decode_cursor(query["cursor"]) if query.get("cursor") else None
         members, figures, last = service.segment_page(name, query["limit"], after)
+        privacy.record_read(g.principal.actor, g.principal.role, f"segment {name}", [m.id for m in members])
         items = []
         for member in members:
             spend, last_purchase = figures.get(member.id, (None, None))

@@ -9,6 +9,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
+from loyalty.bulk_awards import service as bulk_awards
 from loyalty.extensions import db
 from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
@@ -63,6 +64,8 @@ JOBS = [
         "15 2 * * *", referral_jobs.expire_referrals, _pending_referrals),
     Job("webhooks.deliver", "Webhook deliveries that are due are sent (signed), retried with back-off, dead "
         "after the last try", "* * * * *", webhook_jobs.deliver_due, webhook_jobs.due_count),
+    Job("bulk_awards.run", "Queued bulk awards credit their segment's members (as queued), each exactly once",
+        "* * * * *", bulk_awards.run_awards, bulk_awards.due_members),
 ]
 
 

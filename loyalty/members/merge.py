@@ -14,7 +14,7 @@ from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, ValidationFailed
 from loyalty.extensions import db
-from loyalty.members import phones, service
+from loyalty.members import phones, privacy, service
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger
 from loyalty.points.models import Account, Entry, Lot, PointsPayment, Purchase
@@ -37,6 +37,7 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
         keep, gone = accounts[survivor_id], accounts[other_id]
         survivor, other = keep.member, gone.member
         for member in (survivor, other):
+            privacy.refuse_if_erased(member)
             if member.status != "active":
                 raise Conflict(f"Member {member.id} is closed"
                                + (f" (merged into {member.merged_into_id})" if member.merged_into_id else "")

@@ -11,7 +11,7 @@ from loyalty import audit, clock
 from loyalty.database import transaction
 from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.members import phones
+from loyalty.members import phones, privacy
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
@@ -123,6 +123,7 @@ def update_member(member_id: int, changes: dict[str, Any], now: datetime | None 
         _check_birthday(changes["birthday"], now)
     with transaction():
         member = get_member(member_id, for_update=True)
+        privacy.refuse_if_erased(member)
         _check_identities_free(changes.get("phone"), changes.get("email"), (), exclude=member.id)
         for field, value in changes.items():
             setattr(member, field, value.strip() if field == "name" else value)
@@ -157,14 +158,6 @@ def find_members(phone: str | None = None, email: str | None = None, channel: st
     found = db.session.execute(query.order_by(Member.id)).unique().scalars().all()
     # A member closed by a merge answers with the member it was merged into.
     return list(dict.fromkeys(_survivor(member) for member in found))
-
-
-def record_staff_read(member_id: int, actor: str, what: str, now: datetime | None = None) -> None:
-    """A staff member saw a member's personal data (DESIGN, Security: every read by staff is
-    audit-logged): one audit entry, in its own short transaction."""
-    now = now or clock.now()
-    with transaction():
-        audit.record(actor, "member.read", "member", member_id, None, {"what": what}, now)
 
 
 def search(text: str | None) -> list[Member]:

@@ -43,7 +43,8 @@ from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
 
 ZERO = Decimal("0.00")
-ENTRY_TYPES = ("earn_purchase", "earn_activity", "bonus", "redeem", "payment", "reverse", "expire", "adjust")
+ENTRY_TYPES = ("earn_purchase", "earn_activity", "bonus", "redeem", "payment", "reverse", "expire", "adjust",
+               "import")  # import: an opening balance brought from a previous system (loyalty import members)
 CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a till's clock may run
 ACTIVITY_BACKDATE_LIMIT = timedelta(days=7)
 

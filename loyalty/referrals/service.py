@@ -175,7 +175,8 @@ def referrer_for_code(code, new_identities, now):
 
     `new_identities` are the new member's (phone, email, [(channel, external id)]): a member's own
     identities cannot refer them."""
-    referrer = db.session.scalar(sa.select(Member).where(Member.referral_code == code.strip().upper()))
+    referrer = db.session.scalar(sa.select(Member).where(Member.referral_code == code.strip().upper(),
+                                                             Member.status == "active"))
     if referrer is None:
         raise ValidationFailed("This referral code belongs to nobody; check it and try again.",
                                errors={"referral_code": ["Unknown referral code."]})

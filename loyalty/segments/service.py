@@ -16,6 +16,7 @@ from loyalty import audit, clock
 from loyalty.database import Money, Points, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members import privacy
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, Purchase
@@ -49,7 +50,7 @@ def add_tags(member_id: int, tags: Iterable[str], actor: str, now: datetime | No
     now = now or clock.now()
     tags = _clean_tags(tags)
     with transaction():
-        member_or_404(member_id, lock=True)
+        privacy.refuse_if_erased(member_or_404(member_id, lock=True))
         have = set(member_tags(member_id))
         for tag in tags:
             if tag not in have:
@@ -158,13 +159,6 @@ def csv_rows(name: str) -> Iterator[str]:
             return
 
 
-def record_export(name: str, actor: str, now: datetime | None = None) -> None:
-    """A staff member downloaded a segment's members (names and masked phones): audit-logged."""
-    now = now or clock.now()
-    with transaction():
-        audit.record(actor, "segment.export", "segment", name[:64], None, {"segment": name}, now)
-
-
 def _csv_line(values: Iterable[Any]) -> str:
     out = io.StringIO()
     csv.writer(out).writerow(values)
@@ -222,7 +216,7 @@ def overview(now: datetime | None = None) -> dict[str, Any]:
             "earned": flows.get("earn_purchase", zero) + flows.get("earn_activity", zero) + flows.get("bonus", zero),
             "redeemed": -flows.get("redeem", zero), "paid": -flows.get("payment", zero),
             "expired": -flows.get("expire", zero), "reversed": flows.get("reverse", zero),
-            "adjusted": flows.get("adjust", zero),
+            "adjusted": flows.get("adjust", zero), "imported": flows.get("import", zero),
         },
         "referrals": campaign_stats(campaign.id) if campaign else None,
         "as_of": now,

@@ -5,7 +5,6 @@ the change, with one delivery row per subscriber: the change and its events comm
 together. The job that delivers them (`webhooks.deliver`, signed, retried with back-off, dead
 after the last try) is in jobs.py.
 """
-import time
 import uuid
 
 import simplejson

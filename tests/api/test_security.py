@@ -80,6 +80,11 @@ MATRIX = [
     # than the one whose token the matrix uses.
     op("POST", M + "/tokens", "app", "/members/{member}/tokens", body=lambda w: {"ttl_seconds": 600}),
     op("DELETE", M + "/tokens", "app", "/members/{spare}/tokens"),
+    op("GET", M + "/export", "", "/members/{member}/export"),
+    op("POST", M + "/erase", "", "/members/{erasable}/erase", body=lambda w: {"reason": "the member asked"}),
+    op("POST", "/bulk-awards", "marketing", body=lambda w: {"award_no": "A-door", "segment": "new", "points": 5,
+                                                           "reason": "door test"}, source="API.md"),
+    op("GET", "/bulk-awards/<id:award_id>", "marketing", "/bulk-awards/{bulk_award}"),
     # Points
     op("POST", "/purchases", "pos", body=lambda w: {"member_id": w["member"], "store_id": "S1",
                                                     "receipt_no": "R-door", "amount": "10.00"}),
@@ -263,6 +268,9 @@ def world(app, api):
     # Registered after the subscription: one delivery, marked dead so that it may be replayed.
     w["spare"] = ok(api.post("app", "/members", json={"name": "Matrix Spare", "phone": "+8613800000002"}))["id"]
     w["fresh"] = ok(api.post("app", "/members", json={"name": "Matrix Fresh", "phone": "+8613800000003"}))["id"]
+    w["bulk_award"] = ok(api.post("marketing", "/bulk-awards", json={
+        "award_no": "A-world", "segment": "new", "points": 5, "reason": "matrix"}), 202)["id"]
+    w["erasable"] = ok(api.post("app", "/members", json={"name": "Matrix Gone", "phone": "+8613800000005"}))["id"]
     w["rules"] = ok(api.get("marketing", "/earning-rules"), 200)
     silver = next(t for t in ok(api.get("marketing", "/tiers"), 200) if t["code"] == "silver")
     w["silver"] = {key: silver[key] for key in ("name", "qualification", "benefits")}

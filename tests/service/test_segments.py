@@ -465,7 +465,7 @@ def test_the_overview_of_the_scripted_world():
     assert report["last_30_days"] == {
         "earned": D("281.00"),  # A 200 + C 0.5 + G 80.50 (pending, but earned)
         "redeemed": D("20.00"), "paid": D("300.00"), "expired": D("100.00"),
-        "reversed": D("-250.00"), "adjusted": D("0.00"),
+        "reversed": D("-250.00"), "adjusted": D("0.00"), "imported": D("0.00"),
     }
     assert report["referrals"] is None
     assert report["as_of"] == N
@@ -477,7 +477,8 @@ def test_the_overview_moves_with_its_clock():
     later = segments.overview(now=N + 15 * DAY)  # the last 30 days begin at N-15d
 
     assert later["last_30_days"] == {"earned": D("281.00"), "redeemed": D("20.00"), "paid": D("0.00"),
-                                     "expired": D("0.00"), "reversed": D("0.00"), "adjusted": D("0.00")}
+                                     "expired": D("0.00"), "reversed": D("0.00"), "adjusted": D("0.00"),
+                                     "imported": D("0.00")}
     # D's 10 points end on 11 September: past N+15d (not yet expired by the job), so not "expiring".
     assert later["points"]["expiring_30_days"] == D("0.00")
     # From 29 April 2027 the next 30 days reach B's lot that ends with 4 May 2027.
@@ -524,7 +525,7 @@ def test_an_empty_programme_and_members_the_jobs_have_not_seen_yet():
     assert empty["members"]["total"] == 0
     assert empty["points"]["outstanding"] == 0 and empty["points"]["outstanding_money_value"]["amount"] == 0
     assert empty["last_30_days"] == {key: 0 for key in ("earned", "redeemed", "paid", "expired", "reversed",
-                                                         "adjusted")}
+                                                         "adjusted", "imported")}
     assert fresh["members"]["total"] == 1
     assert fresh["members"]["by_tier"] == {"ordinary": 1, "silver": 0, "gold": 0, "diamond": 0}
     assert fresh["members"]["by_lifecycle_stage"] == {"unknown": 1}

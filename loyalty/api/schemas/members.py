@@ -110,7 +110,7 @@ class MemberSchema(Schema):
     referral_code = fields.String()
     ambassador = fields.Method("get_ambassador", metadata={"description": "推荐大使: a top referrer"})
     joined_at = Timestamp()
-    status = fields.String(metadata={"enum": ["active", "closed"]})
+    status = fields.String(metadata={"enum": ["active", "closed", "erased"]})
     merged_into_id = fields.Integer(allow_none=True, metadata={
         "description": "A member closed by a merge: the member it was merged into"})
 
@@ -139,3 +139,25 @@ class TokenSchema(Schema):
     token = fields.String(metadata={"description": "Send as `Authorization: Bearer <token>` from the member's device"})
     member_id = fields.Integer()
     expires_at = Timestamp()
+
+
+class EraseSchema(Schema):
+    reason = fields.String(required=True, validate=[validate.Length(min=1, max=500), NOT_BLANK])
+
+
+class ExportSchema(Schema):
+    """Everything held about one member (GET /members/{id}/export)."""
+    member = fields.Raw()
+    identities = fields.List(fields.Raw())
+    tags = fields.List(fields.String())
+    points = fields.Raw(allow_none=True)
+    entries = fields.List(fields.Raw())
+    purchases = fields.List(fields.Raw())
+    refunds = fields.List(fields.Raw())
+    activities = fields.List(fields.Raw())
+    points_payments = fields.List(fields.Raw())
+    redemptions = fields.List(fields.Raw())
+    vouchers = fields.List(fields.Raw())
+    referrals = fields.List(fields.Raw())
+    tier_history = fields.List(fields.Raw())
+    exported_at = Timestamp()

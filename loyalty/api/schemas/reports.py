@@ -57,6 +57,7 @@ class FlowsSchema(Schema):
     expired = PointsField(signed=True)
     reversed = PointsField(signed=True)
     adjusted = PointsField(signed=True)
+    imported = PointsField(signed=True, metadata={"description": "opening balances brought by loyalty import members"})
 
 
 class OverviewSchema(Schema):

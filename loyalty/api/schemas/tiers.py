@@ -61,7 +61,7 @@ class NextTierSchema(NeededSchema):
 class TierChangeSchema(Schema):
     from_ = fields.String(data_key="from", attribute="from", allow_none=True)
     to = fields.String()
-    reason = fields.String(metadata={"enum": ["upgrade", "downgrade", "manual", "refund"], "description":
+    reason = fields.String(metadata={"enum": ["upgrade", "downgrade", "manual", "refund", "import"], "description":
                                      "`refund`: a refund took back the spend an upgrade was reached with"})
     note = fields.String(allow_none=True)
     purchase_id = fields.Integer(allow_none=True, metadata={

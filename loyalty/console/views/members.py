@@ -1,4 +1,4 @@
-from flask import flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for, g
 from flask_babel import gettext as _
 
 from loyalty.api.schemas.members import MergeSchema
@@ -6,7 +6,7 @@ from loyalty.api.schemas.points import AdjustmentCreateSchema
 from loyalty.api.schemas.reports import TagsSchema
 from loyalty.api.schemas.tiers import MemberTierSetSchema
 from loyalty.console.base import FormErrors, actor, attempt, blp, form_values, load, staff_only
-from loyalty.members import merge
+from loyalty.members import merge, privacy
 from loyalty.members import service as members_service
 from loyalty.points import service as points_service
 from loyalty.referrals import service as referrals_service
@@ -40,7 +40,7 @@ def member(member_id, errors=None, status=200):
     redemptions, referrals, tags; the actions their role allows."""
     profile = members_service.get_member(member_id)
     if not errors:  # a refused form shows the page again: the read was recorded on the way in
-        members_service.record_staff_read(member_id, actor(), "member page")
+        privacy.record_read(actor(), g.staff.role, "profile (console member page)", member_id)
     cursor = request.args.get("cursor") or None
     entries, next_cursor = points_service.history(member_id, limit=HISTORY_PAGE, cursor=cursor)
     redemptions, _more = rewards_service.member_redemptions(member_id, limit=20)

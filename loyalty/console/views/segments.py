@@ -1,8 +1,9 @@
 import re
 
-from flask import Response, render_template, request, stream_with_context
+from flask import Response, render_template, request, stream_with_context, g
 
 from loyalty.console.base import actor, blp
+from loyalty.members import privacy
 from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.segments import service
 
@@ -28,7 +29,7 @@ def segment_csv(name):
     """The same CSV as GET /segments/{name}/members?format=csv, streamed."""
     rows = service.csv_rows(name)
     first = next(rows)  # an unknown segment is a 404 page here, before anything is sent
-    service.record_export(name, actor())
+    privacy.record_read(actor(), g.staff.role, f"segment {name} (console CSV)")
     return Response(stream_with_context(_chain(first, rows)), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{re.sub(r"[^A-Za-z0-9_.-]", "-", name)}.csv"'})
 

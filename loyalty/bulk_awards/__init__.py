@@ -1,0 +1,1 @@
+"""Bulk awards: points to every member of a segment, as it was when queued, by a job."""

@@ -1,0 +1,168 @@
+"""Bulk awards: queued for a segment as it is then, credited by the `bulk_awards.run` job, each
+member exactly once even when the job is killed and run again."""
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from loyalty import clock
+from loyalty.bulk_awards import service
+from loyalty.extensions import db
+from loyalty.jobs import registry, runner
+from loyalty.points import ledger
+from loyalty.points.models import Entry
+from loyalty.points.verify import broken_accounts
+from loyalty.segments import service as segments
+from tests import factories
+
+
+def members_tagged(app, count, tag="vip"):
+    with app.app_context():
+        ids = [factories.member().id for _ in range(count)]
+        for member_id in ids:
+            segments.add_tags(member_id, [tag], "test")
+        db.session.remove()
+    return ids
+
+
+def queue(api, award_no="A1", segment="tag:vip", points=50, **extra):
+    return api.post("marketing", "/bulk-awards", json={"award_no": award_no, "segment": segment, "points": points,
+                                                       "reason": "Store anniversary", **extra})
+
+
+def bonus_entries(app, award_id):
+    with app.app_context():
+        rows = db.session.execute(sa.select(Entry.member_id, Entry.points).where(
+            Entry.reference_type == "bulk_award", Entry.reference_id == str(award_id))).all()
+        db.session.remove()
+    return sorted(rows)
+
+
+def test_an_award_is_queued_then_credited_by_the_job(api, app, runner):
+    ids = members_tagged(app, 3)
+    queued = queue(api)
+    assert queued.status_code == 202, queued.json
+    assert (queued.json["status"], queued.json["members"], queued.json["awarded"]) == ("queued", 3, 0)
+    result = runner.invoke(args=["jobs", "run", "bulk_awards.run"])
+    assert result.exit_code == 0, result.output
+    award = api.get("marketing", f"/bulk-awards/{queued.json['id']}").json
+    assert (award["status"], award["members"], award["awarded"], award["points_awarded"]) == ("done", 3, 3, 150)
+    assert bonus_entries(app, award["id"]) == [(member_id, Decimal("50.00")) for member_id in ids]
+    for member_id in ids:
+        assert api.get("app", f"/members/{member_id}/points").json["available"] == 50
+    again = runner.invoke(args=["jobs", "run", "bulk_awards.run"])
+    assert again.exit_code == 0, again.output
+    assert len(bonus_entries(app, award["id"])) == 3
+    log = api.get("admin", "/audit-log", query_string={"action": "bulk_award.create"}).json["items"]
+    assert len(log) == 1 and log[0]["after"]["members"] == 3
+    with app.app_context():
+        assert broken_accounts() == []
+        db.session.remove()
+
+
+def test_the_segment_is_frozen_when_the_award_is_queued(api, app):
+    ids = members_tagged(app, 2)
+    award_id = queue(api).json["id"]
+    late = members_tagged(app, 1)
+    with app.app_context():
+        segments.remove_tags(ids[0], ["vip"], "test")  # left the segment after: still awarded
+        service.run_awards()
+        db.session.remove()
+    assert [member_id for member_id, _ in bonus_entries(app, award_id)] == ids
+    assert late[0] not in ids
+
+
+def test_award_no_makes_the_award_idempotent(api, app):
+    members_tagged(app, 1)
+    first = queue(api)
+    same = queue(api)
+    other = queue(api, points=60)
+    assert (same.status_code, same.json["id"]) == (202, first.json["id"])
+    assert other.status_code == 409 and "A1" in other.json["message"]
+    assert queue(api, award_no="A2").json["id"] != first.json["id"]
+
+
+def test_bad_awards_are_refused_with_a_sentence(api):
+    unknown = queue(api, segment="no-such-segment")
+    assert unknown.status_code == 422 and "segment" in unknown.json["errors"]
+    past = queue(api, award_no="A3", expires_at=(clock.now() - timedelta(days=1)).isoformat())
+    assert past.status_code == 422 and "expires_at" in past.json["errors"]
+    for points in (0, -5, 1.234, "ten"):
+        assert queue(api, award_no="A4", points=points).status_code == 422
+    assert api.post("pos", "/bulk-awards", json={}).status_code == 403
+    assert api.get("app", "/bulk-awards/1").status_code == 403
+    assert api.get("marketing", "/bulk-awards/999").status_code == 404
+
+
+def test_a_job_killed_half_way_and_run_again_credits_each_member_once(api, app, monkeypatch):
+    ids = members_tagged(app, 7)
+    award_id = queue(api, expires_at=(clock.now() + timedelta(days=90)).isoformat()).json["id"]
+    real, batches = ledger.credit_many, []
+
+    def killed_in_the_third_batch(*args, **kwargs):
+        batches.append(1)
+        credited = real(*args, **kwargs)
+        if len(batches) == 3:
+            raise KeyboardInterrupt  # killed after crediting, before the batch commits
+        return credited
+
+    with app.app_context():
+        monkeypatch.setattr(ledger, "credit_many", killed_in_the_third_batch)
+        with pytest.raises(KeyboardInterrupt):
+            service.run_awards(batch=2)
+        db.session.remove()
+    assert len(bonus_entries(app, award_id)) == 4
+    assert api.get("marketing", f"/bulk-awards/{award_id}").json["status"] == "running"
+    monkeypatch.setattr(ledger, "credit_many", real)
+    with app.app_context():
+        service.run_awards(batch=2)
+        assert broken_accounts() == []
+        db.session.remove()
+    assert [member_id for member_id, _ in bonus_entries(app, award_id)] == ids
+    award = api.get("marketing", f"/bulk-awards/{award_id}").json
+    assert (award["status"], award["awarded"], award["points_awarded"]) == ("done", 7, 350)
+
+
+def test_the_scheduler_runs_bulk_awards_every_minute():
+    job = registry.get("bulk_awards.run")
+    assert job is not None and job.cron == "* * * * *"
+
+
+def test_no_webhook_events_unless_someone_listens(api, app):
+    members_tagged(app, 2)
+    queue(api)
+    with app.app_context():
+        service.run_awards()
+        assert db.session.scalar(sa.text("SELECT COUNT(*) FROM webhook_events")) == 0
+        db.session.remove()
+
+
+@pytest.mark.postgres_only
+def test_two_runners_at_once_credit_each_member_once(api, app):
+    ids = members_tagged(app, 30)
+    award_id = queue(api).json["id"]
+    job = registry.get("bulk_awards.run")
+    errors = []
+
+    def run():
+        with app.app_context():
+            try:
+                runner.run(job, clock.now().date())
+            except Exception as error:  # pragma: no cover - reported below
+                errors.append(error)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with app.app_context():
+        service.run_awards()  # whatever a skipped runner left, a later run finishes
+        assert broken_accounts() == []
+        db.session.remove()
+    assert errors == []
+    assert [member_id for member_id, _ in bonus_entries(app, award_id)] == ids
