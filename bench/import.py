@@ -29,6 +29,7 @@ import psycopg  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
 
 from loyalty import create_app  # noqa: E402
+from loyalty.bulk_awards import jobs as bulk_award_jobs  # noqa: E402
 from loyalty.bulk_awards import service as bulk_awards  # noqa: E402
 from loyalty.extensions import db  # noqa: E402
 from loyalty.members import importer  # noqa: E402
@@ -124,7 +125,7 @@ def main(argv=None):
                                                                   "bench"), "bench")
                 queued = time.monotonic() - started
                 started = time.monotonic()
-                bulk_awards.run_awards()
+                bulk_award_jobs.run_awards()
                 ran = time.monotonic() - started
                 db.session.expire_all()
                 award = db.session.get(type(award), award.id)

@@ -9,7 +9,7 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from loyalty.bulk_awards import service as bulk_awards
+from loyalty.bulk_awards import jobs as bulk_award_jobs
 from loyalty.extensions import db
 from loyalty.members import jobs as member_jobs
 from loyalty.members.models import Member
@@ -65,7 +65,7 @@ JOBS = [
     Job("webhooks.deliver", "Webhook deliveries that are due are sent (signed), retried with back-off, dead "
         "after the last try", "* * * * *", webhook_jobs.deliver_due, webhook_jobs.due_count),
     Job("bulk_awards.run", "Queued bulk awards credit their segment's members (as queued), each exactly once",
-        "* * * * *", bulk_awards.run_awards, bulk_awards.due_members),
+        "* * * * *", bulk_award_jobs.run_awards, bulk_award_jobs.due_members),
 ]
 
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from loyalty import clock
-from loyalty.bulk_awards import service
+from loyalty.bulk_awards import jobs as award_jobs
 from loyalty.extensions import db
 from loyalty.jobs import registry, runner
 from loyalty.points import ledger
@@ -68,7 +68,7 @@ def test_the_segment_is_frozen_when_the_award_is_queued(api, app):
     late = members_tagged(app, 1)
     with app.app_context():
         segments.remove_tags(ids[0], ["vip"], "test")  # left the segment after: still awarded
-        service.run_awards()
+        award_jobs.run_awards()
         db.session.remove()
     assert [member_id for member_id, _ in bonus_entries(app, award_id)] == ids
     assert late[0] not in ids
@@ -111,13 +111,13 @@ def test_a_job_killed_half_way_and_run_again_credits_each_member_once(api, app, 
     with app.app_context():
         monkeypatch.setattr(ledger, "credit_many", killed_in_the_third_batch)
         with pytest.raises(KeyboardInterrupt):
-            service.run_awards(batch=2)
+            award_jobs.run_awards(batch=2)
         db.session.remove()
     assert len(bonus_entries(app, award_id)) == 4
     assert api.get("marketing", f"/bulk-awards/{award_id}").json["status"] == "running"
     monkeypatch.setattr(ledger, "credit_many", real)
     with app.app_context():
-        service.run_awards(batch=2)
+        award_jobs.run_awards(batch=2)
         assert broken_accounts() == []
         db.session.remove()
     assert [member_id for member_id, _ in bonus_entries(app, award_id)] == ids
@@ -134,7 +134,7 @@ def test_no_webhook_events_unless_someone_listens(api, app):
     members_tagged(app, 2)
     queue(api)
     with app.app_context():
-        service.run_awards()
+        award_jobs.run_awards()
         assert db.session.scalar(sa.text("SELECT COUNT(*) FROM webhook_events")) == 0
         db.session.remove()
 
@@ -161,7 +161,7 @@ def test_two_runners_at_once_credit_each_member_once(api, app):
     for thread in threads:
         thread.join()
     with app.app_context():
-        service.run_awards()  # whatever a skipped runner left, a later run finishes
+        award_jobs.run_awards()  # whatever a skipped runner left, a later run finishes
         assert broken_accounts() == []
         db.session.remove()
     assert errors == []
