@@ -34,7 +34,8 @@ def test_a_hold_is_placed_read_captured_in_part_and_shown_in_the_points(api, ric
         body = created.json
         assert {"hold_id", "status", "points", "expires_at", "member"} <= set(body)
         assert (body["status"], body["points"], body["expires_at"]) == ("held", 200, "2026-03-10T02:15:00Z")
-        assert body["member"]["points"]["available"] == 300
+        assert (body["member"]["points"]["available"], body["member"]["points"]["held"]) == (300, 200)
+        assert api.get("app", f"/members/{rich}").json["points"]["held"] == 200
         points = summary(api, rich)
         assert (points["available"], points["held"]) == (300, 200)
 

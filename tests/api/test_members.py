@@ -49,7 +49,7 @@ def test_registering_a_member_answers_201_with_every_member_field(api):
     assert member["email"] == "li.lei@example.com"
     assert member["birthday"] == "1990-05-17"
     assert member["tier"] == {"code": "ordinary", "name": "普通"}
-    assert member["points"] == {"available": 0, "pending": 0, "lifetime_earned": 0}
+    assert member["points"] == {"available": 0, "pending": 0, "held": 0, "lifetime_earned": 0}
     assert member["status"] == "active"
     assert member["lifecycle_stage"] is None
     assert isinstance(member["id"], int)

@@ -64,7 +64,7 @@ def test_a_purchase_earns_one_point_per_yuan_rounded_down_to_the_cent(api, membe
     assert bought["available_at"] == "2026-03-10T02:00:00Z"
     assert bought["amount"] == "199.99" and bought["currency"] == "CNY"
     assert bought["member"]["id"] == member_id
-    assert bought["member"]["points"] == {"available": D("199.99"), "pending": 0, "lifetime_earned": D("199.99")}
+    assert bought["member"]["points"] == {"available": D("199.99"), "pending": 0, "held": 0, "lifetime_earned": D("199.99")}
     assert_ledger_ok()
 
 
@@ -169,7 +169,7 @@ def test_points_are_pending_for_the_return_window(api, member_id, assert_ledger_
 
     assert bought["status"] == "pending"
     assert bought["available_at"] == "2026-03-17T02:00:00Z"
-    assert bought["member"]["points"] == {"available": 0, "pending": 100, "lifetime_earned": 100}
+    assert bought["member"]["points"] == {"available": 0, "pending": 100, "held": 0, "lifetime_earned": 100}
     assert (points["available"], points["pending"]) == (0, 100)
     assert points["pending_lots"] == [{"points": 100, "available_at": "2026-03-17T02:00:00Z"}]
     assert refused.json["error"] == "insufficient_points"

@@ -92,6 +92,7 @@ class TierRef(fields.Nested):
 class BalanceSchema(Schema):
     available = PointsField(signed=True)
     pending = PointsField(signed=True)
+    held = PointsField(signed=True, metadata={"description": "reserved by an open points hold at a till"})
     lifetime_earned = PointsField(signed=True)
 
 
