@@ -18,6 +18,8 @@ class LoyaltyError(Exception):
     status = 400
     code = "bad_request"
     headers: dict[str, str] = {}
+    # A refusal kept for its natural key, to be committed, not rolled back (loyalty/idempotency.py).
+    recorded = False
 
     def __init__(self, message, errors=None, **extra):
         super().__init__(message)

@@ -1,7 +1,9 @@
 """Points holds at the till: authorise (reserve points), then capture (a points payment) or
 release. A hold past its expiry is released by the next write on its member (ledger.lock_account)
 and by the `points.release_holds` job (points/jobs.py). Idempotent on (store_id, hold_no)."""
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,7 +23,8 @@ DEFAULT_TTL_SECONDS = 900
 MAX_TTL_SECONDS = 86_400
 
 
-def place_hold(member_id, store_id, hold_no, points, ttl_seconds=None, api_key_id=None, now=None):
+def place_hold(member_id: int, store_id: str, hold_no: str, points: Decimal, ttl_seconds: int | None = None,
+               api_key_id: int | None = None, now: datetime | None = None) -> Outcome:
     """Reserve points for a till; `insufficient_points` when the member has too few available."""
     now = now or clock.now()
     ttl = DEFAULT_TTL_SECONDS if ttl_seconds is None else ttl_seconds
@@ -48,7 +51,8 @@ def place_hold(member_id, store_id, hold_no, points, ttl_seconds=None, api_key_i
     return Outcome(row, account.member)
 
 
-def capture_hold(hold_id, store_id, payment_no, points=None, api_key_id=None, now=None):
+def capture_hold(hold_id: int, store_id: str | None, payment_no: str, points: Decimal | None = None,
+                 api_key_id: int | None = None, now: datetime | None = None) -> Outcome:
     """Turn all or part of a hold into a points payment (the same record as POST /points-payments,
     reversible the same way); the rest of the hold is released."""
     now = now or clock.now()
@@ -58,7 +62,7 @@ def capture_hold(hold_id, store_id, payment_no, points=None, api_key_id=None, no
         account = ledger.lock_account(row.member_id, now)  # may expire this very hold
         row = _reload(row)
         if row.status == "captured":
-            payment = db.session.get(PointsPayment, row.payment_id)
+            payment = db.session.get_one(PointsPayment, row.payment_id)
             if payment.payment_no == payment_no and (points is None or points == payment.points):
                 return Outcome(payment, account.member, replayed=True)
             raise HoldClosed(f"Hold {row.hold_no} was captured already (payment {payment.payment_no}); "
@@ -86,7 +90,7 @@ def capture_hold(hold_id, store_id, payment_no, points=None, api_key_id=None, no
     return Outcome(payment, account.member)
 
 
-def release_hold(hold_id, store_id, now=None):
+def release_hold(hold_id: int, store_id: str | None, now: datetime | None = None) -> Outcome:
     """Give a hold's points back to the member. Releasing a released hold is a replay."""
     now = now or clock.now()
     with transaction():
@@ -100,7 +104,7 @@ def release_hold(hold_id, store_id, now=None):
     return Outcome(row, account.member)
 
 
-def get_hold(hold_id, store_id=None, now=None):
+def get_hold(hold_id: int, store_id: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The hold; one past its expiry reads `expired` even before anything has released it."""
     now = now or clock.now()
     row = _own_hold(hold_id, store_id)
@@ -109,11 +113,11 @@ def get_hold(hold_id, store_id=None, now=None):
             "expires_at": row.expires_at, "payment_id": row.payment_id}
 
 
-def hold_status(row, now):
+def hold_status(row: PointsHold, now: datetime) -> str:
     return "expired" if row.status == "held" and row.expires_at <= now else row.status
 
 
-def _own_hold(hold_id, store_id):
+def _own_hold(hold_id: int, store_id: str | None) -> PointsHold:
     row = db.session.get(PointsHold, hold_id)
     if row is None:
         raise NotFound(f"No points hold with id {hold_id}.")
@@ -122,13 +126,13 @@ def _own_hold(hold_id, store_id):
     return row
 
 
-def _reload(row):
+def _reload(row: PointsHold) -> PointsHold:
     """The hold as it is now that its member is locked (a twin may have closed it meanwhile)."""
     return db.session.scalars(sa.select(PointsHold).where(PointsHold.id == row.id)
                               .execution_options(populate_existing=True)).one()
 
 
-def _check_open(row):
+def _check_open(row: PointsHold) -> None:
     if row.status == "expired":
         raise HoldExpired(f"Hold {row.hold_no} expired at {row.expires_at.isoformat()} and its points went "
                           "back to the member; place a new hold.")
@@ -136,7 +140,7 @@ def _check_open(row):
         raise HoldClosed(f"Hold {row.hold_no} is {row.status} already; place a new hold.")
 
 
-def _check_payable(points):
+def _check_payable(points: Decimal) -> Decimal:
     """Held points are paid as money: in whole cents. Returns their money value."""
     rules = current_rules()
     value = rules_mod.payment_money_value(points, rules)
@@ -149,6 +153,6 @@ def _check_payable(points):
     return value
 
 
-def _hold_by_number(store_id, hold_no):
+def _hold_by_number(store_id: str, hold_no: str) -> PointsHold | None:
     return db.session.scalar(sa.select(PointsHold).where(
         PointsHold.store_id == store_id, PointsHold.hold_no == hold_no))

@@ -3,8 +3,10 @@
 Every write has a natural key (store + receipt, purchase + refund number, member + activity
 event, store + payment number); repeating one returns the first result with `replayed=True`.
 """
-from datetime import timedelta
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,6 +24,7 @@ from loyalty.errors import (
 )
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
+from loyalty.members.models import Member
 from loyalty.outcome import Outcome
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
@@ -39,6 +42,7 @@ from loyalty.points.models import (
 from loyalty.points.rules import EarningRules
 from loyalty.points.settings import current_rules
 from loyalty.promotions import service as promotions
+from loyalty.promotions.rules import Award
 from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
 
@@ -47,12 +51,14 @@ ENTRY_TYPES = ("earn_purchase", "earn_activity", "bonus", "redeem", "payment", "
                "import")  # import: an opening balance brought from a previous system (loyalty import members)
 CLOCK_SKEW = timedelta(minutes=5)  # how far in the future a till's clock may run
 ACTIVITY_BACKDATE_LIMIT = timedelta(days=7)
+Items = Sequence[Mapping[str, Any]]  # a purchase's items: {"sku", "category", "amount"}
+Row = TypeVar("Row")
 
 
 
 # --- earning rules ------------------------------------------------------------------------------
 
-def seed_rules(now=None):
+def seed_rules(now: datetime | None = None) -> None:
     """Store the default rules if none are stored yet. Safe to run on every start."""
     now = now or clock.now()
     with transaction():
@@ -61,7 +67,7 @@ def seed_rules(now=None):
                                            updated_at=now))
 
 
-def update_rules(new_rules: EarningRules, actor, now=None):
+def update_rules(new_rules: EarningRules, actor: str, now: datetime | None = None) -> EarningRules:
     """Replace the earning rules; the change is audit-logged with before and after."""
     now = now or clock.now()
     with transaction():
@@ -79,8 +85,9 @@ def update_rules(new_rules: EarningRules, actor, now=None):
 
 # --- purchases and refunds ----------------------------------------------------------------------
 
-def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occurred_at=None,
-                    items=None, channel=None, now=None, api_key_id=None):
+def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Decimal, currency: str | None = None,
+                    occurred_at: datetime | None = None, items: Items | None = None, channel: str | None = None,
+                    now: datetime | None = None, api_key_id: int | None = None) -> Outcome:
     """Record a purchase and credit its points (pending for the return window, if one is set): the
     earning rules' base points with the tier's multiplier, one `bonus` entry per promotion that
     applies, and a referral's welcome reward. `purchase.breakdown` lists them line by line."""
@@ -131,8 +138,9 @@ def credit_purchase(member_id, store_id, receipt_no, amount, currency=None, occu
     return Outcome(purchase, account.member)
 
 
-def quote_purchase(member_id, store_id, amount, items=None, channel=None, at=None, include_drafts=False,
-                   now=None):
+def quote_purchase(member_id: int | None, store_id: str, amount: Decimal, items: Items | None = None,
+                   channel: str | None = None, at: datetime | None = None, include_drafts: bool = False,
+                   now: datetime | None = None) -> dict[str, Any]:
     """What a purchase would earn at `at` (default now), line by line, writing nothing: the same
     rules, promotions (limits and budgets as they stand) and referral reward as `credit_purchase`.
     Without a member: a member of the lowest tier, on a first purchase, with no tags. Returns
@@ -151,7 +159,8 @@ def quote_purchase(member_id, store_id, amount, items=None, channel=None, at=Non
     return {"points": sum((line["points"] for line in lines), ZERO), "breakdown": lines, "at": at}
 
 
-def _earning(amount, items, rules, member):
+def _earning(amount: Decimal, items: Items | None, rules: EarningRules,
+             member: Member | None) -> tuple[Decimal, Decimal, Decimal]:
     """(eligible amount, base points, base and tier points) of a purchase by `member` (None: a guest
     of the lowest tier). The tier multiplies base points only; promotions come on top."""
     eligible, base = rules_mod.purchase_points(amount, items, rules)
@@ -159,13 +168,14 @@ def _earning(amount, items, rules, member):
     return eligible, base, points
 
 
-def _multiplier(member):
+def _multiplier(member: Member | None) -> Decimal:
     """The multiplier of the member's tier as the purchase starts: an upgrade the purchase itself
     earns applies from the next one."""
     return tiers.earn_multiplier(member) if member is not None else tiers.ladder()[0].earn_multiplier
 
 
-def _breakdown(member, base, points, awards, welcome):
+def _breakdown(member: Member | None, base: Decimal, points: Decimal, awards: Iterable[Award],
+               welcome: Decimal) -> list[dict[str, Any]]:
     """The lines of a purchase's points: base, the tier's extra, each promotion, the referral reward."""
     lines = [{"source": "base", "name": "Base points", "points": base}]
     if points > base:
@@ -180,11 +190,12 @@ def _breakdown(member, base, points, awards, welcome):
     return lines
 
 
-def _breakdown_json(lines):
+def _breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{**line, "points": str(line["points"])} for line in lines]
 
 
-def refund_purchase(purchase_id, store_id, refund_no, amount, now=None, api_key_id=None):
+def refund_purchase(purchase_id: int, store_id: str | None, refund_no: str, amount: Decimal,
+                    now: datetime | None = None, api_key_id: int | None = None) -> Outcome:
     """Refund part or all of a purchase and claw back its points pro rata (into debt if spent)."""
     now = now or clock.now()
     _check_positive(amount, "A refund")
@@ -232,7 +243,7 @@ def refund_purchase(purchase_id, store_id, refund_no, amount, now=None, api_key_
     return Outcome(refund, account.member)
 
 
-def _expired_not_yet_reversed(purchase):
+def _expired_not_yet_reversed(purchase: Purchase) -> Decimal:
     """Points of the purchase's lot that expired and that no refund has counted yet.
 
     A purchase's `points_reversed` is what its refunds reversed in all; each refund's own
@@ -240,10 +251,10 @@ def _expired_not_yet_reversed(purchase):
     earlier refunds already counted."""
     if purchase.lot_id is None:
         return ZERO
-    expired = -db.session.scalar(
+    expired = -db.session.execute(  # a coalesced sum: one row, never None
         sa.select(sa.func.coalesce(sa.func.sum(Entry.points), 0)).where(
             Entry.member_id == purchase.member_id, Entry.type == "expire",
-            Entry.reference_type == "lot", Entry.reference_id == str(purchase.lot_id)))
+            Entry.reference_type == "lot", Entry.reference_id == str(purchase.lot_id))).scalar_one()
     taken = db.session.scalar(
         sa.select(sa.func.coalesce(sa.func.sum(Refund.points_reversed), 0))
         .where(Refund.purchase_id == purchase.id))
@@ -252,7 +263,8 @@ def _expired_not_yet_reversed(purchase):
 
 # --- behaviour ------------------------------------------------------------------------------------
 
-def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
+def record_activity(member_id: int, type_: str, event_id: str, occurred_at: datetime | None = None,
+                    now: datetime | None = None) -> Outcome:
     """Award behaviour points for one event, within the type's cap for its period."""
     now = now or clock.now()
     tz = settings().timezone
@@ -297,7 +309,7 @@ def record_activity(member_id, type_, event_id, occurred_at=None, now=None):
 
 # --- manual adjustments -------------------------------------------------------------------------
 
-def adjust_points(member_id, points, reason, actor, now=None):
+def adjust_points(member_id: int, points: Decimal, reason: str, actor: str, now: datetime | None = None) -> Entry:
     """An admin's correction: a credit (a new lot) or a debit (available first, then debt)."""
     now = now or clock.now()
     tz = settings().timezone
@@ -328,7 +340,8 @@ def adjust_points(member_id, points, reason, actor, now=None):
 
 # --- points as payment ----------------------------------------------------------------------------
 
-def pay_with_points(member_id, store_id, payment_no, points, now=None, api_key_id=None):
+def pay_with_points(member_id: int, store_id: str, payment_no: str, points: Decimal, now: datetime | None = None,
+                    api_key_id: int | None = None) -> Outcome:
     """Take points as money at the till. Never below zero: `insufficient_points` otherwise.
 
     A refusal is an answer too: it is kept for the store and payment number (in the refusal's
@@ -376,12 +389,13 @@ def pay_with_points(member_id, store_id, payment_no, points, now=None, api_key_i
     return Outcome(payment, account.member)
 
 
-def _payment_number_taken(store_id, payment_no):
+def _payment_number_taken(store_id: str, payment_no: str) -> Conflict:
     return Conflict(f"Payment {payment_no} of store {store_id} was already recorded with a "
                     "different member or points; use a new payment number.")
 
 
-def _keep_payment_refusal(account, store_id, payment_no, points, now):
+def _keep_payment_refusal(account: Account, store_id: str, payment_no: str, points: Decimal,
+                          now: datetime) -> PaymentRefusal | None:
     """Record the refusal of a payment (the account is locked); a twin's record if it got there
     first (the insert waits for it on PostgreSQL)."""
     available = max(account.available, ZERO)
@@ -393,7 +407,7 @@ def _keep_payment_refusal(account, store_id, payment_no, points, now):
     return refusal or _refusal_by_number(store_id, payment_no)
 
 
-def _refusal_error(refusal):
+def _refusal_error(refusal: PaymentRefusal) -> InsufficientPoints:
     """The refusal as the error it was first answered with: the same status and body. It is
     `recorded` in the transaction: a caller that holds the transaction open (the Idempotency-Key
     path, loyalty/idempotency.py) commits it rather than rolling it back."""
@@ -402,7 +416,8 @@ def _refusal_error(refusal):
     return error
 
 
-def reverse_payment(payment_id, store_id, now=None, api_key_id=None):
+def reverse_payment(payment_id: int, store_id: str | None, now: datetime | None = None,
+                    api_key_id: int | None = None) -> Outcome:
     """Give back the points of a payment (the sale was voided); they return to their lots."""
     now = now or clock.now()
     with transaction():
@@ -424,7 +439,7 @@ def reverse_payment(payment_id, store_id, now=None, api_key_id=None):
 
 # --- reading --------------------------------------------------------------------------------------
 
-def points_summary(member_id, now=None):
+def points_summary(member_id: int, now: datetime | None = None) -> dict[str, Any]:
     """Balances, and what expires when (lots grouped by expiry), and what is still pending.
 
     If lots have become available or expired since the account was last settled, it is settled
@@ -434,7 +449,7 @@ def points_summary(member_id, now=None):
     if ledger.has_due_lots(member_id, now) or ledger.has_due_holds(member_id, now):
         with transaction():
             ledger.lock_account(member_id, now)
-    account = db.session.get(Account, member_id, populate_existing=True)
+    account = db.session.get_one(Account, member_id, populate_existing=True)
     remaining = sa.func.sum(Lot.remaining)
     expiring = db.session.execute(
         sa.select(Lot.expires_at, remaining).where(
@@ -454,7 +469,8 @@ def points_summary(member_id, now=None):
     }
 
 
-def history(member_id, types=None, limit=50, cursor=None):
+def history(member_id: int, types: Sequence[str] | None = None, limit: int = 50,
+            cursor: str | None = None) -> tuple[Sequence[Entry], str | None]:
     """Entries newest first, keyset-paginated on the entry id."""
     member_or_404(member_id)
     query = sa.select(Entry).where(Entry.member_id == member_id)
@@ -471,7 +487,7 @@ def history(member_id, types=None, limit=50, cursor=None):
     return entries[:limit], next_cursor
 
 
-def get_purchase(purchase_id):
+def get_purchase(purchase_id: int) -> Purchase:
     purchase = db.session.get(Purchase, purchase_id)
     if purchase is None:
         raise NotFound(f"No purchase with id {purchase_id}.")
@@ -482,12 +498,12 @@ def get_purchase(purchase_id):
 
 
 
-def _claim_receipt(values):
+def _claim_receipt(values: Mapping[str, Any]) -> Purchase | None:
     """Insert the purchase unless its store and receipt are recorded already (then None)."""
     return _insert_new(Purchase, values, (Purchase.store_id, Purchase.receipt_no))
 
 
-def _insert_new(model, values, natural_key):
+def _insert_new(model: type[Row], values: Mapping[str, Any], natural_key: Sequence[Any]) -> Row | None:
     """Insert a row unless one with the same natural key (a unique constraint's columns) exists,
     then None: the duplicate check and the insert in one statement (INSERT ... ON CONFLICT DO
     NOTHING RETURNING). On PostgreSQL a twin inserting the same key makes this wait for its outcome."""
@@ -504,36 +520,37 @@ _AWARDED_IN_PERIOD = sa.select(sa.func.count()).select_from(Activity).where(
     Activity.period == sa.bindparam("period"), Activity.points_awarded > 0)
 
 
-def _purchase_by_receipt(store_id, receipt_no):
-    return db.session.scalar(sa.select(Purchase).where(
-        Purchase.store_id == store_id, Purchase.receipt_no == receipt_no))
+def _purchase_by_receipt(store_id: str, receipt_no: str) -> Purchase:
+    """The purchase whose insert conflicted with this one: it exists."""
+    return db.session.scalars(sa.select(Purchase).where(
+        Purchase.store_id == store_id, Purchase.receipt_no == receipt_no)).one()
 
 
-def _payment_by_number(store_id, payment_no):
+def _payment_by_number(store_id: str, payment_no: str) -> PointsPayment | None:
     return db.session.scalar(sa.select(PointsPayment).where(
         PointsPayment.store_id == store_id, PointsPayment.payment_no == payment_no))
 
 
-def _refusal_by_number(store_id, payment_no):
+def _refusal_by_number(store_id: str, payment_no: str) -> PaymentRefusal | None:
     return db.session.scalar(sa.select(PaymentRefusal).where(
         PaymentRefusal.store_id == store_id, PaymentRefusal.payment_no == payment_no)
         .execution_options(populate_existing=True))
 
 
-def _check_positive(amount, what):
+def _check_positive(amount: Decimal, what: str) -> None:
     """Money written to the ledger is positive: a negative refund would un-refund a purchase."""
     if amount <= 0:
         raise ValidationFailed(f"{what} must be for an amount greater than 0.",
                                errors={"amount": ["Must be greater than 0."]})
 
 
-def _check_items(amount, items):
+def _check_items(amount: Decimal, items: Items | None) -> None:
     if items and sum((Decimal(i["amount"]) for i in items), ZERO) > amount:
         raise ValidationFailed("The items add up to more than the purchase amount; check the receipt.",
                                errors={"items": ["Item amounts must not exceed the purchase amount."]})
 
 
-def _items_json(items):
+def _items_json(items: Items | None) -> list[dict[str, Any]] | None:
     if not items:
         return None
     return [{**item, "amount": str(item["amount"])} for item in items]

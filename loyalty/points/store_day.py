@@ -6,8 +6,10 @@ Each record counts on the day of the instant it happened at the till: a purchase
 uploaded), a refund, payment or hold on its creation, a reversal on `reversed_at`, a voucher on
 `used_at`. Days are local days in `settings().timezone`, from local midnight to local midnight.
 """
-from datetime import date as date_type
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date as date_type, datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -24,14 +26,14 @@ ZERO = Decimal("0.00")
 FIGURES = ("purchases", "refunds", "points_payments", "reversals")
 
 
-def parse_day(text):
+def parse_day(text: str) -> date_type | None:
     try:
         return date_type.fromisoformat(text) if len(text) == 10 else None
     except ValueError:
         return None
 
 
-def store_day(store_id, day_text, now=None):
+def store_day(store_id: str, day_text: str, now: datetime | None = None) -> dict[str, Any]:
     """The figures of `store_id` on local day `day_text` (YYYY-MM-DD)."""
     now = now or clock.now()
     day = parse_day(day_text)
@@ -41,15 +43,15 @@ def store_day(store_id, day_text, now=None):
     tz, currency = settings().timezone, settings().currency
     start, end = clock.start_of_local_day(day, tz), clock.end_of_local_day(day, tz)
 
-    def between(column):
+    def between(column: Any) -> sa.ColumnElement[bool]:
         return sa.and_(column >= start, column < end)
 
-    def total(column, type_):
+    def total(column: Any, type_: sa.types.TypeEngine[Any]) -> sa.ColumnElement[Any]:
         return sa.type_coerce(sa.func.coalesce(sa.func.sum(column), 0), type_)
 
-    by_key = {}
+    by_key: dict[int | None, dict[str, dict[str, Any]]] = {}  # key id: {figure: {field: value}}
 
-    def gather(name, key_column, query, fields):
+    def gather(name: str, key_column: Any, query: sa.Select[Any], fields: Sequence[str]) -> None:
         for row in db.session.execute(query.add_columns(key_column).group_by(key_column)):
             figures = dict(zip(fields, row))
             by_key.setdefault(row[-1], {})[name] = figures
@@ -72,7 +74,7 @@ def store_day(store_id, day_text, now=None):
            .where(PointsPayment.store_id == store_id, PointsPayment.status == "reversed",
                   between(PointsPayment.reversed_at)),
            ("count", "points", "money"))
-    vouchers = {}
+    vouchers: dict[int | None, dict[int, dict[str, Any]]] = {}  # key id: {reward id: line}
     for reward_id, name, key_id, count in db.session.execute(
             sa.select(Voucher.reward_id, Reward.name, Voucher.used_api_key_id, sa.func.count())
             .join(Reward, Reward.id == Voucher.reward_id)
@@ -80,7 +82,7 @@ def store_day(store_id, day_text, now=None):
             .group_by(Voucher.reward_id, Reward.name, Voucher.used_api_key_id)):
         vouchers.setdefault(key_id, {}).setdefault(reward_id, {"reward_id": reward_id, "name": name, "count": 0})
         vouchers[key_id][reward_id]["count"] += count
-    holds = {}
+    holds: dict[int | None, tuple[int, Decimal]] = {}  # key id: (count, points)
     for key_id, count, points in db.session.execute(
             sa.select(PointsHold.api_key_id, sa.func.count(), total(PointsHold.points, Points()))
             .where(PointsHold.store_id == store_id, PointsHold.status == "held", PointsHold.expires_at > now,
@@ -88,12 +90,13 @@ def store_day(store_id, day_text, now=None):
         holds[key_id] = (count, points)
 
     key_ids = set(by_key) | set(vouchers) | set(holds)
+    names: dict[int | None, str]  # by key id; None (no key) has no name
     names = {key_id: name for key_id, name in db.session.execute(sa.select(ApiKey.id, ApiKey.name).where(
         ApiKey.id.in_([key_id for key_id in key_ids if key_id is not None])))} if key_ids else {}
     keys = [_figures(by_key.get(key_id, {}), vouchers.get(key_id, {}), holds.get(key_id), currency)
             | {"key_id": key_id, "key_name": names.get(key_id)}
             for key_id in sorted(key_ids, key=lambda k: (k is None, k or 0))]
-    every_voucher = {}
+    every_voucher: dict[int, dict[str, Any]] = {}
     for per_key in vouchers.values():
         for reward_id, line in per_key.items():
             every_voucher.setdefault(reward_id, {**line, "count": 0})["count"] += line["count"]
@@ -102,8 +105,8 @@ def store_day(store_id, day_text, now=None):
             **_figures(_sum(by_key.values()), every_voucher, every_hold, currency), "by_key": keys}
 
 
-def _sum(per_key):
-    totals = {}
+def _sum(per_key: Iterable[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    totals: dict[str, dict[str, Any]] = {}
     for figures in per_key:
         for name, values in figures.items():
             into = totals.setdefault(name, {})
@@ -112,8 +115,9 @@ def _sum(per_key):
     return totals
 
 
-def _figures(figures, vouchers, holds, currency):
-    def money(value):
+def _figures(figures: Mapping[str, Mapping[str, Any]], vouchers: Mapping[int, Mapping[str, Any]],
+             holds: tuple[int, Decimal] | None, currency: str) -> dict[str, Any]:
+    def money(value: Decimal | None) -> dict[str, Any]:
         return {"amount": value or ZERO, "currency": currency}
 
     purchases = figures.get("purchases", {})

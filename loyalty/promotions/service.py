@@ -13,20 +13,23 @@ can never take the counter past the budget (the table's check constraint says so
 purchase gets what is left; later ones nothing. Points a refund takes back do not return to the
 budget: the budget counts what was given.
 """
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
 from loyalty import audit, clock, settings_cache
 from loyalty.config import settings
 from loyalty.cursors import decode_cursor, encode_cursor
-from loyalty.database import Money, Points, transaction
+from loyalty.database import Money, Points, rows_changed, transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
+from loyalty.members.models import Member
 from loyalty.points import ledger
-from loyalty.points.models import Entry, Purchase
+from loyalty.points.models import Account, Entry, Purchase, Refund
 from loyalty.points import rules as earning
 from loyalty.promotions import rules
 from loyalty.promotions.models import Promotion, PromotionGrant
@@ -44,7 +47,7 @@ LOADED_AFTER_END = timedelta(days=400)
 
 # --- marketing's use cases ----------------------------------------------------------------------
 
-def create_promotion(fields, actor, now=None):
+def create_promotion(fields: Mapping[str, Any], actor: str, now: datetime | None = None) -> Promotion:
     """A new promotion, draft or active; audit-logged."""
     now = now or clock.now()
     values = {"status": "draft", "stacking": "stack", "priority": 0, "starts_at": now, **fields}
@@ -58,7 +61,8 @@ def create_promotion(fields, actor, now=None):
     return promotion
 
 
-def update_promotion(promotion_id, changes, actor, now=None):
+def update_promotion(promotion_id: int, changes: Mapping[str, Any], actor: str,
+                     now: datetime | None = None) -> Promotion:
     """Change a promotion; purchases after the change see it. A stopped one cannot change."""
     now = now or clock.now()
     with transaction():
@@ -84,7 +88,7 @@ def update_promotion(promotion_id, changes, actor, now=None):
     return promotion
 
 
-def stop_promotion(promotion_id, actor, now=None):
+def stop_promotion(promotion_id: int, actor: str, now: datetime | None = None) -> Promotion:
     """Stop a promotion for good: purchases after this get nothing from it. Stopping twice is a no-op."""
     now = now or clock.now()
     with transaction():
@@ -98,7 +102,7 @@ def stop_promotion(promotion_id, actor, now=None):
     return promotion
 
 
-def get_promotion(promotion_id):
+def get_promotion(promotion_id: int) -> Promotion:
     # Fresh: purchases move `budget_used` with UPDATE statements that leave loaded objects alone.
     promotion = db.session.get(Promotion, promotion_id, populate_existing=True)
     if promotion is None:
@@ -106,7 +110,8 @@ def get_promotion(promotion_id):
     return promotion
 
 
-def promotions(status=None, limit=50, cursor=None, now=None):
+def promotions(status: str | None = None, limit: int = 50, cursor: str | None = None,
+               now: datetime | None = None) -> tuple[Sequence[Promotion], str | None]:
     """(a page of promotions, newest first; the next page's cursor or None), by status: `ended` is an
     active promotion past its end, `active` one that has not ended (it may not have started yet)."""
     now = now or clock.now()
@@ -124,7 +129,7 @@ def promotions(status=None, limit=50, cursor=None, now=None):
     return rows[:limit], (encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
 
-def status_of(promotion, now=None):
+def status_of(promotion: Promotion, now: datetime | None = None) -> str:
     """The status a client sees: draft, active, stopped, or ended (active, past its end)."""
     now = now or clock.now()
     if promotion.status == "active" and promotion.ends_at is not None and promotion.ends_at <= now:
@@ -132,7 +137,7 @@ def status_of(promotion, now=None):
     return promotion.status
 
 
-def promotion_stats(promotion_id):
+def promotion_stats(promotion_id: int) -> dict[str, Any]:
     promotion = get_promotion(promotion_id)
     purchases, members, granted, clawed_back, spend = db.session.execute(
         sa.select(sa.func.count(), sa.func.count(sa.distinct(PromotionGrant.member_id)),
@@ -163,7 +168,7 @@ def running_promotions(limit=20, now=None):
 
 # --- documents ------------------------------------------------------------------------------------
 
-def before_values(promotion):
+def before_values(promotion: Promotion) -> dict[str, Any]:
     """The promotion's fields as the API takes them (what a PATCH merges its changes into)."""
     limits = {key: value for key, value in (("per_member", promotion.per_member),
                                             ("per_member_period", promotion.per_member_period),
@@ -174,14 +179,14 @@ def before_values(promotion):
             "stacking": promotion.stacking, "priority": promotion.priority}
 
 
-def document(promotion):
+def document(promotion: Promotion) -> dict[str, Any]:
     """The promotion as the audit log keeps it: JSON, decimals as strings, times in ISO 8601."""
     values = before_values(promotion)
     return {"id": promotion.id, **{key: _plain(value) for key, value in values.items()},
             "budget_used": str(promotion.budget_used), "stopped_at": audit.plain(promotion.stopped_at)}
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -189,17 +194,17 @@ def _plain(value):
     return audit.plain(value)
 
 
-def _scope_values(scope):
+def _scope_values(scope: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not scope:
         return None
     return {**scope, **({"min_amount": Decimal(scope["min_amount"])} if scope.get("min_amount") is not None else {})}
 
 
-def _effect_values(effect):
+def _effect_values(effect: Mapping[str, Any]) -> dict[str, Any]:
     return {key: (value if key == "type" else Decimal(value)) for key, value in effect.items()}
 
 
-def _assign(promotion, values):
+def _assign(promotion: Promotion, values: Mapping[str, Any]) -> None:
     limits = values.get("limits") or {}
     promotion.name, promotion.status = values["name"], values["status"]
     promotion.starts_at, promotion.ends_at = values["starts_at"], values.get("ends_at")
@@ -213,9 +218,9 @@ def _assign(promotion, values):
     promotion.stacking, promotion.priority = values["stacking"], values["priority"]
 
 
-def _check(values):
+def _check(values: Mapping[str, Any]) -> None:
     """The rules between fields (the schema checks each field's shape)."""
-    errors = {}
+    errors: dict[str, Any] = {}  # field: [problems], or a nested field's {name: [problems]}
     if values.get("ends_at") is not None and values["ends_at"] <= values["starts_at"]:
         errors["ends_at"] = ["Must be after starts_at."]
     if values.get("status") not in ("draft", "active"):
@@ -238,13 +243,13 @@ def _check(values):
 
 # --- the promotions in force, as rules ----------------------------------------------------------
 
-def active_rules():
+def active_rules() -> tuple[rules.PromotionRule, ...]:
     """The draft and active promotions, as immutable rules (kept a few seconds per process,
     loyalty/settings_cache.py: every purchase matches them in memory)."""
     return settings_cache.cached("promotions", _load_rules)
 
 
-def _load_rules():
+def _load_rules() -> tuple[rules.PromotionRule, ...]:
     horizon = clock.now() - LOADED_AFTER_END
     rows = db.session.scalars(sa.select(Promotion).where(
         Promotion.status.in_(("draft", "active")),
@@ -257,8 +262,9 @@ def _load_rules():
 settings_cache.watch(Promotion, "promotions")
 
 
-def basket_for(member, store_id, channel, amount, items, occurred_at, exclude_purchase_id=None,
-               include_drafts=False):
+def basket_for(member: Member | None, store_id: str, channel: str | None, amount: Decimal,
+               items: Iterable[Mapping[str, Any]] | None, occurred_at: datetime,
+               exclude_purchase_id: int | None = None, include_drafts: bool = False) -> rules.Basket:
     """The purchase as the promotions see it. The member's tags and whether this is their first
     purchase cost a query each, asked only when a promotion in force for this store, channel and tier
     needs them."""
@@ -274,7 +280,8 @@ def basket_for(member, store_id, channel, amount, items, occurred_at, exclude_pu
              if (promotion.scope.tags or promotion.scope.first_purchase_only)
              and rules.in_force(promotion, occurred_at, tz, include_drafts)
              and rules.in_scope(promotion, replace(basket, tags=promotion.scope.tags, first_purchase=True))]
-    tags, first = frozenset(), True
+    tags: frozenset[str] = frozenset()
+    first = True
     if any(promotion.scope.tags for promotion in open_):
         tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
     if any(promotion.scope.first_purchase_only for promotion in open_):
@@ -283,7 +290,8 @@ def basket_for(member, store_id, channel, amount, items, occurred_at, exclude_pu
     return replace(basket, tags=tags, first_purchase=first)
 
 
-def plan(member_id, basket, earning_rules, lock=False, include_drafts=False):
+def plan(member_id: int | None, basket: rules.Basket, earning_rules: earning.EarningRules, lock: bool = False,
+         include_drafts: bool = False) -> tuple[rules.Award, ...]:
     """The awards of `basket` for the member (None: a guest), limits and budgets applied. With `lock`
     (a real purchase, in its transaction, the member's account locked) the budgeted promotions' rows
     stay locked until the purchase commits; without, nothing is locked or written (simulate)."""
@@ -298,7 +306,8 @@ def plan(member_id, basket, earning_rules, lock=False, include_drafts=False):
     return rules.choose(matched, used, left)
 
 
-def _used(member_id, promotions, occurred_at, tz):
+def _used(member_id: int, promotions: Sequence[rules.PromotionRule], occurred_at: datetime,
+          tz: str) -> dict[int, int]:
     """Grants this member had from each promotion in the period `occurred_at` falls in."""
     keys = [sa.and_(PromotionGrant.promotion_id == promotion.id,
                     PromotionGrant.period == rules.period_key(promotion, occurred_at, tz))
@@ -308,7 +317,7 @@ def _used(member_id, promotions, occurred_at, tz):
             PromotionGrant.member_id == member_id, sa.or_(*keys)).group_by(PromotionGrant.promotion_id)).all())
 
 
-def _budget_left(promotion_ids, lock):
+def _budget_left(promotion_ids: Sequence[int], lock: bool) -> dict[int, Decimal | None]:
     query = sa.select(Promotion.id, Promotion.budget_points, Promotion.budget_used).where(
         Promotion.id.in_(promotion_ids)).order_by(Promotion.id)
     if lock:
@@ -319,7 +328,8 @@ def _budget_left(promotion_ids, lock):
 
 # --- inside a purchase's and a refund's transaction ---------------------------------------------
 
-def grant(account, purchase, awards, now, available_at, expires_at):
+def grant(account: Account, purchase: Purchase, awards: Iterable[rules.Award], now: datetime,
+          available_at: datetime, expires_at: datetime | None) -> None:
     """Write the awards of a purchase: one `bonus` entry (and lot) each, referencing the promotion,
     and the budgets they used."""
     tz = settings().timezone
@@ -338,19 +348,20 @@ def grant(account, purchase, awards, now, available_at, expires_at):
             _spend_budget(award.promotion_id, award.points)
 
 
-def _spend_budget(promotion_id, points):
+def _spend_budget(promotion_id: int, points: Decimal) -> None:
     """Add to the counter only while it stays within the budget: under the row lock `plan` took this
     always succeeds; should anything ever go around that lock, the purchase fails rather than overspend."""
-    result = db.session.execute(
+    changed = rows_changed(
         sa.update(Promotion).where(Promotion.id == promotion_id,
                                    sa.or_(Promotion.budget_points.is_(None),
                                           Promotion.budget_used + points <= Promotion.budget_points))
-        .values(budget_used=Promotion.budget_used + points).execution_options(synchronize_session=False))
-    if result.rowcount != 1:
+        .values(budget_used=Promotion.budget_used + points))
+    if changed != 1:
         raise Conflict("A promotion's budget ran out while this purchase was recorded; send it again.")
 
 
-def on_refund(account, purchase, refund, refunded_before, now):
+def on_refund(account: Account, purchase: Purchase, refund: Refund, refunded_before: Decimal,
+              now: datetime) -> Decimal:
     """Take each promotion's points of the purchase back pro rata to the money refunded, like its base
     points: from the grant's own lot first, then from available points, then as debt. Points of the
     grant that expired already count as taken back. Returns the points taken."""
@@ -374,16 +385,16 @@ def on_refund(account, purchase, refund, refunded_before, now):
     return taken_total
 
 
-def _expired_not_yet_counted(row):
+def _expired_not_yet_counted(row: PromotionGrant) -> Decimal:
     if row.lot.status != "expired":
         return ZERO
-    expired = -db.session.scalar(sa.select(sa.func.coalesce(sa.func.sum(Entry.points), 0)).where(
+    expired = -db.session.execute(sa.select(sa.func.coalesce(sa.func.sum(Entry.points), 0)).where(
         Entry.member_id == row.member_id, Entry.type == "expire", Entry.reference_type == "lot",
-        Entry.reference_id == str(row.lot_id)))
+        Entry.reference_id == str(row.lot_id))).scalar_one()  # a sum is one row, never None here
     return max(expired - (row.points_reversed - row.points_clawed_back), ZERO)
 
 
-def purchase_awards(purchase_id):
+def purchase_awards(purchase_id: int) -> Sequence[sa.Row[tuple[int, str, Decimal]]]:
     """What promotions gave a purchase: [(promotion id, name, points)], in the order granted."""
     return db.session.execute(
         sa.select(PromotionGrant.promotion_id, Promotion.name, PromotionGrant.points)

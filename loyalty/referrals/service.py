@@ -6,8 +6,10 @@ qualifying purchase below the minimum within the return window claws both back.
 Locks: a purchase holds the referee's account; rewarding the referrer locks theirs too. A
 referrer always joined before the member they referred, so locks are always taken newer member
 first, and two such purchases cannot deadlock."""
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,7 +23,7 @@ from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
-from loyalty.points.models import Purchase
+from loyalty.points.models import Account, Purchase
 from loyalty.points.settings import current_rules
 from loyalty.referrals.models import Referral, ReferralCampaign
 from loyalty.webhooks import service as webhooks
@@ -42,7 +44,7 @@ CAMPAIGN_DEFAULTS = {"return_window_days": 30, "ambassador_bonus_points": ZERO, 
                      "qualify_within_days": 30}
 
 
-def create_campaign(fields, actor, now=None):
+def create_campaign(fields: Mapping[str, Any], actor: str, now: datetime | None = None) -> ReferralCampaign:
     now = now or clock.now()
     fields = {**CAMPAIGN_DEFAULTS, "starts_at": now, "link_template": settings().referral_link,
               **fields}
@@ -58,7 +60,8 @@ def create_campaign(fields, actor, now=None):
     return campaign
 
 
-def update_campaign(campaign_id, changes, actor, now=None):
+def update_campaign(campaign_id: int, changes: dict[str, Any], actor: str,
+                    now: datetime | None = None) -> ReferralCampaign:
     """Change a campaign. Referrals already made keep the terms they were made under."""
     now = now or clock.now()
     with transaction():
@@ -77,14 +80,14 @@ def update_campaign(campaign_id, changes, actor, now=None):
     return campaign
 
 
-def _lock_campaigns():
+def _lock_campaigns() -> None:
     """Campaign writes queue up (PostgreSQL; SQLite's BEGIN IMMEDIATE already does), so two
     overlapping campaigns cannot both pass the overlap check."""
     if db.session.get_bind().dialect.name == "postgresql":
         db.session.execute(sa.text("LOCK TABLE referral_campaigns IN SHARE ROW EXCLUSIVE MODE"))
 
 
-def _check_campaign(fields, exclude_id):
+def _check_campaign(fields: Mapping[str, Any], exclude_id: int | None) -> None:
     errors = {}
     if fields.get("ends_at") is not None and fields["ends_at"] <= fields["starts_at"]:
         errors["ends_at"] = ["Must be after starts_at."]
@@ -108,11 +111,11 @@ def _check_campaign(fields, exclude_id):
                        errors={"starts_at": [f"Overlaps campaign {overlapping.id}."]})
 
 
-def campaign_document(campaign):
+def campaign_document(campaign: ReferralCampaign) -> dict[str, Any]:
     return audit.document(campaign, ("id",) + CAMPAIGN_FIELDS)
 
 
-def campaigns(limit=50, cursor=None):
+def campaigns(limit: int = 50, cursor: str | None = None) -> tuple[Sequence[ReferralCampaign], str | None]:
     """(a page of the campaigns, latest start first; the cursor of the next page or None). The cursor
     names the page's last campaign, and the next page starts after its (starts_at, id)."""
     query = sa.select(ReferralCampaign).order_by(ReferralCampaign.starts_at.desc(), ReferralCampaign.id.desc())
@@ -128,20 +131,20 @@ def campaigns(limit=50, cursor=None):
     return rows[:limit], (encode_cursor(rows[limit - 1].id) if len(rows) > limit else None)
 
 
-def get_campaign(campaign_id):
+def get_campaign(campaign_id: int) -> ReferralCampaign:
     campaign = db.session.get(ReferralCampaign, campaign_id)
     if campaign is None:
         raise NotFound(f"No referral campaign with id {campaign_id}.")
     return campaign
 
 
-def active_campaign(now):
+def active_campaign(now: datetime) -> ReferralCampaign | None:
     return db.session.scalars(sa.select(ReferralCampaign).where(
         ReferralCampaign.starts_at <= now,
         sa.or_(ReferralCampaign.ends_at.is_(None), ReferralCampaign.ends_at > now))).first()
 
 
-def campaign_stats(campaign_id):
+def campaign_stats(campaign_id: int) -> dict[str, Any]:
     campaign = get_campaign(campaign_id)
     counts = dict(db.session.execute(
         sa.select(Referral.status, sa.func.count()).where(Referral.campaign_id == campaign.id)
@@ -170,7 +173,8 @@ def campaign_stats(campaign_id):
 
 # --- referrals ------------------------------------------------------------------------------------
 
-def referrer_for_code(code, new_identities, now):
+def referrer_for_code(code: str, new_identities: tuple[str | None, str | None, Sequence[tuple[str, str]]],
+                      now: datetime) -> tuple[int, ReferralCampaign]:
     """Check a code given at registration: (referrer id, campaign), or a 422 saying what is wrong.
 
     `new_identities` are the new member's (phone, email, [(channel, external id)]): a member's own
@@ -205,7 +209,7 @@ def start_referral(referee, referrer_id, campaign, now):
         max_rewards_per_referrer=campaign.max_rewards_per_referrer, created_at=now))
 
 
-def apply_code(member_id, code, now=None):
+def apply_code(member_id: int, code: str, now: datetime | None = None) -> Member:
     """An existing member who has not bought anything yet enters the code they were given."""
     now = now or clock.now()
     with transaction():
@@ -280,7 +284,7 @@ def on_purchase(account, purchase, now):
     return referral
 
 
-def first_purchase_reward(member, amount, now):
+def first_purchase_reward(member: Member | None, amount: Decimal, now: datetime) -> Decimal:
     """The welcome reward a purchase of `amount` would give the member now, writing nothing: what
     `on_purchase` would credit them (0.00 when it would not). POST /promotions/simulate shows it."""
     if member is None or member.referred_by_id is None:
@@ -310,7 +314,7 @@ def _maybe_ambassador(referrer_account, campaign, now):
                       expires_at=_bonus_expiry(now))
 
 
-def on_refund(account, purchase, now):
+def on_refund(account: Account, purchase: Purchase, now: datetime) -> Referral | None:
     """Inside a refund's transaction: if the purchase qualified a referral and what is left of it
     is now below the minimum, within the return window, both rewards are clawed back."""
     referral = db.session.scalar(sa.select(Referral).where(
@@ -331,11 +335,11 @@ def on_refund(account, purchase, now):
     return referral
 
 
-def _bonus_expiry(now):
+def _bonus_expiry(now: datetime) -> datetime | None:
     return rules_mod.expires_at(now, now, current_rules(), settings().timezone)
 
 
-def member_referral(member_id):
+def member_referral(member_id: int) -> dict[str, Any]:
     member = member_or_404(member_id)
     counts = dict(db.session.execute(
         sa.select(Referral.status, sa.func.count()).where(Referral.referrer_id == member_id)
@@ -354,7 +358,7 @@ def member_referral(member_id):
     }
 
 
-def referral_link(member, campaign):
+def referral_link(member: Member, campaign: ReferralCampaign | None) -> str:
     template = campaign.link_template if campaign else settings().referral_link
     return template.replace("{code}", member.referral_code)
 

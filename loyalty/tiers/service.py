@@ -6,8 +6,10 @@ today (local time). A tier reached on day R is protected from downgrades through
 `LOYALTY_TIER_PROTECTION_MONTHS` months later. The recompute "as of D" judges everyone at the end
 of local day D.
 """
-from datetime import date, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -17,6 +19,7 @@ from loyalty.database import Money, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
+from loyalty.members.models import Member
 from loyalty.points import ledger
 from loyalty.points.models import Activity, Purchase
 from loyalty.tiers import rules
@@ -29,7 +32,7 @@ HISTORY_LIMIT = 100
 
 # --- the ladder ---------------------------------------------------------------------------------
 
-def seed_tiers(now=None):
+def seed_tiers(now: datetime | None = None) -> None:
     """Store the default ladder if there is none (the migration does this on a new database)."""
     now = now or clock.now()
     with transaction():
@@ -38,13 +41,13 @@ def seed_tiers(now=None):
                 db.session.add(_row_from_rule(rule, now))
 
 
-def ladder():
+def ladder() -> tuple[TierRule, ...]:
     """The ladder as rules, lowest rank first. Every purchase needs it (the multiplier, the upgrade,
     the answer's tier name): kept a few seconds per process (loyalty/settings_cache.py)."""
     return settings_cache.cached("tiers", read_ladder)
 
 
-def read_ladder():
+def read_ladder() -> tuple[TierRule, ...]:
     """The ladder as rules, lowest rank first, read now from the database: for the recompute, which
     judges everyone by the ladder as it is, not as this process last saw it."""
     return tuple(rule_of(tier) for tier in db.session.scalars(sa.select(Tier).order_by(Tier.rank)))
@@ -61,14 +64,14 @@ def rule_of(tier: Tier) -> TierRule:
                     perks=tuple(tier.perks))
 
 
-def _row_from_rule(rule, now):
+def _row_from_rule(rule: TierRule, now: datetime) -> Tier:
     return Tier(code=rule.code, name=rule.name, rank=rule.rank, qualify_spend=rule.spend,
                 qualify_activities=rule.activities, qualify_mode=rule.mode,
                 earn_multiplier=rule.earn_multiplier, birthday_points=rule.birthday_points,
                 service_level=rule.service_level, perks=list(rule.perks), updated_at=now)
 
 
-def tier_document(tier: TierRule):
+def tier_document(tier: TierRule) -> dict[str, Any]:
     return {"code": tier.code, "name": tier.name, "rank": tier.rank,
             "qualification": {"spend": str(tier.spend), "activities": tier.activities, "mode": tier.mode},
             "benefits": {"earn_multiplier": str(tier.earn_multiplier),
@@ -76,7 +79,8 @@ def tier_document(tier: TierRule):
                          "service_level": tier.service_level, "perks": list(tier.perks)}}
 
 
-def update_tier(code, name, qualification, benefits, actor, now=None):
+def update_tier(code: str, name: str, qualification: Mapping[str, Any], benefits: Mapping[str, Any], actor: str,
+                now: datetime | None = None) -> TierRule:
     """Change one tier's name, qualification and benefits. The whole ladder must still make sense
     (ranks in order, thresholds rising with rank, multipliers ≥ 1); the change is audit-logged.
     Returns the tier as it now is (a TierRule)."""
@@ -105,26 +109,26 @@ def update_tier(code, name, qualification, benefits, actor, now=None):
     return updated
 
 
-def earn_multiplier(member):
+def earn_multiplier(member: Member) -> Decimal:
     tier = next((tier for tier in ladder() if tier.code == member.tier_code), None)
     return tier.earn_multiplier if tier is not None else Decimal("1")
 
 
 # --- one member -----------------------------------------------------------------------------------
 
-def window_start(day: date):
+def window_start(day: date) -> datetime:
     """The first instant of the qualification window that ends with local `day`."""
     window_months, tz = settings().tier_window_months, settings().timezone
     return clock.start_of_local_day(rules.months_before(day, window_months) + timedelta(days=1), tz)
 
 
-def protected_until(day: date):
+def protected_until(day: date) -> datetime:
     """A tier reached on local `day` is held through this instant (the end of its anniversary)."""
     protection_months, tz = settings().tier_protection_months, settings().timezone
     return clock.end_of_local_day(rules.months_after(day, protection_months), tz)
 
 
-def qualifying(member_id, now):
+def qualifying(member_id: int, now: datetime) -> tuple[Decimal, int, datetime]:
     """(spend net of refunds, activities not stopped by a cap, window start) as of `now`.
 
     No upper bound: a request that waited for the account's lock counts what the requests
@@ -148,7 +152,7 @@ _QUALIFYING = sa.select(
 )
 
 
-def upgrade_if_qualified(member, now, purchase=None):
+def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | None = None) -> TierChange | None:
     """Inside a purchase's or activity's transaction (the account is locked): if the window now
     qualifies the member for a higher tier, move them up at once (skipping tiers if need be).
     The history names the `purchase` that made the upgrade, so a refund of it can find it."""
@@ -170,7 +174,7 @@ def upgrade_if_qualified(member, now, purchase=None):
 UNDO_SCAN_LIMIT = 50
 
 
-def undo_returned_upgrades(member, purchase, refunded, now):
+def undo_returned_upgrades(member: Member, purchase: Purchase, refunded: Decimal, now: datetime) -> TierChange | None:
     """Inside a refund's transaction (the account is locked, the purchase's refunded amount
     already raised by `refunded`): a tier bought and returned is not kept.
 
@@ -185,7 +189,8 @@ def undo_returned_upgrades(member, purchase, refunded, now):
     entry in the history, naming the purchase, and a `tier.changed` event. Returns the change,
     or None."""
     ladder_now = ladder()
-    by_code = {rule.code: rule for rule in ladder_now}
+    # keyed by str | None: a history row's from_code may be None (then the lowest tier)
+    by_code: dict[str | None, TierRule] = {rule.code: rule for rule in ladder_now}
     current = by_code.get(member.tier_code)
     if current is None or current.rank == ladder_now[0].rank:
         return None
@@ -240,7 +245,9 @@ def undo_returned_upgrades(member, purchase, refunded, now):
                  purchase_id=purchase.id)
 
 
-def move_tier(member, to_code, reason, now, held_until, note=None, actor=None, purchase_id=None, since=None):
+def move_tier(member: Member, to_code: str, reason: str, now: datetime, held_until: datetime | None,
+              note: str | None = None, actor: str | None = None, purchase_id: int | None = None,
+              since: datetime | None = None) -> TierChange:
     change = TierChange(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason,
                         note=note, actor=actor, purchase_id=purchase_id, created_at=now)
     db.session.add(change)
@@ -253,7 +260,8 @@ def move_tier(member, to_code, reason, now, held_until, note=None, actor=None, p
     return change
 
 
-def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=None):
+def set_member_tier(member_id: int, code: str, reason: str, actor: str, guaranteed_until: date | None = None,
+                    now: datetime | None = None) -> Member:
     """An admin puts a member in a tier by hand. With `guaranteed_until` (a local date) the
     recompute will not move them down before the end of that day."""
     now = now or clock.now()
@@ -282,7 +290,7 @@ def set_member_tier(member_id, code, reason, actor, guaranteed_until=None, now=N
     return member
 
 
-def member_tier(member_id, now=None):
+def member_tier(member_id: int, now: datetime | None = None) -> dict[str, Any]:
     """Everything the app shows about a member's tier: where they are, since when, until when at
     least, the window's figures, what the next tier needs, what keeping this one needs, history."""
     now = now or clock.now()
@@ -321,7 +329,7 @@ def member_tier(member_id, now=None):
     return document
 
 
-def _guarantee(member, now):
+def _guarantee(member: Member, now: datetime) -> tuple[str, datetime] | None:
     """(tier, until) of an admin's guarantee still running, else None."""
     if member.tier_guaranteed_code and member.tier_guaranteed_until and member.tier_guaranteed_until > now:
         return member.tier_guaranteed_code, member.tier_guaranteed_until

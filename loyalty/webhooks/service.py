@@ -6,12 +6,15 @@ together. The job that delivers them (`webhooks.deliver`, signed, retried with b
 after the last try) is in jobs.py.
 """
 import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
 import simplejson
 import sqlalchemy as sa
 
 from loyalty import audit, clock, settings_cache
-from loyalty.database import transaction
+from loyalty.database import rows_changed, transaction
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.json import json_default
@@ -24,8 +27,8 @@ EDITABLE = ("url", "description", "active")
 
 # --- subscriptions (admin) ------------------------------------------------------------------------
 
-def _check(fields):
-    errors = {}
+def _check(fields: Mapping[str, Any]) -> None:
+    errors: dict[str, list[str]] = {}
     if "url" in fields:
         try:
             destinations.check(fields["url"], settings().webhook_allow_private)
@@ -42,13 +45,13 @@ def _check(fields):
         raise ValidationFailed(f"The {field} is not valid: {errors[field][0]}", errors=errors)
 
 
-def _document(subscription):
+def _document(subscription: Subscription) -> dict[str, Any]:
     """What the audit log keeps of a subscription: never its secret."""
     return {"url": subscription.url, "description": subscription.description,
             "events": subscription.events, "active": subscription.active}
 
 
-def create_subscription(fields, actor, now=None):
+def create_subscription(fields: Mapping[str, Any], actor: str, now: datetime | None = None) -> Subscription:
     now = now or clock.now()
     _check(fields)
     with transaction():
@@ -62,7 +65,8 @@ def create_subscription(fields, actor, now=None):
     return subscription
 
 
-def update_subscription(subscription_id, changes, actor, now=None):
+def update_subscription(subscription_id: int, changes: Mapping[str, Any], actor: str,
+                        now: datetime | None = None) -> Subscription:
     now = now or clock.now()
     _check(changes)
     with transaction():
@@ -85,7 +89,7 @@ def update_subscription(subscription_id, changes, actor, now=None):
     return subscription
 
 
-def delete_subscription(subscription_id, actor, now=None):
+def delete_subscription(subscription_id: int, actor: str, now: datetime | None = None) -> Subscription:
     """The subscription stops; deliveries not yet made are cancelled. Its history stays readable."""
     now = now or clock.now()
     with transaction():
@@ -100,7 +104,7 @@ def delete_subscription(subscription_id, actor, now=None):
     return subscription
 
 
-def subscriptions(limit=50, after_id=None):
+def subscriptions(limit: int = 50, after_id: int | None = None) -> tuple[Sequence[Subscription], int | None]:
     """The subscriptions not deleted, oldest first; keyset-paginated on the id: (page, last id or None)."""
     query = sa.select(Subscription).where(Subscription.deleted_at.is_(None)).order_by(Subscription.id)
     if after_id:
@@ -109,18 +113,18 @@ def subscriptions(limit=50, after_id=None):
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
-def get_subscription(subscription_id):
+def get_subscription(subscription_id: int) -> Subscription:
     return _subscription(subscription_id)
 
 
-def _subscription(subscription_id, lock=False):
+def _subscription(subscription_id: int, lock: bool = False) -> Subscription:
     subscription = db.session.get(Subscription, subscription_id, with_for_update=lock or None)
     if subscription is None or subscription.deleted_at is not None:
         raise NotFound(f"No webhook subscription with id {subscription_id}.")
     return subscription
 
 
-def subscription_stats(subscription_ids):
+def subscription_stats(subscription_ids: Sequence[int]) -> dict[int, dict[str, int]]:
     """{subscription id: {status: count}} for the listing."""
     rows = db.session.execute(sa.select(Delivery.subscription_id, Delivery.status, sa.func.count())
                               .where(Delivery.subscription_id.in_(subscription_ids))
@@ -131,7 +135,8 @@ def subscription_stats(subscription_ids):
     return stats
 
 
-def deliveries(subscription_id, status=None, limit=50, before_id=None):
+def deliveries(subscription_id: int, status: str | None = None, limit: int = 50,
+               before_id: int | None = None) -> tuple[Sequence[Delivery], int | None]:
     """A subscription's deliveries newest first, with their attempts; keyset-paginated on the id."""
     _subscription(subscription_id)
     query = sa.select(Delivery).where(Delivery.subscription_id == subscription_id).order_by(Delivery.id.desc())
@@ -143,7 +148,7 @@ def deliveries(subscription_id, status=None, limit=50, before_id=None):
     return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
 
-def replay(delivery_id, actor, now=None):
+def replay(delivery_id: int, actor: str, now: datetime | None = None) -> Delivery:
     """Send a dead (or delivered) delivery again from the first try, as soon as the job runs."""
     now = now or clock.now()
     with transaction():
@@ -163,29 +168,28 @@ def replay(delivery_id, actor, now=None):
     return delivery
 
 
-def replay_dead(subscription_id, actor, now=None):
+def replay_dead(subscription_id: int, actor: str, now: datetime | None = None) -> int:
     """Every dead delivery of a subscription becomes pending again (one UPDATE). Returns how many."""
     now = now or clock.now()
     with transaction():
         _subscription(subscription_id, lock=True)
-        count = db.session.execute(
+        count = rows_changed(
             sa.update(Delivery).where(Delivery.subscription_id == subscription_id, Delivery.status == "dead")
-            .values(status="pending", attempts=0, next_attempt_at=now)
-            .execution_options(synchronize_session=False)).rowcount
+            .values(status="pending", attempts=0, next_attempt_at=now))
         audit.record(actor, "webhook.replay_dead", "webhook", subscription_id, None, {"replayed": count}, now)
     return count
 
 
 # --- the outbox -------------------------------------------------------------------------------------
 
-def subscribers(event_type):
+def subscribers(event_type: str) -> tuple[int, ...]:
     """Ids of the active subscriptions that want `event_type`. Every purchase asks, so the whole map
     is kept per process (loyalty/settings_cache.py): a purchase does not pay a round trip to learn
     that nobody listens, and a change of subscriptions reaches every process's next request."""
     return settings_cache.cached("webhook_subscribers", _read_subscribers).get(event_type, ())
 
 
-def _read_subscribers():
+def _read_subscribers() -> dict[str, tuple[int, ...]]:
     wanted: dict[str, list[int]] = {}
     for event, subscription_id in db.session.execute(
             sa.select(SubscriptionEvent.event, SubscriptionEvent.subscription_id)
@@ -200,12 +204,12 @@ settings_cache.watch(Subscription, "webhook_subscribers")
 settings_cache.watch(SubscriptionEvent, "webhook_subscribers")
 
 
-def emit(event_type, data, now):
+def emit(event_type: str, data: Mapping[str, Any], now: datetime) -> None:
     """Inside the change's transaction: the event and its deliveries, if anyone listens."""
     emit_many(event_type, [data], now)
 
 
-def emit_many(event_type, datas, now):
+def emit_many(event_type: str, datas: Sequence[Mapping[str, Any]], now: datetime) -> int:
     """Many events of one type (a job's batch): two multi-row INSERTs, no query per event."""
     assert event_type in EVENTS, event_type
     if not datas:
@@ -213,7 +217,7 @@ def emit_many(event_type, datas, now):
     targets = subscribers(event_type)
     if not targets:
         return 0
-    events = [{"id": str(uuid.uuid4()), "type": event_type, "created_at": now} for _ in datas]
+    events: list[dict[str, Any]] = [{"id": str(uuid.uuid4()), "type": event_type, "created_at": now} for _ in datas]
     for event, data in zip(events, datas):
         event["body"] = body_of(event["id"], event_type, now, data)
     db.session.execute(sa.insert(Event), events)
@@ -224,7 +228,7 @@ def emit_many(event_type, datas, now):
     return len(events)
 
 
-def body_of(event_id, event_type, created_at, data):
+def body_of(event_id: str, event_type: str, created_at: datetime, data: Mapping[str, Any]) -> str:
     """The JSON a receiver gets: numbers exact (points are decimals, never floats)."""
     return simplejson.dumps({"id": event_id, "type": event_type, "created_at": created_at.isoformat(),
                              "data": data}, use_decimal=True, ensure_ascii=False, sort_keys=True,
