@@ -184,7 +184,7 @@ class Model:
         self.vouchers_used = collections.Counter()
         self.answers = collections.Counter()  # (method path, status, error)
         self.operations = collections.Counter()
-        self.requests = self.retries = self.timeouts = self.deliberate = 0
+        self.requests = self.retries = self.timeouts = self.deliberate = self.rate_limited = 0
         self.mismatches = []
 
     def move(self, member, points):
@@ -253,6 +253,13 @@ class Client(threading.Thread):
                 self.model.retries += attempt > 0
             try:
                 response = self.session.request(method, self.d.base + path, json=body, headers=headers, timeout=timeout)
+                if response.status_code == 429:
+                    # Over the key's rate limit (LOYALTY_RATE_LIMITS): refused before any work, so a
+                    # till waits as Retry-After says and sends the same request again.
+                    with self.model.lock:
+                        self.model.rate_limited += 1
+                    time.sleep(min(float(response.headers.get("Retry-After") or 1), 2.0))
+                    continue
                 return response.status_code, response.json()
             except (requests.RequestException, ValueError):
                 with self.model.lock:
@@ -503,7 +510,8 @@ def main(argv=None):
             "database": args.db, "clients": args.clients, "seconds": round(elapsed, 1), "members": args.members,
             "seed": seed, "operations": sum(model.operations.values()), "requests": model.requests,
             "retries_after_failure": model.retries, "client_timeouts": model.timeouts,
-            "deliberate_retries": model.deliberate, "workers_killed": len(killed),
+            "deliberate_retries": model.deliberate, "rate_limited_resent": model.rate_limited,
+            "workers_killed": len(killed),
             "operations_by_kind": dict(model.operations), "errors_by_code": dict(errors),
             "server_errors": server_errors, "mismatches": len(problems), "ledger_verify": verify,
             "machine": machine(),
@@ -511,7 +519,8 @@ def main(argv=None):
         print(f"\n{report['operations']} operations in {elapsed:.0f} s ({report['operations'] / elapsed:.0f}/s), "
               f"{model.requests} requests")
         print(f"retries: {model.deliberate} deliberate, {model.retries} after a timeout or a lost connection "
-              f"({model.timeouts} client-side timeouts), {len(killed)} workers killed")
+              f"({model.timeouts} client-side timeouts), {model.rate_limited} resent after 429 rate_limited, "
+              f"{len(killed)} workers killed")
         print("operations: " + ", ".join(f"{k} {v}" for k, v in sorted(model.operations.items())))
         print("answers 4xx/5xx: " + (", ".join(f"{k} x{v}" for k, v in sorted(errors.items())) or "none"))
         print(f"server errors (5xx): {server_errors}")

@@ -94,7 +94,7 @@ def register_member(name: str, phone: str | None = None, email: str | None = Non
         db.session.flush()
         member.member_no = member_number(member.id)
         member.account = Account(member_id=member.id, updated_at=now)
-        if referrer_id is not None:
+        if referrer_id is not None and campaign is not None:  # a code is taken only while a campaign runs
             referrals.start_referral(member, referrer_id, campaign, now)
         webhooks.emit("member.created", {
             "member_id": member.id, "member_no": member.member_no, "channel": channel,

@@ -198,7 +198,7 @@ def referrer_for_code(code: str, new_identities: tuple[str | None, str | None, S
     return referrer.id, campaign
 
 
-def start_referral(referee, referrer_id, campaign, now):
+def start_referral(referee: Member, referrer_id: int, campaign: ReferralCampaign, now: datetime) -> None:
     """Inside the registration's transaction: the referee is now a pending referral."""
     db.session.add(Referral(
         campaign_id=campaign.id, referrer_id=referrer_id, referee_id=referee.id, status="pending",
@@ -236,7 +236,7 @@ def apply_code(member_id: int, code: str, now: datetime | None = None) -> Member
     return member
 
 
-def on_purchase(account, purchase, now):
+def on_purchase(account: Account, purchase: Purchase, now: datetime) -> Referral | None:
     """Inside a purchase's transaction, with the referee's account locked: if this is their first
     purchase and a referral is pending, it qualifies (both rewarded) or misses."""
     if account.member.referred_by_id is None:
@@ -261,11 +261,11 @@ def on_purchase(account, purchase, now):
         ledger.credit(account, "bonus", referral.referee_points, "Welcome reward: joined with a referral",
                       ("referral", referral.id), now, expires_at=expires)
         referral.points_granted += referral.referee_points
-    campaign = db.session.get(ReferralCampaign, referral.campaign_id)
+    campaign = db.session.get_one(ReferralCampaign, referral.campaign_id)
     referrer_account = ledger.lock_account(referral.referrer_id, now)
-    rewarded_before = db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(
+    rewarded_before = db.session.execute(sa.select(sa.func.count()).select_from(Referral).where(
         Referral.referrer_id == referral.referrer_id, Referral.campaign_id == referral.campaign_id,
-        Referral.referrer_rewarded.is_(True)))
+        Referral.referrer_rewarded.is_(True))).scalar_one()
     if referral.referrer_points > 0 and (referral.max_rewards_per_referrer is None
                                          or rewarded_before < referral.max_rewards_per_referrer):
         ledger.credit(referrer_account, "bonus", referral.referrer_points,
@@ -298,13 +298,13 @@ def first_purchase_reward(member: Member | None, amount: Decimal, now: datetime)
     return referral.referee_points
 
 
-def _maybe_ambassador(referrer_account, campaign, now):
+def _maybe_ambassador(referrer_account: Account, campaign: ReferralCampaign, now: datetime) -> None:
     referrer = referrer_account.member
     if referrer.ambassador_since is not None or not campaign.ambassador_threshold:
         return
     db.session.flush()
-    qualified = db.session.scalar(sa.select(sa.func.count()).select_from(Referral).where(
-        Referral.referrer_id == referrer.id, Referral.status == "qualified"))
+    qualified = db.session.execute(sa.select(sa.func.count()).select_from(Referral).where(
+        Referral.referrer_id == referrer.id, Referral.status == "qualified")).scalar_one()
     if qualified < campaign.ambassador_threshold:
         return
     referrer.ambassador_since = now

@@ -9,7 +9,7 @@ from flask import current_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loyalty import clock, settings_cache
+from loyalty import clock
 from loyalty.audit import AuditEntry
 from loyalty.errors import Conflict, NotFound, ValidationFailed
 from loyalty.extensions import db
