@@ -40,6 +40,11 @@ BIN = os.path.dirname(sys.executable)
 STORE = "S1"
 
 
+
+# The service's own rate limits (LOYALTY_RATE_LIMITS) would throttle a benchmark's one key; the limiter
+# still runs on every request, with limits no benchmark reaches.
+UNLIMITED = json.dumps({role: "1000000/second" for role in ("pos", "app", "member", "marketing", "admin")})
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=20, help="measured duration of each phase (default 20)")
@@ -126,6 +131,7 @@ def sqlalchemy_url(args):
 def service_env(args):
     env = dict(os.environ)
     env["LOYALTY_DATABASE_URL"] = sqlalchemy_url(args)
+    env["LOYALTY_RATE_LIMITS"] = UNLIMITED
     env.pop("FLASK_APP", None)
     return env
 
@@ -738,6 +744,7 @@ def pgbench_phase(args, state):
 
 def _in_process_app(args):
     os.environ["LOYALTY_DATABASE_URL"] = sqlalchemy_url(args)
+    os.environ["LOYALTY_RATE_LIMITS"] = UNLIMITED
     sys.path.insert(0, ROOT)
     from loyalty import create_app
 

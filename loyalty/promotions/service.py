@@ -282,11 +282,14 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
              and rules.in_scope(promotion, replace(basket, tags=promotion.scope.tags, first_purchase=True))]
     tags: frozenset[str] = frozenset()
     first = True
-    if any(promotion.scope.tags for promotion in open_):
-        tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
-    if any(promotion.scope.first_purchase_only for promotion in open_):
-        first = not db.session.scalar(sa.select(sa.exists().where(
-            Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
+    # These reads need none of the purchase's pending changes: without autoflush, the purchase's
+    # row is written once at the end (an autoflush here wrote it early and then UPDATEd it twice).
+    with db.session.no_autoflush:
+        if any(promotion.scope.tags for promotion in open_):
+            tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
+        if any(promotion.scope.first_purchase_only for promotion in open_):
+            first = not db.session.scalar(sa.select(sa.exists().where(
+                Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
     return replace(basket, tags=tags, first_purchase=first)
 
 
@@ -300,9 +303,10 @@ def plan(member_id: int | None, basket: rules.Basket, earning_rules: earning.Ear
     if not matched:
         return ()
     limited = [promotion for promotion, _, _ in matched if promotion.per_member is not None]
-    used = _used(member_id, limited, basket.occurred_at, tz) if member_id is not None and limited else {}
     budgeted = sorted(promotion.id for promotion, _, _ in matched if promotion.budget_points is not None)
-    left = _budget_left(budgeted, lock) if budgeted else {}
+    with db.session.no_autoflush:  # as in basket_for: past grants and budgets, not this purchase's changes
+        used = _used(member_id, limited, basket.occurred_at, tz) if member_id is not None and limited else {}
+        left = _budget_left(budgeted, lock) if budgeted else {}
     return rules.choose(matched, used, left)
 
 
