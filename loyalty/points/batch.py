@@ -208,16 +208,16 @@ def _credit(credited, accounts, store_id, now):
 
 
 def _after_purchases(credited, accounts, now):
-    """What a single purchase does after crediting, once per member: a pending referral settles on
-    the member's first purchase, and the tier (as of now) is upgraded if the purchases reached one."""
-    last = {}
+    """What a single purchase does after crediting: a pending referral settles on the member's
+    first purchase, and the tier (as of now) goes up where a purchase reached one, for all the
+    batch's members in one statement (tiers.upgrade_after_purchases)."""
+    members = {}
     for _, item, _, purchase in credited:
         account = accounts[item["member_id"]]
-        if item["member_id"] not in last and account.member.referred_by_id is not None:
+        if item["member_id"] not in members and account.member.referred_by_id is not None:
             referrals.on_purchase(account, purchase, now)
-        last[item["member_id"]] = purchase
-    for member_id, purchase in sorted(last.items()):
-        tiers.upgrade_if_qualified(accounts[member_id].member, now, purchase=purchase)
+        members[item["member_id"]] = account.member
+    tiers.upgrade_after_purchases(members, [purchase for _, _, _, purchase in credited], now)
 
 
 def _recorded(store_id, receipt_nos):
