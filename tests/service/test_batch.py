@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from loyalty.extensions import db
+from loyalty.members.merge import merge_members
 from loyalty.members.models import Member
 from loyalty.points import batch, service
 from loyalty.points.models import Entry, Lot, Purchase
@@ -280,3 +281,30 @@ def test_a_batchs_statements_do_not_grow_with_its_members(ctx):
     few, many = batch_of(2, "F"), batch_of(40, "M")
 
     assert len(many) == len(few), "\n".join(difflib.unified_diff(few, many, lineterm=""))
+
+
+# --- cards ------------------------------------------------------------------------------------------
+
+def test_cards_in_a_batch_find_their_members_merged_ones_the_survivor_and_unknown_ones_are_rejected(ctx):
+    a, b = factories.member(now=T0 - timedelta(days=60)), factories.member(now=T0 - timedelta(days=60))
+    gone = factories.member(now=T0 - timedelta(days=60))
+    gone_card = gone.card_token
+    merge_members(b.id, gone.id, actor="test", now=T0 - timedelta(days=1))
+
+    results = upload([{**item(None, "R1", "10"), "card": a.card_token}, {**item(None, "R2", "20"), "card": "nobody"},
+                      {**item(None, "R3", "30"), "card": gone_card}, item(a.id, "R4", "40")])
+
+    assert statuses(results) == [("R1", "credited"), ("R2", "rejected"), ("R3", "credited"), ("R4", "credited")]
+    assert results[1]["error"] == {"error": "not_found",
+                                   "message": "No member has this card; scan the member's card QR again."}
+    assert balances(a.id)[0] == D("50.00") and balances(b.id)[0] == D("30.00")
+
+
+def test_a_batchs_cards_are_found_in_one_query(ctx):
+    def statements_for(count, tag):
+        cards = [factories.member(now=T0 - timedelta(days=60)).card_token for _ in range(count)]
+        items = [{**item(None, f"{tag}{n}", "10"), "card": card} for n, card in enumerate(cards)]
+        found = [s for s in count_statements(lambda: upload(items)) if "card_token IN" in s]
+        return len(found)
+
+    assert statements_for(2, "F") == statements_for(30, "M") == 1
