@@ -74,6 +74,26 @@ def test_a_repeated_hold_number_is_a_replay_and_a_different_one_a_conflict(ctx):
     assert_ledger_ok()
 
 
+def test_a_refused_hold_number_stays_refused_after_points_arrive(ctx):
+    member, other = rich_member("99"), rich_member("900")
+    with pytest.raises(InsufficientPoints) as first:
+        hold(member.id, "100")
+    factories.purchase(member.id, "500", now=T0)
+
+    with pytest.raises(InsufficientPoints) as again:
+        hold(member.id, "100", now=T0 + timedelta(minutes=1))
+
+    assert (again.value.message, again.value.code) == (first.value.message, "insufficient_points")
+    assert "99.00 points available" in again.value.message
+    assert balances(member.id)[0] == D("599.00") and held(member.id) == 0
+    with pytest.raises(Conflict):  # the refused number with other points
+        hold(member.id, "50")
+    with pytest.raises(Conflict):  # or for another member
+        hold(other.id, "100")
+    assert hold(member.id, "100", store_id="S2").record.status == "held"  # the number is per store
+    assert_ledger_ok()
+
+
 @pytest.mark.parametrize("ttl", [0, 86_401])
 def test_a_ttl_outside_one_second_to_a_day_is_refused(ctx, ttl):
     member = rich_member()
