@@ -91,9 +91,7 @@ def capture_hold(hold_id: int, store_id: str | None, payment_no: str, points: De
     now = now or clock.now()
     currency = settings().currency
     with transaction():
-        row = _own_hold(hold_id, store_id)
-        account = ledger.lock_account(row.member_id, now)  # may expire this very hold
-        row = _reload(row)
+        account, row = _locked(_own_hold(hold_id, store_id), now)  # may expire this very hold
         if row.status == "captured":
             payment = db.session.get_one(PointsPayment, row.payment_id)
             if payment.payment_no == payment_no and (points is None or points == payment.points):
@@ -127,9 +125,7 @@ def release_hold(hold_id: int, store_id: str | None, now: datetime | None = None
     """Give a hold's points back to the member. Releasing a released hold is a replay."""
     now = now or clock.now()
     with transaction():
-        row = _own_hold(hold_id, store_id)
-        account = ledger.lock_account(row.member_id, now)
-        row = _reload(row)
+        account, row = _locked(_own_hold(hold_id, store_id), now)
         if row.status == "released":
             return Outcome(row, account.member, replayed=True)
         _check_open(row)
@@ -157,6 +153,18 @@ def _own_hold(hold_id: int, store_id: str | None) -> PointsHold:
     if store_id is not None and row.store_id != store_id:
         raise Forbidden(f"Hold {hold_id} was placed at another store; only that store's tills can use it.")
     return row
+
+
+def _locked(row: PointsHold, now: datetime) -> tuple[Account, PointsHold]:
+    """The hold's member's account, locked, and the hold as it is now. A merge that committed while
+    this waited may have moved the hold to the surviving member: then that member is locked (the
+    closed one is never written again, so no one waits the other way round)."""
+    account = ledger.lock_account(row.member_id, now)
+    row = _reload(row)
+    while row.member_id != account.member_id:
+        account = ledger.lock_account(row.member_id, now)
+        row = _reload(row)
+    return account, row
 
 
 def _reload(row: PointsHold) -> PointsHold:

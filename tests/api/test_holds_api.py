@@ -245,3 +245,28 @@ def test_a_hold_refused_under_an_idempotency_key_is_remembered_by_its_number_too
     assert (replayed.status_code, replayed.json) == (409, first.json)
     assert (without_key.status_code, without_key.json) == (409, first.json)
     assert placed.status_code == 201  # a new number is a new question
+
+
+@on_both_databases
+def test_a_merge_racing_captures_and_releases_of_the_other_members_hold_settles_it_once_on_the_survivor(
+        database, app, headers):
+    def build():
+        keep, gone = factories.member(), factories.member()
+        factories.purchase(keep.id, "300")
+        factories.purchase(gone.id, "300")
+        return keep.id, gone.id
+    keep, gone = setup(app, build)
+    hold_id = race(app, [post("/points-holds", headers["pos"],
+                              {"member_id": gone, "hold_no": "H1", "points": 200})])[0].get_json()["hold_id"]
+    requests = ([post(f"/members/{keep}/merge", headers["admin"], {"from_member_id": gone})]
+                + [post(f"/points-holds/{hold_id}/capture", headers["pos"], {"payment_no": f"P{n}"}) for n in range(3)]
+                + [post(f"/points-holds/{hold_id}/release", headers["pos"]) for _ in range(3)])
+    results = race(app, requests)
+
+    assert results[0].status_code == 200, results[0].get_json()
+    captures = [r.status_code for r in results[1:4]]
+    releases = [r.status_code for r in results[4:]]
+    assert captures.count(201) + (1 if 200 in releases else 0) == 1, (captures, releases)
+    assert read(app, lambda: db.session.get(PointsHold, hold_id).member_id) == keep
+    assert read(app, lambda: (db.session.get(Account, gone).held, db.session.get(Account, keep).held)) == (0, 0)
+    assert read(app, broken_accounts) == []
