@@ -104,7 +104,8 @@ class MemberExport(MethodView):
     @blp.response(200, ExportSchema)
     def get(self, member_id):
         """Everything held about the member: profile, identities, tags, entries, purchases,
-        redemptions, referrals, tier history (the read is audit-logged)"""
+        points payments and holds (refused ones too), redemptions, referrals, tier history (the
+        read is audit-logged)"""
         return privacy.export_member(member_id, g.principal.actor)
 
 

@@ -2,9 +2,10 @@
 
 In one transaction, with both accounts locked (lower id first, so two merges cannot deadlock):
 lots keep their points and expiry, entries (the history) keep their order, and purchases,
-payments, promotion grants, redemptions, vouchers, activities, tier history, referrals, identities
-and tags all move to the surviving member; each side gets an entry that says so. The other member is closed
-and its lookups answer with the survivor. The ledger's invariants hold on both afterwards."""
+payments, points holds (open ones too: they go on at the till, on the survivor), refused payments
+and holds, promotion grants, redemptions, vouchers, activities, tier history, referrals, identities
+and tags all move to the surviving member; each side gets an entry that says so. The other member
+is closed and its lookups answer with the survivor. The ledger's invariants hold on both afterwards."""
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from loyalty.extensions import db
 from loyalty.members import phones, privacy, service
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger
-from loyalty.points.models import Account, Entry, Lot, PointsPayment, Purchase
+from loyalty.points.models import Account, Entry, HoldRefusal, Lot, PaymentRefusal, PointsHold, PointsPayment, Purchase
 from loyalty.promotions.models import PromotionGrant
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
@@ -42,12 +43,8 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
                 raise Conflict(f"Member {member.id} is closed"
                                + (f" (merged into {member.merged_into_id})" if member.merged_into_id else "")
                                + "; merge into an open member.")
-        for account in (keep, gone):
-            if account.held > 0:
-                raise Conflict(f"Member {account.member_id} has {account.held} points on hold at a till; "
-                               "capture or release the hold (or let it expire) before merging.")
         before = {"survivor": _summary(keep), "other": _summary(gone)}
-        moved = {"points": gone.available + gone.pending}
+        moved = {"points": gone.available + gone.pending + gone.held}
 
         def move(model, column="member_id", *where):
             column_attr = getattr(model, column)
@@ -57,7 +54,12 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
 
         moved["lots"] = move(Lot)
         moved["entries"] = move(Entry)
-        for model in (Purchase, PointsPayment, Redemption, Voucher, TierChange, PromotionGrant):
+        # Holds go with the lots their points sit in (their allocations name the hold and the lot,
+        # not the member): a closed one is history, an open one goes on at the till and is
+        # captured, released or expired on the survivor (holds._locked follows it here).
+        moved["holds"] = move(PointsHold)
+        for model in (Purchase, PointsPayment, PaymentRefusal, HoldRefusal, Redemption, Voucher, TierChange,
+                      PromotionGrant):
             move(model)
         # An activity the survivor also recorded (same type and event) stays with the closed member.
         db.session.execute(sa.text(
@@ -89,9 +91,10 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
         # The balances add up; a debt on one side is paid from the other's points at once.
         keep.available += gone.available
         keep.pending += gone.pending
+        keep.held += gone.held
         keep.debt += gone.debt
         keep.lifetime_earned += gone.lifetime_earned
-        gone.available = gone.pending = gone.debt = gone.lifetime_earned = 0
+        gone.available = gone.pending = gone.held = gone.debt = gone.lifetime_earned = 0
         db.session.flush()
         if keep.debt > 0:
             ledger.pay_debt(keep, now)
@@ -124,4 +127,4 @@ def _keep_the_e164_phone(survivor: Member, other: Member) -> None:
 
 def _summary(account: Account) -> dict[str, Any]:
     return {"member_id": account.member_id, "available": str(account.available), "pending": str(account.pending),
-            "debt": str(account.debt), "lifetime_earned": str(account.lifetime_earned)}
+            "held": str(account.held), "debt": str(account.debt), "lifetime_earned": str(account.lifetime_earned)}

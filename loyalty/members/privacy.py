@@ -15,7 +15,9 @@ from loyalty.errors import Conflict, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member, MemberIdentity
-from loyalty.points.models import Activity, Entry, PointsPayment, Purchase, Refund
+from loyalty.points import holds
+from loyalty.points.models import (Activity, Entry, HoldRefusal, PaymentRefusal, PointsHold, PointsPayment,
+                                   Purchase, Refund)
 from loyalty.referrals.models import Referral
 from loyalty.rewards.models import Redemption, Voucher
 from loyalty.segments.models import MemberTag
@@ -66,7 +68,8 @@ def export_member(member_id: int, actor: str, now: datetime | None = None) -> di
         "tags": list(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member_id)
                                         .order_by(MemberTag.tag))),
         "points": {"available": account.available, "pending": account.pending,
-                   "lifetime_earned": account.lifetime_earned, "debt": account.debt} if account else None,
+                   "held": account.held, "lifetime_earned": account.lifetime_earned,
+                   "debt": account.debt} if account else None,
         "entries": _rows(Entry, Entry.member_id == member_id, (
             "id", "type", "points", "balance_after", "description", "reference_type", "reference_id",
             "expires_at", "created_at")),
@@ -79,6 +82,17 @@ def export_member(member_id: int, actor: str, now: datetime | None = None) -> di
             "id", "type", "event_id", "points_awarded", "capped", "occurred_at")),
         "points_payments": _rows(PointsPayment, PointsPayment.member_id == member_id, (
             "id", "store_id", "payment_no", "points", "money_amount", "currency", "status", "created_at")),
+        # Points held at a till, open or closed: a capture is the payment it names (points_payments),
+        # a release or an expiry is the hold's status and closed_at.
+        "points_holds": [{**_row(hold, (
+            "id", "store_id", "hold_no", "points", "captured_points", "expires_at", "payment_id", "created_at",
+            "closed_at")), "status": holds.hold_status(hold, now)}  # past its expiry: expired, as the till reads it
+            for hold in db.session.scalars(sa.select(PointsHold).where(PointsHold.member_id == member_id)
+                                           .order_by(PointsHold.id))],
+        "points_hold_refusals": _rows(HoldRefusal, HoldRefusal.member_id == member_id, (
+            "id", "store_id", "hold_no", "points", "available", "error", "message", "created_at")),
+        "points_payment_refusals": _rows(PaymentRefusal, PaymentRefusal.member_id == member_id, (
+            "id", "store_id", "payment_no", "points", "available", "error", "message", "created_at")),
         "redemptions": _rows(Redemption, Redemption.member_id == member_id, (
             "id", "reward_id", "quantity", "points_spent", "points_returned", "status", "created_at",
             "cancelled_at")),
@@ -99,8 +113,12 @@ def export_member(member_id: int, actor: str, now: datetime | None = None) -> di
 
 
 def _rows(model: Any, condition: Any, keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    return [{key: getattr(row, key) for key in keys}
+    return [_row(row, keys)
             for row in db.session.scalars(sa.select(model).where(condition).order_by(*model.__mapper__.primary_key))]
+
+
+def _row(row: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: getattr(row, key) for key in keys}
 
 
 def erase_member(member_id: int, reason: str, actor: str, now: datetime | None = None) -> Member:

@@ -192,15 +192,36 @@ def _survivor(member: Member) -> Member:
     return member
 
 
-def member_id_for(member_id: int | None = None, card: str | None = None) -> int:
+def member_id_for(member_id: int | None = None, card: str | None = None,
+                  cards: Mapping[str, int] | None = None) -> int:
     """Resolve a POS's member reference: an id, or the token read from the member's card QR
-    (a card of a member merged into another credits the other)."""
+    (a card of a member merged into another credits the other). `cards` is what
+    `member_ids_for_cards` answered for a batch's cards; without it the card is looked up now."""
     if member_id is not None:
         return member_id
-    found = db.session.scalar(sa.select(Member).where(Member.card_token == card))
+    found = (member_ids_for_cards([card]) if cards is None else cards).get(card) if card is not None else None
     if found is None:
         raise NotFound("No member has this card; scan the member's card QR again.")
-    return _survivor(found).id
+    return found
+
+
+def member_ids_for_cards(cards: Iterable[str]) -> dict[str, int]:
+    """{card: member id} of the cards that name a member (an offline till's batch resolves all its
+    cards at once): one query, and one more per step of a merge chain only when a card's member
+    was merged into another (rare). The chain is followed as `_survivor` does, at most 10 steps."""
+    wanted = sorted(set(cards))
+    if not wanted:
+        return {}
+    reached = {member.card_token: member
+               for member in db.session.scalars(sa.select(Member).where(Member.card_token.in_(wanted)))}
+    for _ in range(10):
+        merged = {card: member.merged_into_id for card, member in reached.items() if member.merged_into_id is not None}
+        if not merged:
+            break
+        survivors = {member.id: member for member in db.session.scalars(
+            sa.select(Member).where(Member.id.in_(sorted(set(merged.values())))))}
+        reached.update({card: survivors[member_id] for card, member_id in merged.items()})
+    return {card: member.id for card, member in reached.items()}
 
 
 def _check_birthday(birthday: date | None, now: datetime) -> None:

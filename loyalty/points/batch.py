@@ -23,7 +23,7 @@ from loyalty.config import settings
 from loyalty.database import transaction
 from loyalty.errors import LoyaltyError, NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.members.service import member_id_for
+from loyalty.members.service import member_id_for, member_ids_for_cards
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
 from loyalty.points.models import Entry, Lot, Purchase
@@ -68,13 +68,16 @@ def credit_batch(store_id, purchases, api_key_id=None, now=None):
     config = settings()
     results = [None] * len(purchases)
     todo = []
+    # Every card of the batch in one query (a missing one is that item's error, as before).
+    cards = member_ids_for_cards(item["card"] for item in purchases
+                                 if "error" not in item and item.get("member_id") is None and item.get("card"))
     for index, item in enumerate(purchases):
         if "error" in item:
             results[index] = _rejected(item.get("receipt_no"), item["error"])
             continue
         try:
             _check(item, now, config.offline_max_days)
-            member_id = member_id_for(item.get("member_id"), item.get("card"))
+            member_id = member_id_for(item.get("member_id"), item.get("card"), cards)
         except LoyaltyError as error:
             results[index] = _rejected(item["receipt_no"], _error(error))
             continue
@@ -208,16 +211,16 @@ def _credit(credited, accounts, store_id, now):
 
 
 def _after_purchases(credited, accounts, now):
-    """What a single purchase does after crediting, once per member: a pending referral settles on
-    the member's first purchase, and the tier (as of now) is upgraded if the purchases reached one."""
-    last = {}
+    """What a single purchase does after crediting: a pending referral settles on the member's
+    first purchase, and the tier (as of now) goes up where a purchase reached one, for all the
+    batch's members in one statement (tiers.upgrade_after_purchases)."""
+    members = {}
     for _, item, _, purchase in credited:
         account = accounts[item["member_id"]]
-        if item["member_id"] not in last and account.member.referred_by_id is not None:
+        if item["member_id"] not in members and account.member.referred_by_id is not None:
             referrals.on_purchase(account, purchase, now)
-        last[item["member_id"]] = purchase
-    for member_id, purchase in sorted(last.items()):
-        tiers.upgrade_if_qualified(accounts[member_id].member, now, purchase=purchase)
+        members[item["member_id"]] = account.member
+    tiers.upgrade_after_purchases(members, [purchase for _, _, _, purchase in credited], now)
 
 
 def _recorded(store_id, receipt_nos):

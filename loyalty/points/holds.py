@@ -10,13 +10,15 @@ import sqlalchemy as sa
 from loyalty import clock
 from loyalty.config import settings
 from loyalty.database import transaction
-from loyalty.errors import Conflict, Forbidden, HoldClosed, HoldExpired, NotFound, ValidationFailed
+from loyalty.errors import (Conflict, Forbidden, HoldClosed, HoldExpired, InsufficientPoints, NotFound,
+                            ValidationFailed)
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
 from loyalty.outcome import Outcome
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
-from loyalty.points.models import PointsHold, PointsPayment
+from loyalty.points import service as points_service
+from loyalty.points.models import Account, HoldRefusal, PointsHold, PointsPayment
 from loyalty.points.settings import current_rules
 
 DEFAULT_TTL_SECONDS = 900
@@ -25,30 +27,61 @@ MAX_TTL_SECONDS = 86_400
 
 def place_hold(member_id: int, store_id: str, hold_no: str, points: Decimal, ttl_seconds: int | None = None,
                api_key_id: int | None = None, now: datetime | None = None) -> Outcome:
-    """Reserve points for a till; `insufficient_points` when the member has too few available."""
+    """Reserve points for a till; `insufficient_points` when the member has too few available.
+
+    A refusal is an answer too, kept for the store and hold number like a refused points payment
+    (points/service.py pay_with_points): the same hold sent again is refused again, even if points
+    have arrived since (the till took cash; a retry must not reserve the member's points). The
+    number with another member or other points, held or refused, is a `conflict`."""
     now = now or clock.now()
     ttl = DEFAULT_TTL_SECONDS if ttl_seconds is None else ttl_seconds
     if not 1 <= ttl <= MAX_TTL_SECONDS:
         raise ValidationFailed(f"A hold lasts 1 to {MAX_TTL_SECONDS} seconds; choose a shorter ttl_seconds.",
                                errors={"ttl_seconds": [f"Must be between 1 and {MAX_TTL_SECONDS}."]})
     _check_payable(points)
+    refused = None
     with transaction():
         existing = _hold_by_number(store_id, hold_no)
         if existing is None:
             account = ledger.lock_account(member_id, now)
             existing = _hold_by_number(store_id, hold_no)
         if existing is not None:
-            if (existing.member_id, existing.points) != (member_id, points):
-                raise Conflict(f"Hold {hold_no} of store {store_id} was already placed with a different "
-                               "member or points; use a new hold number.")
+            _check_same_hold(existing, member_id, points)
             return Outcome(existing, member_or_404(existing.member_id), replayed=True)
-        row = PointsHold(member_id=member_id, store_id=store_id, hold_no=hold_no, points=points,
-                         captured_points=ledger.ZERO, status="held", expires_at=now + timedelta(seconds=ttl),
-                         api_key_id=api_key_id, created_at=now)
-        db.session.add(row)
-        db.session.flush()
-        ledger.hold(account, row, now)
+        refusal = _refusal_by_number(store_id, hold_no)
+        if refusal is None and account.available < points:
+            refusal = _keep_refusal(account, store_id, hold_no, points, now)
+        if refusal is not None:
+            _check_same_hold(refusal, member_id, points)
+            refused = points_service.refusal_error(refusal)
+        else:
+            row = PointsHold(member_id=member_id, store_id=store_id, hold_no=hold_no, points=points,
+                             captured_points=ledger.ZERO, status="held", expires_at=now + timedelta(seconds=ttl),
+                             api_key_id=api_key_id, created_at=now)
+            db.session.add(row)
+            db.session.flush()
+            ledger.hold(account, row, now)
+    if refused is not None:
+        raise refused  # after the commit (or inside a caller's transaction, which keeps it)
     return Outcome(row, account.member)
+
+
+def _check_same_hold(recorded: PointsHold | HoldRefusal, member_id: int, points: Decimal) -> None:
+    if (recorded.member_id, recorded.points) != (member_id, points):
+        raise Conflict(f"Hold {recorded.hold_no} of store {recorded.store_id} was already "
+                       f"{'refused' if isinstance(recorded, HoldRefusal) else 'placed'} with a different "
+                       "member or points; use a new hold number.")
+
+
+def _keep_refusal(account: Account, store_id: str, hold_no: str, points: Decimal,
+                  now: datetime) -> HoldRefusal | None:
+    """Record the refusal of a hold (the account is locked); a twin's record if it got there first."""
+    available = max(account.available, ledger.ZERO)
+    refusal = points_service.insert_new(HoldRefusal, dict(
+        member_id=account.member_id, store_id=store_id, hold_no=hold_no, points=points, available=available,
+        error=InsufficientPoints.code, message=f"The member has {available} points available; {points} are needed.",
+        created_at=now), (HoldRefusal.store_id, HoldRefusal.hold_no))
+    return refusal or _refusal_by_number(store_id, hold_no)
 
 
 def capture_hold(hold_id: int, store_id: str | None, payment_no: str, points: Decimal | None = None,
@@ -58,9 +91,7 @@ def capture_hold(hold_id: int, store_id: str | None, payment_no: str, points: De
     now = now or clock.now()
     currency = settings().currency
     with transaction():
-        row = _own_hold(hold_id, store_id)
-        account = ledger.lock_account(row.member_id, now)  # may expire this very hold
-        row = _reload(row)
+        account, row = _locked(_own_hold(hold_id, store_id), now)  # may expire this very hold
         if row.status == "captured":
             payment = db.session.get_one(PointsPayment, row.payment_id)
             if payment.payment_no == payment_no and (points is None or points == payment.points):
@@ -94,9 +125,7 @@ def release_hold(hold_id: int, store_id: str | None, now: datetime | None = None
     """Give a hold's points back to the member. Releasing a released hold is a replay."""
     now = now or clock.now()
     with transaction():
-        row = _own_hold(hold_id, store_id)
-        account = ledger.lock_account(row.member_id, now)
-        row = _reload(row)
+        account, row = _locked(_own_hold(hold_id, store_id), now)
         if row.status == "released":
             return Outcome(row, account.member, replayed=True)
         _check_open(row)
@@ -124,6 +153,18 @@ def _own_hold(hold_id: int, store_id: str | None) -> PointsHold:
     if store_id is not None and row.store_id != store_id:
         raise Forbidden(f"Hold {hold_id} was placed at another store; only that store's tills can use it.")
     return row
+
+
+def _locked(row: PointsHold, now: datetime) -> tuple[Account, PointsHold]:
+    """The hold's member's account, locked, and the hold as it is now. A merge that committed while
+    this waited may have moved the hold to the surviving member: then that member is locked (the
+    closed one is never written again, so no one waits the other way round)."""
+    account = ledger.lock_account(row.member_id, now)
+    row = _reload(row)
+    while row.member_id != account.member_id:
+        account = ledger.lock_account(row.member_id, now)
+        row = _reload(row)
+    return account, row
 
 
 def _reload(row: PointsHold) -> PointsHold:
@@ -156,3 +197,8 @@ def _check_payable(points: Decimal) -> Decimal:
 def _hold_by_number(store_id: str, hold_no: str) -> PointsHold | None:
     return db.session.scalar(sa.select(PointsHold).where(
         PointsHold.store_id == store_id, PointsHold.hold_no == hold_no))
+
+
+def _refusal_by_number(store_id: str, hold_no: str) -> HoldRefusal | None:
+    return db.session.scalar(sa.select(HoldRefusal).where(
+        HoldRefusal.store_id == store_id, HoldRefusal.hold_no == hold_no).execution_options(populate_existing=True))

@@ -249,18 +249,35 @@ class HoldAllocation(_TakenFromLot, Model):
     hold_id: Mapped[int] = mapped_column(sa.ForeignKey("points_holds.id"), index=True)
 
 
-class PaymentRefusal(_TillPayment, Model):
-    """A points payment refused on the state of the account (insufficient points), kept for its
-    natural key: the same store and payment number sent again gets the same refusal, even if
-    points have arrived since (the till took cash instead; a retry must not charge the member)."""
-
-    __tablename__ = "points_payment_refusals"
-    __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
+class _Refusal:
+    """A till's request refused on the state of the account (insufficient points), kept for its
+    natural key: the same request sent again gets the same refusal, even if points have arrived
+    since (the till took cash instead; a retry must not charge the member)."""
 
     available = mapped_column(Points(), nullable=False)  # what the member had: the refusal's figures
     error: Mapped[str] = mapped_column(sa.String(30))
     message: Mapped[str] = mapped_column(sa.String(300))
     created_at = mapped_column(UTCDateTime, nullable=False)
+
+
+class PaymentRefusal(_TillPayment, _Refusal, Model):
+    """A points payment refused: one per (store_id, payment_no), like the payment it was not."""
+
+    __tablename__ = "points_payment_refusals"
+    __table_args__ = (sa.UniqueConstraint("store_id", "payment_no"),)
+
+
+class HoldRefusal(_Refusal, Model):
+    """A points hold refused: one per (store_id, hold_no), like the hold it was not."""
+
+    __tablename__ = "points_hold_refusals"
+    __table_args__ = (sa.UniqueConstraint("store_id", "hold_no"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    member_id: Mapped[int] = mapped_column(sa.ForeignKey("members.id"), index=True)
+    store_id: Mapped[str] = mapped_column(sa.String(40))
+    hold_no: Mapped[str] = mapped_column(sa.String(64))
+    points = mapped_column(Points(), nullable=False)
 
 
 class EarningRulesRow(Model):

@@ -33,6 +33,7 @@ from loyalty.points.models import (
     Activity,
     EarningRulesRow,
     Entry,
+    HoldRefusal,
     Lot,
     PaymentRefusal,
     PointsPayment,
@@ -290,7 +291,7 @@ def record_activity(member_id: int, type_: str, event_id: str, occurred_at: date
         capped = kind.cap is not None and db.session.scalar(
             _AWARDED_IN_PERIOD, {"member_id": member_id, "type": type_, "period": period}) >= kind.cap
         points = ZERO if capped else kind.points
-        activity = _insert_new(Activity, dict(
+        activity = insert_new(Activity, dict(
             member_id=member_id, type=type_, event_id=event_id, period=period, points_awarded=points,
             capped=capped, occurred_at=occurred_at, created_at=now), (Activity.member_id, Activity.type,
                                                                        Activity.event_id))
@@ -373,7 +374,7 @@ def pay_with_points(member_id: int, store_id: str, payment_no: str, points: Deci
         if refusal is not None:
             if (refusal.member_id, refusal.points) != (member_id, points):
                 raise _payment_number_taken(store_id, payment_no)
-            refused = _refusal_error(refusal)
+            refused = refusal_error(refusal)
         else:
             payment = PointsPayment(member_id=member_id, store_id=store_id, payment_no=payment_no,
                                     points=points, money_amount=value, currency=currency,
@@ -399,7 +400,7 @@ def _keep_payment_refusal(account: Account, store_id: str, payment_no: str, poin
     """Record the refusal of a payment (the account is locked); a twin's record if it got there
     first (the insert waits for it on PostgreSQL)."""
     available = max(account.available, ZERO)
-    refusal = _insert_new(PaymentRefusal, dict(
+    refusal = insert_new(PaymentRefusal, dict(
         member_id=account.member_id, store_id=store_id, payment_no=payment_no, points=points,
         available=available, error=InsufficientPoints.code,
         message=f"The member has {available} points available; {points} are needed.", created_at=now),
@@ -407,7 +408,7 @@ def _keep_payment_refusal(account: Account, store_id: str, payment_no: str, poin
     return refusal or _refusal_by_number(store_id, payment_no)
 
 
-def _refusal_error(refusal: PaymentRefusal) -> InsufficientPoints:
+def refusal_error(refusal: PaymentRefusal | HoldRefusal) -> InsufficientPoints:
     """The refusal as the error it was first answered with: the same status and body. It is
     `recorded` in the transaction: a caller that holds the transaction open (the Idempotency-Key
     path, loyalty/idempotency.py) commits it rather than rolling it back."""
@@ -500,10 +501,10 @@ def get_purchase(purchase_id: int) -> Purchase:
 
 def _claim_receipt(values: Mapping[str, Any]) -> Purchase | None:
     """Insert the purchase unless its store and receipt are recorded already (then None)."""
-    return _insert_new(Purchase, values, (Purchase.store_id, Purchase.receipt_no))
+    return insert_new(Purchase, values, (Purchase.store_id, Purchase.receipt_no))
 
 
-def _insert_new(model: type[Row], values: Mapping[str, Any], natural_key: Sequence[Any]) -> Row | None:
+def insert_new(model: type[Row], values: Mapping[str, Any], natural_key: Sequence[Any]) -> Row | None:
     """Insert a row unless one with the same natural key (a unique constraint's columns) exists,
     then None: the duplicate check and the insert in one statement (INSERT ... ON CONFLICT DO
     NOTHING RETURNING). On PostgreSQL a twin inserting the same key makes this wait for its outcome."""

@@ -6,7 +6,7 @@ today (local time). A tier reached on day R is protected from downgrades through
 `LOYALTY_TIER_PROTECTION_MONTHS` months later. The recompute "as of D" judges everyone at the end
 of local day D.
 """
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -170,6 +170,76 @@ def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | Non
                  purchase_id=None if purchase is None else purchase.id)
 
 
+def upgrade_after_purchases(members: Mapping[int, Member], purchases: Sequence[Purchase],
+                            now: datetime) -> int:
+    """`upgrade_if_qualified` after each of many purchases (an offline till's batch, inside its
+    transaction, the members locked), for all their members at once: the same moves, the same
+    history lines (each naming the purchase that crossed the threshold, so a refund of it finds
+    it) and the same `tier.changed` events as the purchases sent one by one, from one statement.
+
+    The statement walks each member's purchases of the batch in id order, as the single path
+    would meet them: the window's spend after each one (a running sum), the tier that spend
+    earns (rules.tier_for_sql), and the member's tier before and after it (rules.target_rank_sql,
+    always protected here: a purchase only ever moves a member up). A step where the tier rises
+    is a move. `members` are {member_id: Member}; returns the number of moves."""
+    if not purchases:
+        return 0
+    ladder_now = ladder()
+    tz = settings().timezone
+    start = window_start(clock.local_date(now, tz))
+    member_ids = sorted(members)
+    batch_ids = [purchase.id for purchase in purchases]
+    in_window = Purchase.occurred_at >= start
+    # The window's spend after each purchase. A purchase of the batch dated before the window still
+    # is a step (the single path checks after it too); it adds nothing.
+    running = (sa.select(Purchase.id.label("purchase_id"), Purchase.member_id.label("member_id"),
+                         sa.func.sum(sa.case((in_window, Purchase.amount - Purchase.refunded_amount), else_=0))
+                         .over(partition_by=Purchase.member_id, order_by=Purchase.id, rows=(None, 0))
+                         .label("spend"))
+               .where(Purchase.member_id.in_(member_ids), sa.or_(in_window, Purchase.id.in_(batch_ids)))
+               .subquery("running"))
+    acts = (sa.select(Activity.member_id.label("member_id"), sa.func.count().label("activities"))
+            .where(Activity.member_id.in_(member_ids), Activity.occurred_at >= start, Activity.capped.is_(False))
+            .group_by(Activity.member_id).subquery("window_activities"))
+    spend = sa.type_coerce(running.c.spend, Money())
+    activities = sa.func.coalesce(acts.c.activities, 0)
+    steps = (sa.select(running.c.purchase_id, running.c.member_id, spend.label("spend"),
+                       activities.label("activities"), rules.position_sql(Member.tier_code, ladder_now).label("current"),
+                       rules.tier_for_sql(spend, activities, ladder_now).label("qualified"))
+             .join_from(running, Member, Member.id == running.c.member_id)
+             .outerjoin(acts, acts.c.member_id == running.c.member_id)
+             .where(running.c.purchase_id.in_(batch_ids))
+             .subquery("steps"))
+
+    def best_so_far(last):  # the best tier the window earned up to this step (`last` = 0) or the one before (-1)
+        return sa.func.coalesce(sa.func.max(steps.c.qualified).over(
+            partition_by=steps.c.member_id, order_by=steps.c.purchase_id, rows=(None, last)), 0)
+
+    walked = (sa.select(steps.c.member_id, steps.c.purchase_id, steps.c.spend, steps.c.activities,
+                        rules.target_rank_sql(steps.c.current, best_so_far(-1), sa.true(), 0).label("before"),
+                        rules.target_rank_sql(steps.c.current, best_so_far(0), sa.true(), 0).label("after"))
+              .subquery("walked"))
+    moves = db.session.execute(
+        sa.select(walked.c.member_id, walked.c.purchase_id, sa.type_coerce(walked.c.spend, Money()),
+                  walked.c.activities, walked.c.after)
+        .where(walked.c.after > walked.c.before).order_by(walked.c.member_id, walked.c.purchase_id)).all()
+    if not moves:
+        return 0
+    ordered = rules.ranked(ladder_now)
+    held_until = protected_until(clock.local_date(now, tz))
+    changes, events = [], []
+    for member_id, purchase_id, spend_then, activities_then, position in moves:
+        change, event = _changed(members[member_id], ordered[position].code, "upgrade", now, held_until=held_until,
+                                 note=f"Qualifying spend {spend_then}, {activities_then} activities",
+                                 purchase_id=purchase_id)
+        changes.append(change)
+        events.append(event)
+    # One multi-row INSERT (the members' rows are updated by the session's flush, in one executemany).
+    db.session.execute(sa.insert(TierChange), changes)
+    webhooks.emit_many("tier.changed", events, now)
+    return len(changes)
+
+
 # How far back a refund looks through the member's tier history for upgrades it undoes.
 UNDO_SCAN_LIMIT = 50
 
@@ -248,16 +318,26 @@ def undo_returned_upgrades(member: Member, purchase: Purchase, refunded: Decimal
 def move_tier(member: Member, to_code: str, reason: str, now: datetime, held_until: datetime | None,
               note: str | None = None, actor: str | None = None, purchase_id: int | None = None,
               since: datetime | None = None) -> TierChange:
-    change = TierChange(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason,
-                        note=note, actor=actor, purchase_id=purchase_id, created_at=now)
+    values, event = _changed(member, to_code, reason, now, held_until, note, actor, purchase_id, since)
+    change = TierChange(**values)
     db.session.add(change)
+    webhooks.emit("tier.changed", event, now)
+    return change
+
+
+def _changed(member: Member, to_code: str, reason: str, now: datetime, held_until: datetime | None,
+             note: str | None = None, actor: str | None = None, purchase_id: int | None = None,
+             since: datetime | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Move the member (the session writes it) and answer the history row's values and the
+    `tier.changed` event's data: one move, whether it is written alone or with many others."""
+    values = dict(member_id=member.id, from_code=member.tier_code, to_code=to_code, reason=reason, note=note,
+                  actor=actor, purchase_id=purchase_id, created_at=now)
     member.tier_code = to_code
     member.tier_since = since or now
     member.tier_held_until = held_until
     member.updated_at = now
-    webhooks.emit("tier.changed", {"member_id": member.id, "from": change.from_code, "to": to_code,
-                                   "reason": reason, "note": note}, now)
-    return change
+    return values, {"member_id": member.id, "from": values["from_code"], "to": to_code, "reason": reason,
+                    "note": note}
 
 
 def set_member_tier(member_id: int, code: str, reason: str, actor: str, guaranteed_until: date | None = None,

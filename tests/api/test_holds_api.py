@@ -207,3 +207,66 @@ def test_the_job_and_writes_racing_over_expired_holds_release_each_once(database
     assert read(app, lambda: {row.status for row in db.session.query(PointsHold)}) == {"expired"}
     assert read(app, lambda: sorted(db.session.get(Account, m).available for m in member_ids)) == [50] * 6
     assert read(app, broken_accounts) == []
+
+
+# --- a refusal is an answer: the same hold number is refused again -------------------------------
+
+def test_a_hold_refused_by_its_number_is_refused_again_after_points_arrive(api, member_id):
+    """A till told "not enough points" took cash: its retry of that hold must not reserve points."""
+    body = {"member_id": member_id, "hold_no": "H1", "points": 500}
+    with clock.frozen_at(T0):
+        first = api.post("pos", "/points-holds", json=body)
+        buy(api, member_id, "900.00")
+        again = api.post("pos", "/points-holds", json=body)
+        with_a_key = api.post("pos", "/points-holds", json=body, extra_headers={"Idempotency-Key": "hold-late"})
+        other_points = api.post("pos", "/points-holds", json={**body, "points": 400})
+        another_key = api.post("pos", "/points-holds", json=body, extra_headers={"Idempotency-Key": "k2"})
+        points = summary(api, member_id)
+
+    assert (first.status_code, first.json["error"]) == (409, "insufficient_points")
+    assert (again.status_code, again.json) == (409, first.json)
+    assert (with_a_key.status_code, with_a_key.json) == (409, first.json)
+    assert (other_points.status_code, other_points.json["error"]) == (409, "conflict")
+    assert "refused" in other_points.json["message"]
+    assert (another_key.status_code, another_key.json) == (409, first.json)
+    assert (points["available"], points["held"]) == (900, 0)
+
+
+def test_a_hold_refused_under_an_idempotency_key_is_remembered_by_its_number_too(api, member_id):
+    body = {"member_id": member_id, "hold_no": "H1", "points": 500}
+    with clock.frozen_at(T0):
+        first = api.post("pos", "/points-holds", json=body, extra_headers={"Idempotency-Key": "hold-1"})
+        buy(api, member_id, "900.00")
+        replayed = api.post("pos", "/points-holds", json=body, extra_headers={"Idempotency-Key": "hold-1"})
+        without_key = api.post("pos", "/points-holds", json=body)
+        placed = api.post("pos", "/points-holds", json={**body, "hold_no": "H2"})
+
+    assert (first.status_code, first.json["error"]) == (409, "insufficient_points")
+    assert (replayed.status_code, replayed.json) == (409, first.json)
+    assert (without_key.status_code, without_key.json) == (409, first.json)
+    assert placed.status_code == 201  # a new number is a new question
+
+
+@on_both_databases
+def test_a_merge_racing_captures_and_releases_of_the_other_members_hold_settles_it_once_on_the_survivor(
+        database, app, headers):
+    def build():
+        keep, gone = factories.member(), factories.member()
+        factories.purchase(keep.id, "300")
+        factories.purchase(gone.id, "300")
+        return keep.id, gone.id
+    keep, gone = setup(app, build)
+    hold_id = race(app, [post("/points-holds", headers["pos"],
+                              {"member_id": gone, "hold_no": "H1", "points": 200})])[0].get_json()["hold_id"]
+    requests = ([post(f"/members/{keep}/merge", headers["admin"], {"from_member_id": gone})]
+                + [post(f"/points-holds/{hold_id}/capture", headers["pos"], {"payment_no": f"P{n}"}) for n in range(3)]
+                + [post(f"/points-holds/{hold_id}/release", headers["pos"]) for _ in range(3)])
+    results = race(app, requests)
+
+    assert results[0].status_code == 200, results[0].get_json()
+    captures = [r.status_code for r in results[1:4]]
+    releases = [r.status_code for r in results[4:]]
+    assert captures.count(201) + (1 if 200 in releases else 0) == 1, (captures, releases)
+    assert read(app, lambda: db.session.get(PointsHold, hold_id).member_id) == keep
+    assert read(app, lambda: (db.session.get(Account, gone).held, db.session.get(Account, keep).held)) == (0, 0)
+    assert read(app, broken_accounts) == []

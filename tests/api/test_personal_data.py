@@ -162,3 +162,31 @@ def test_the_cli_erases_a_member(api, runner, assert_ledger_ok):
     verify = runner.invoke(args=["ledger", "verify"])
     assert verify.exit_code == 0, verify.output
     assert_ledger_ok()
+
+
+def test_export_holds_the_members_points_holds_open_and_closed_with_their_captures_and_releases(api):
+    member = register(api)
+    buy(api, member["id"], amount="500.00")
+
+    def hold(hold_no, points, ttl_seconds=900):
+        response = api.post("pos", "/points-holds", json={"member_id": member["id"], "store_id": "S1",
+                                                          "hold_no": hold_no, "points": points,
+                                                          "ttl_seconds": ttl_seconds})
+        return response.json
+
+    captured, released, still_open = hold("H1", 100), hold("H2", 50), hold("H3", 20)
+    payment = api.post("pos", f"/points-holds/{captured['hold_id']}/capture", json={"payment_no": "P1", "points": 60})
+    assert api.post("pos", f"/points-holds/{released['hold_id']}/release").status_code == 200
+    assert hold("H4", 10_000)["error"] == "insufficient_points"
+
+    export = api.get("admin", f"/members/{member['id']}/export").json
+
+    assert [(h["hold_no"], h["status"], h["points"], h["captured_points"], h["payment_id"])
+            for h in export["points_holds"]] == [
+        ("H1", "captured", 100, 60, payment.json["payment_id"]), ("H2", "released", 50, 0, None),
+        ("H3", "held", 20, 0, None)]
+    assert export["points_holds"][0]["closed_at"] and export["points_holds"][2]["closed_at"] is None
+    assert [p["payment_no"] for p in export["points_payments"]] == ["P1"]
+    assert [(r["hold_no"], r["error"], r["points"]) for r in export["points_hold_refusals"]] == [
+        ("H4", "insufficient_points", 10_000)]
+    assert export["points_payment_refusals"] == []

@@ -3,11 +3,12 @@ write and by the job, what held points are safe from, idempotency, and the ledge
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from loyalty.errors import (Conflict, Forbidden, HoldClosed, HoldExpired, InsufficientPoints, NotFound,
                             ValidationFailed)
 from loyalty.points import holds, jobs, service
-from loyalty.points.models import Account, Lot
+from loyalty.points.models import Account, Lot, PointsHold
 from loyalty.extensions import db
 from loyalty.members.merge import merge_members
 from loyalty.points.verify import broken_accounts
@@ -71,6 +72,26 @@ def test_a_repeated_hold_number_is_a_replay_and_a_different_one_a_conflict(ctx):
         hold(member.id, "150")
     other_store = hold(member.id, "100", store_id="S2")  # the number is per store
     assert other_store.record.id != first.record.id
+    assert_ledger_ok()
+
+
+def test_a_refused_hold_number_stays_refused_after_points_arrive(ctx):
+    member, other = rich_member("99"), rich_member("900")
+    with pytest.raises(InsufficientPoints) as first:
+        hold(member.id, "100")
+    factories.purchase(member.id, "500", now=T0)
+
+    with pytest.raises(InsufficientPoints) as again:
+        hold(member.id, "100", now=T0 + timedelta(minutes=1))
+
+    assert (again.value.message, again.value.code) == (first.value.message, "insufficient_points")
+    assert "99.00 points available" in again.value.message
+    assert balances(member.id)[0] == D("599.00") and held(member.id) == 0
+    with pytest.raises(Conflict):  # the refused number with other points
+        hold(member.id, "50")
+    with pytest.raises(Conflict):  # or for another member
+        hold(other.id, "100")
+    assert hold(member.id, "100", store_id="S2").record.status == "held"  # the number is per store
     assert_ledger_ok()
 
 
@@ -332,11 +353,60 @@ def test_ledger_verify_knows_about_holds(ctx, runner):
     assert result.exit_code != 0 and "held" in result.output
 
 
-def test_a_member_with_points_on_hold_is_not_merged_until_the_hold_ends(ctx):
+def test_a_merge_moves_the_other_members_holds_closed_and_open_to_the_survivor(ctx):
+    """Holds go where their lots go. An open one stays open: the till that placed it captures or
+    releases it by its id, and the survivor pays or gets the points back."""
+    keep, gone = rich_member(), rich_member()
+    captured, released = hold(gone.id, "100", "H1").record, hold(gone.id, "50", "H2").record
+    holds.capture_hold(captured.id, "S1", "PAY-1", D("60"), now=T0)
+    holds.release_hold(released.id, "S1", now=T0)
+    still_open, to_pay = hold(gone.id, "120", "H3").record, hold(gone.id, "80", "H4").record
+    with pytest.raises(InsufficientPoints):
+        hold(gone.id, "10000", "H5")
+    assert (balances(gone.id)[0], held(gone.id)) == (D("240.00"), D("200.00"))
+
+    merge_members(keep.id, gone.id, actor="test", now=T0 + timedelta(minutes=1))
+
+    assert (balances(keep.id)[0], held(keep.id)) == (D("740.00"), D("200.00"))
+    assert (balances(gone.id)[0], held(gone.id)) == (D("0.00"), D("0.00"))
+    moved = {row.hold_no: (row.member_id, row.status)
+             for row in db.session.scalars(sa.select(PointsHold).execution_options(populate_existing=True))}
+    assert moved == {"H1": (keep.id, "captured"), "H2": (keep.id, "released"), "H3": (keep.id, "held"),
+                     "H4": (keep.id, "held")}
+    assert holds.get_hold(still_open.id, "S1")["member_id"] == keep.id
+    assert_ledger_ok()
+    with pytest.raises(InsufficientPoints):  # the refusal moved too: the same hold is refused again
+        hold(keep.id, "10000", "H5")
+
+    payment = holds.capture_hold(to_pay.id, "S1", "PAY-2", now=T0 + timedelta(minutes=2)).record
+    holds.release_hold(still_open.id, "S1", now=T0 + timedelta(minutes=2))
+
+    assert payment.member_id == keep.id
+    assert (balances(keep.id)[0], held(keep.id)) == (D("860.00"), D("0.00"))
+    assert_ledger_ok()
+
+
+def test_an_open_hold_moved_by_a_merge_expires_on_the_survivor(ctx):
+    keep, gone = rich_member(), rich_member()
+    hold(gone.id, "100", ttl_seconds=60)
+    merge_members(keep.id, gone.id, actor="test", now=T0)
+
+    assert jobs.release_holds(None, now=T0 + timedelta(minutes=5))["holds_released"] == 1
+    assert (balances(keep.id)[0], held(keep.id)) == (D("1000.00"), D("0.00"))
+    assert_ledger_ok()
+
+
+def test_a_capture_that_read_the_hold_before_a_merge_moved_it_pays_from_the_survivor(ctx, monkeypatch):
+    """The race a till can lose on PostgreSQL, made certain: the capture found the hold on the other
+    member, then waited for that member's lock while the merge moved the hold and committed."""
     keep, gone = rich_member(), rich_member()
     row = hold(gone.id, "100").record
-    with pytest.raises(Conflict):
-        merge_members(keep.id, gone.id, actor="test", now=T0)
-    holds.release_hold(row.id, "S1", now=T0)
+    seen_before_the_merge = PointsHold(id=row.id, member_id=gone.id, store_id="S1")
     merge_members(keep.id, gone.id, actor="test", now=T0)
+    monkeypatch.setattr(holds, "_own_hold", lambda hold_id, store_id: seen_before_the_merge)
+
+    payment = holds.capture_hold(row.id, "S1", "PAY-1", now=T0 + timedelta(minutes=1)).record
+
+    assert payment.member_id == keep.id
+    assert (balances(keep.id)[0], held(keep.id), held(gone.id)) == (D("900.00"), 0, 0)
     assert_ledger_ok()
