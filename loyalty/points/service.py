@@ -105,7 +105,11 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
     _check_items(amount, items)
     with transaction():
         # A retry racing its first attempt waits here for the account's lock, then finds the receipt.
-        account = ledger.lock_account(member_id, now)
+        tags = None
+        if promotions.needs_tags(store_id, channel, occurred_at):
+            account, tags = ledger.lock_account_and_tags(member_id, now)
+        else:
+            account = ledger.lock_account(member_id, now)
         rules = current_rules()
         eligible, base, points = _earning(amount, items, rules, account.member)
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
@@ -127,7 +131,7 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
                 ("purchase", purchase.id), now, available_at=available_at, expires_at=expires_at)
         basket = promotions.basket_for(account.member, store_id, channel, amount, items, occurred_at,
-                                       exclude_purchase_id=purchase.id)
+                                       exclude_purchase_id=purchase.id, tags=tags)
         awards = promotions.plan(member_id, basket, rules, lock=True)
         promotions.grant(account, purchase, awards, now, available_at, expires_at)
         referral = referrals.on_purchase(account, purchase, now)

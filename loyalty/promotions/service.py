@@ -262,12 +262,52 @@ def _load_rules() -> tuple[rules.PromotionRule, ...]:
 settings_cache.watch(Promotion, "promotions")
 
 
+class _Derived:
+    """What each purchase would otherwise work out anew from the promotions in force: the rules by
+    id, and those that depend on the member's tags or first purchase. Worked out once per loaded
+    tuple of rules (a new tuple is loaded when the settings version moves)."""
+
+    def __init__(self, loaded: tuple[rules.PromotionRule, ...]) -> None:
+        self.loaded = loaded
+        self.by_id = {promotion.id: promotion for promotion in loaded}
+        self.by_member_facts = tuple(promotion for promotion in loaded
+                                     if promotion.scope.tags or promotion.scope.first_purchase_only)
+
+
+_derived = _Derived(())
+
+
+def _derived_rules() -> _Derived:
+    global _derived
+    loaded = active_rules()
+    derived = _derived
+    if derived.loaded is not loaded:
+        derived = _derived = _Derived(loaded)  # one assignment: a thread reading meanwhile sees either
+    return derived
+
+
+def needs_tags(store_id: str, channel: str | None, occurred_at: datetime, include_drafts: bool = False) -> bool:
+    """Could a promotion scoped by tags apply to a purchase at this store, on this channel, at this
+    time (whoever the member)? Then the purchase reads the member's tags with the account's lock
+    (ledger.lock_account_and_tags); otherwise it reads none."""
+    tags_scoped = [promotion for promotion in _derived_rules().by_member_facts if promotion.scope.tags]
+    if not tags_scoped:
+        return False
+    where = rules.Basket(store_id=store_id, channel=channel or "store", amount=ZERO, items=(),
+                         occurred_at=occurred_at)
+    tz = settings().timezone
+    return any(rules.where_in_scope(promotion, where) and rules.in_force(promotion, occurred_at, tz, include_drafts)
+               for promotion in tags_scoped)
+
+
 def basket_for(member: Member | None, store_id: str, channel: str | None, amount: Decimal,
                items: Iterable[Mapping[str, Any]] | None, occurred_at: datetime,
-               exclude_purchase_id: int | None = None, include_drafts: bool = False) -> rules.Basket:
-    """The purchase as the promotions see it. The member's tags and whether this is their first
-    purchase cost a query each, asked only when a promotion in force for this store, channel and tier
-    needs them."""
+               exclude_purchase_id: int | None = None, include_drafts: bool = False,
+               tags: frozenset[str] | None = None) -> rules.Basket:
+    """The purchase as the promotions see it. The member's tags are `tags` when the caller read them
+    (with the account's lock, see `needs_tags`); whether this is their first purchase costs a query,
+    asked only when a promotion in force for this store, channel and tier needs it (as do the tags
+    when the caller has not read them)."""
     basket = rules.Basket(
         store_id=store_id, channel=channel or "store", amount=amount,
         items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
@@ -275,22 +315,30 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
         occurred_at=occurred_at, tier=member.tier_code if member is not None else tiers.ladder()[0].code)
     if member is None:
         return basket
-    tz = settings().timezone
-    open_ = [promotion for promotion in active_rules()
-             if (promotion.scope.tags or promotion.scope.first_purchase_only)
-             and rules.in_force(promotion, occurred_at, tz, include_drafts)
-             and rules.in_scope(promotion, replace(basket, tags=promotion.scope.tags, first_purchase=True))]
-    tags: frozenset[str] = frozenset()
+    open_ = _needing_member_facts(basket, include_drafts)
     first = True
     # These reads need none of the purchase's pending changes: without autoflush, the purchase's
     # row is written once at the end (an autoflush here wrote it early and then UPDATEd it twice).
     with db.session.no_autoflush:
-        if any(promotion.scope.tags for promotion in open_):
-            tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
+        if tags is None:
+            tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id))) \
+                if any(promotion.scope.tags for promotion in open_) else frozenset()
         if any(promotion.scope.first_purchase_only for promotion in open_):
+            # Not read with the lock as the tags are: after waiting for the lock, that statement
+            # would not see the purchase of a twin that held it, and both would be "first".
             first = not db.session.scalar(sa.select(sa.exists().where(
                 Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
     return replace(basket, tags=tags, first_purchase=first)
+
+
+def _needing_member_facts(basket: rules.Basket, include_drafts: bool) -> list[rules.PromotionRule]:
+    """The promotions in force for the basket's store, channel and tier that depend on the member's
+    tags or first purchase."""
+    tz = settings().timezone
+    return [promotion for promotion in _derived_rules().by_member_facts
+            if rules.where_in_scope(promotion, basket)
+            and (not promotion.scope.tiers or basket.tier in promotion.scope.tiers)
+            and rules.in_force(promotion, basket.occurred_at, tz, include_drafts)]
 
 
 def plan(member_id: int | None, basket: rules.Basket, earning_rules: earning.EarningRules, lock: bool = False,
@@ -337,7 +385,7 @@ def grant(account: Account, purchase: Purchase, awards: Iterable[rules.Award], n
     """Write the awards of a purchase: one `bonus` entry (and lot) each, referencing the promotion,
     and the budgets they used."""
     tz = settings().timezone
-    by_id = {promotion.id: promotion for promotion in active_rules()}
+    by_id = _derived_rules().by_id
     for award in awards:
         promotion = by_id.get(award.promotion_id)
         entry, lot = ledger.credit(
