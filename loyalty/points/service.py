@@ -137,7 +137,7 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         referral = referrals.on_purchase(account, purchase, now)
         welcome = referral.referee_points if referral is not None and referral.purchase_id == purchase.id \
             and referral.status == "qualified" else ZERO
-        purchase.breakdown = _breakdown_json(_breakdown(account.member, base, points, awards, welcome))
+        purchase.breakdown = breakdown_json(breakdown(account.member, base, points, awards, welcome))
         tiers.upgrade_if_qualified(account.member, now, purchase=purchase)
     return Outcome(purchase, account.member)
 
@@ -159,7 +159,7 @@ def quote_purchase(member_id: int | None, store_id: str, amount: Decimal, items:
     basket = promotions.basket_for(member, store_id, channel, amount, items, at, include_drafts=include_drafts)
     awards = promotions.plan(member_id, basket, rules, include_drafts=include_drafts)
     welcome = referrals.first_purchase_reward(member, amount, now)
-    lines = _breakdown(member, base, points, awards, welcome)
+    lines = breakdown(member, base, points, awards, welcome)
     return {"points": sum((line["points"] for line in lines), ZERO), "breakdown": lines, "at": at}
 
 
@@ -178,7 +178,7 @@ def _multiplier(member: Member | None) -> Decimal:
     return tiers.earn_multiplier(member) if member is not None else tiers.ladder()[0].earn_multiplier
 
 
-def _breakdown(member: Member | None, base: Decimal, points: Decimal, awards: Iterable[Award],
+def breakdown(member: Member | None, base: Decimal, points: Decimal, awards: Iterable[Award],
                welcome: Decimal) -> list[dict[str, Any]]:
     """The lines of a purchase's points: base, the tier's extra, each promotion, the referral reward."""
     lines = [{"source": "base", "name": "Base points", "points": base}]
@@ -194,7 +194,7 @@ def _breakdown(member: Member | None, base: Decimal, points: Decimal, awards: It
     return lines
 
 
-def _breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{**line, "points": str(line["points"])} for line in lines]
 
 
