@@ -224,3 +224,22 @@ def test_batches_and_single_purchases_racing_never_exceed_a_budget(database, app
     assert used == granted == sum(earned) == D("500.00")
     assert sorted(earned, reverse=True) == [D("30.00")] * 16 + [D("20.00")] + [D("0.00")] * 23
     assert_ledger_exact(app)
+
+
+@pytest.mark.usefixtures("ctx")
+def test_a_referred_members_first_purchase_in_a_batch_has_the_welcome_line_as_alone():
+    from tests.service.test_referrals import pair, start_campaign
+    start_campaign()
+    promotion(name="Bonus", effect={"type": "bonus", "points": D("3")})
+    _, alone = pair(at=T0 - timedelta(days=2))
+    _, batched = pair(at=T0 - timedelta(days=2))
+
+    single = points.credit_purchase(alone, "S1", "A1", D("150.00"), occurred_at=T0 - timedelta(hours=1), now=T0).record
+    first, second = batch.credit_batch("S1", [item(batched, "B1", "150.00"), item(batched, "B2", "150.00")], now=T0)
+
+    assert lines(first["breakdown"]) == lines(single.lines)
+    assert [line["source"] for line in first["breakdown"]] == ["base", "promotion", "referral"]
+    assert [line["source"] for line in second["breakdown"]] == ["base", "promotion"]
+    assert first["points_earned"] == single.total_points == D("203.00")
+    assert db.session.get(Purchase, first["purchase_id"]).total_points == D("203.00")
+    assert balances(batched)[0] == D("356.00") and broken_accounts() == []  # 203 + the second 150 + 3
