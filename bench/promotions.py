@@ -42,6 +42,7 @@ from loyalty.points.service import seed_rules  # noqa: E402
 from loyalty.points.settings import current_rules  # noqa: E402
 from loyalty.promotions import rules  # noqa: E402
 from loyalty.promotions import service as promotions  # noqa: E402
+from loyalty.tiers import service as tiers  # noqa: E402
 from loyalty.tiers.service import seed_tiers  # noqa: E402
 
 STORE = "S1"
@@ -160,6 +161,13 @@ def main(argv=None):
             seed_rules()
             seed_tiers()
             _, key = auth.create_key("pos", "bench till", store_id=STORE)
+            # No member changes tier during the run: the idle promotions scoped to silver, gold and
+            # diamond members stay idle, and no phase pays for upgrades another did not.
+            for rule in sorted(tiers.ladder(), key=lambda tier: -tier.rank)[:-1]:
+                document = tiers.tier_document(rule)
+                tiers.update_tier(rule.code, rule.name, {**document["qualification"], "spend": D(10) ** 9 * (rule.rank + 1)},
+                                  {**document["benefits"], "earn_multiplier": rule.earn_multiplier,
+                                   "birthday_points": rule.birthday_points}, actor="bench")
             ids = [members.register_member(f"Bench {n}", phone=f"+86139{n:08d}").id for n in range(args.members)]
             db.session.remove()
         client = app.test_client()
