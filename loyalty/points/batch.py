@@ -207,7 +207,7 @@ def _credit(awarded, accounts, store_id, now):
         if earning.points > 0:
             credits.append((item, earning, purchase, None))
         credits += [(item, earning, purchase, award) for award in awards]
-    entries, lots, events, owners = [], [], [], []
+    entries, lots, events = [], [], []
     for item, earning, purchase, award in credits:
         points = earning.points if award is None else award.points
         account = accounts[item["member_id"]]
