@@ -331,11 +331,12 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
     return replace(basket, tags=tags, first_purchase=first)
 
 
-def _needing_member_facts(basket: rules.Basket, include_drafts: bool) -> list[rules.PromotionRule]:
+def _needing_member_facts(basket: rules.Basket, include_drafts: bool, derived: _Derived | None = None,
+                          tz: str | None = None) -> list[rules.PromotionRule]:
     """The promotions in force for the basket's store, channel and tier that depend on the member's
     tags or first purchase."""
-    tz = settings().timezone
-    return [promotion for promotion in _derived_rules().by_member_facts
+    tz = tz or settings().timezone
+    return [promotion for promotion in (derived or _derived_rules()).by_member_facts
             if rules.where_in_scope(promotion, basket)
             and (not promotion.scope.tiers or basket.tier in promotion.scope.tiers)
             and rules.in_force(promotion, basket.occurred_at, tz, include_drafts)]
@@ -399,7 +400,9 @@ def plan_batch(store_id: str, purchases: Sequence[tuple[Member, int, Decimal, An
                                         for i in items or ()),
                             occurred_at=occurred_at, tier=member.tier_code)
                for member, _, amount, items, occurred_at in purchases]
-    needing = [_needing_member_facts(basket, False) for basket in baskets]
+    # Each cached read scans the session's pending objects (settings_cache.cached), hundreds in a
+    # batch: the rules are read once here, not once per item.
+    needing = [_needing_member_facts(basket, False, derived, tz) for basket in baskets]
     tags_of: dict[int, set[str]] = {}
     purchased_before: set[int] = set()
     with db.session.no_autoflush:
