@@ -15,8 +15,11 @@ PostgreSQL by default: it creates and drops its own database (default bench_prom
 with --json, to a file.
 """
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import random
 import re
 import statistics
@@ -214,8 +217,16 @@ def main(argv=None):
             figures["phases"].setdefault(name, []).append(rate)
             figures.setdefault("cpu_ms", {}).setdefault(name, []).append(measured["cpu_ms"])
             figures.setdefault("statements", {}).setdefault(name, []).append(measured["statements"])
+            # Python function calls per purchase (cProfile, on 100 more): the work this process does,
+            # counted rather than timed, so the other processes of a busy machine do not move it.
+            profile = cProfile.Profile()
+            profile.enable()
+            purchases(100)
+            profile.disable()
+            calls = pstats.Stats(profile, stream=io.StringIO()).total_calls / 100
+            figures.setdefault("calls", {}).setdefault(name, []).append(calls)
             print(f"  {name:<11} {rate:8.1f} credits/s  {measured['cpu_ms']:6.2f} ms CPU here  "
-                  f"{measured['statements']:5.2f} statements per purchase", flush=True)
+                  f"{measured['statements']:5.2f} statements  {calls:6.0f} Python calls per purchase", flush=True)
 
         print(f"{figures['database']}: {args.requests} purchases per phase, {args.members} members, "
               f"one thread in-process")
@@ -244,6 +255,10 @@ def main(argv=None):
         print("median ms of this process's CPU per purchase: " + ", ".join(
             f"{name} {value:.2f}" for name, value in cpu.items()) + f"; 20 idle {100 * (cpu['20-idle'] / base_cpu - 1):+.1f}%"
             f", 20 with 2 applying {100 * (cpu['20-two-hit'] / base_cpu - 1):+.1f}%")
+        calls = {name: statistics.median(values) for name, values in figures["calls"].items()}
+        print("Python function calls per purchase: " + ", ".join(f"{name} {value:.0f}" for name, value in calls.items())
+              + f"; 20 idle {100 * (calls['20-idle'] / calls['none'] - 1):+.1f}%, 20 with 2 applying "
+              f"{100 * (calls['20-two-hit'] / calls['none'] - 1):+.1f}%")
         print("statements per purchase: " + ", ".join(
             f"{name} {statistics.median(values):.2f}" for name, values in figures["statements"].items()))
         print(f"against none: 20 idle promotions {100 * (summary['20-idle'] / base - 1):+.1f}% credits/s; "
