@@ -15,8 +15,11 @@ PostgreSQL by default: it creates and drops its own database (default bench_prom
 with --json, to a file.
 """
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
 import random
 import re
 import statistics
@@ -27,6 +30,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import psycopg
+import sqlalchemy as sa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -41,6 +45,7 @@ from loyalty.points.service import seed_rules  # noqa: E402
 from loyalty.points.settings import current_rules  # noqa: E402
 from loyalty.promotions import rules  # noqa: E402
 from loyalty.promotions import service as promotions  # noqa: E402
+from loyalty.tiers import service as tiers  # noqa: E402
 from loyalty.tiers.service import seed_tiers  # noqa: E402
 
 STORE = "S1"
@@ -159,6 +164,13 @@ def main(argv=None):
             seed_rules()
             seed_tiers()
             _, key = auth.create_key("pos", "bench till", store_id=STORE)
+            # No member changes tier during the run: the idle promotions scoped to silver, gold and
+            # diamond members stay idle, and no phase pays for upgrades another did not.
+            for rule in sorted(tiers.ladder(), key=lambda tier: -tier.rank)[:-1]:
+                document = tiers.tier_document(rule)
+                tiers.update_tier(rule.code, rule.name, {**document["qualification"], "spend": D(10) ** 9 * (rule.rank + 1)},
+                                  {**document["benefits"], "earn_multiplier": rule.earn_multiplier,
+                                   "birthday_points": rule.birthday_points}, actor="bench")
             ids = [members.register_member(f"Bench {n}", phone=f"+86139{n:08d}").id for n in range(args.members)]
             db.session.remove()
         client = app.test_client()
@@ -166,14 +178,24 @@ def main(argv=None):
         rng = random.Random(16)
         counter = iter(range(10**9))
 
-        def purchases(n):
-            started = time.perf_counter()
+        statements = [0]
+
+        def count(*_):
+            statements[0] += 1
+        with app.app_context():
+            sa.event.listen(db.engine, "before_cursor_execute", count)
+
+        def purchases(n, measured=None):
+            started, cpu, sent = time.perf_counter(), time.process_time(), statements[0]
             for _ in range(n):
                 body = {"member_id": rng.choice(ids), "receipt_no": f"B{next(counter)}",
                         "amount": f"{rng.randint(100, 99999) / 100:.2f}"}
                 response = client.post("/api/v1/purchases", json=body, headers=headers)
                 if response.status_code != 201:
                     raise SystemExit(f"purchase failed: {response.status_code} {response.get_json()}")
+            if measured is not None:  # this process's CPU and round trips per purchase: less at the mercy
+                measured.update(cpu_ms=(time.process_time() - cpu) / n * 1000,  # of a busy machine
+                                statements=(statements[0] - sent) / n)
             return n / (time.perf_counter() - started)
 
         def stop_all():
@@ -190,9 +212,21 @@ def main(argv=None):
 
         def phase(name):
             purchases(args.warmup)
-            rate = purchases(args.requests)
+            measured = {}
+            rate = purchases(args.requests, measured)
             figures["phases"].setdefault(name, []).append(rate)
-            print(f"  {name:<11} {rate:8.1f} credits/s", flush=True)
+            figures.setdefault("cpu_ms", {}).setdefault(name, []).append(measured["cpu_ms"])
+            figures.setdefault("statements", {}).setdefault(name, []).append(measured["statements"])
+            # Python function calls per purchase (cProfile, on 100 more): the work this process does,
+            # counted rather than timed, so the other processes of a busy machine do not move it.
+            profile = cProfile.Profile()
+            profile.enable()
+            purchases(100)
+            profile.disable()
+            calls = pstats.Stats(profile, stream=io.StringIO()).total_calls / 100
+            figures.setdefault("calls", {}).setdefault(name, []).append(calls)
+            print(f"  {name:<11} {rate:8.1f} credits/s  {measured['cpu_ms']:6.2f} ms CPU here  "
+                  f"{measured['statements']:5.2f} statements  {calls:6.0f} Python calls per purchase", flush=True)
 
         print(f"{figures['database']}: {args.requests} purchases per phase, {args.members} members, "
               f"one thread in-process")
@@ -216,6 +250,17 @@ def main(argv=None):
         base = statistics.median(figures["phases"]["none"] + figures["phases"]["none-again"])
         figures["median_matching_us"] = statistics.median(figures["matching_us"])
         print("median credits/s: " + ", ".join(f"{name} {rate:.1f}" for name, rate in summary.items()))
+        cpu = {name: statistics.median(values) for name, values in figures["cpu_ms"].items()}
+        base_cpu = statistics.median(figures["cpu_ms"]["none"] + figures["cpu_ms"]["none-again"])
+        print("median ms of this process's CPU per purchase: " + ", ".join(
+            f"{name} {value:.2f}" for name, value in cpu.items()) + f"; 20 idle {100 * (cpu['20-idle'] / base_cpu - 1):+.1f}%"
+            f", 20 with 2 applying {100 * (cpu['20-two-hit'] / base_cpu - 1):+.1f}%")
+        calls = {name: statistics.median(values) for name, values in figures["calls"].items()}
+        print("Python function calls per purchase: " + ", ".join(f"{name} {value:.0f}" for name, value in calls.items())
+              + f"; 20 idle {100 * (calls['20-idle'] / calls['none'] - 1):+.1f}%, 20 with 2 applying "
+              f"{100 * (calls['20-two-hit'] / calls['none'] - 1):+.1f}%")
+        print("statements per purchase: " + ", ".join(
+            f"{name} {statistics.median(values):.2f}" for name, values in figures["statements"].items()))
         print(f"against none: 20 idle promotions {100 * (summary['20-idle'] / base - 1):+.1f}% credits/s; "
               f"20 with 2 applying {100 * (summary['20-two-hit'] / base - 1):+.1f}% (2 more bonus entries and "
               "lots per purchase); matching 20 promotions in memory: "

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import TypeDecorator
 
 from loyalty.extensions import db
@@ -149,6 +150,25 @@ def rows_changed(statement: sa.Executable) -> int:
     UPDATE's answer: 1 if it won, 0 if a twin got there first)."""
     result = db.session.execute(statement.execution_options(synchronize_session=False))
     return cast(sa.CursorResult[Any], result).rowcount
+
+
+class json_array_text(sa.sql.expression.FunctionElement[str]):  # noqa: N801 - a SQL function's name
+    """An aggregate: the group's values as a JSON array in text (NULL or '[]' for none), for a list
+    read in a statement that returns one row (json.loads it): any character survives, unlike a
+    separator-joined string."""
+
+    type = sa.String()
+    inherit_cache = True
+
+
+@compiles(json_array_text, "postgresql")
+def _json_array_text_postgresql(element, compiler, **kw):
+    return f"CAST(json_agg({compiler.process(element.clauses, **kw)}) AS TEXT)"
+
+
+@compiles(json_array_text)
+def _json_array_text_sqlite(element, compiler, **kw):
+    return f"json_group_array({compiler.process(element.clauses, **kw)})"
 
 
 def render_migration_type(type_, obj, autogen_context):

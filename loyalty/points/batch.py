@@ -9,7 +9,9 @@ on) and answered in the order sent. One transaction for the batch: a worker kill
 leaves every item credited or not, never half, and the till sends the batch again.
 
 The points of one item come from `item_earning`, the single purchase's own pure rules (points/
-rules.py): the same amount earns the same points either way.
+rules.py), and its promotions from `promotions.plan_batch`, the single purchase's pure rule
+(promotions/rules.py) at the item's occurred_at with the member's limits and the budgets counted as
+the batch goes: the same purchase earns the same points, line by line, either way.
 """
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,9 +28,11 @@ from loyalty.extensions import db
 from loyalty.members.service import member_id_for, member_ids_for_cards
 from loyalty.points import ledger
 from loyalty.points import rules as rules_mod
+from loyalty.points import service
 from loyalty.points.models import Entry, Lot, Purchase
 from loyalty.points.rules import EarningRules
 from loyalty.points.settings import current_rules
+from loyalty.promotions import service as promotions
 from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
 from loyalty.webhooks import service as webhooks
@@ -44,6 +48,7 @@ class Earning:
     when they expire."""
 
     eligible: Decimal
+    base: Decimal  # before the tier's multiplier (the breakdown's base line)
     points: Decimal
     available_at: datetime
     expires_at: datetime | None
@@ -51,10 +56,11 @@ class Earning:
 
 def item_earning(amount, items, occurred_at, multiplier, rules: EarningRules, now, tz) -> Earning:
     """The earning of one purchase, exactly as POST /purchases computes it (the same rule functions,
-    the same order). Promotions are not applied here: this is the one place they would go."""
-    eligible, points = rules_mod.purchase_points(amount, items, rules, multiplier=multiplier)
+    the same order). Promotions come on top (promotions.plan_batch), once the item is recorded."""
+    eligible, base = rules_mod.purchase_points(amount, items, rules)
+    _, points = rules_mod.purchase_points(amount, items, rules, multiplier=multiplier)
     available_at = max(rules_mod.available_at(occurred_at, rules), now) if rules.pending_days else now
-    return Earning(eligible, points, available_at, rules_mod.expires_at(available_at, occurred_at, rules, tz))
+    return Earning(eligible, base, points, available_at, rules_mod.expires_at(available_at, occurred_at, rules, tz))
 
 
 def credit_batch(store_id, purchases, api_key_id=None, now=None):
@@ -119,12 +125,20 @@ def credit_batch(store_id, purchases, api_key_id=None, now=None):
             purchase = inserted.get(item["receipt_no"])
             if purchase is not None:
                 credited.append((index, item, earning, purchase))
-                results[index] = {"receipt_no": item["receipt_no"], "status": "credited",
-                                  "purchase_id": purchase.id, "points_earned": purchase.points_earned}
             else:
                 results[index] = _replay(recorded[item["receipt_no"]], item, config.currency)
-        _credit(credited, accounts, store_id, now)
+        plans = promotions.plan_batch(store_id, [
+            (accounts[item["member_id"]].member, purchase.id, item["amount"], item.get("items"), item["occurred_at"])
+            for _, item, _, purchase in credited], rules)
+        awarded = _within_ceiling(credited, plans, accounts)
+        promotions.grant_batch(_credit(awarded, accounts, store_id, now), now)
+        for _, item, earning, purchase, awards in awarded:
+            purchase.breakdown = service.breakdown_json(service.breakdown(
+                accounts[item["member_id"]].member, earning.base, earning.points, awards, ZERO))
         _after_purchases(credited, accounts, now)
+        for index, item, _, purchase in credited:
+            results[index] = {"receipt_no": item["receipt_no"], "status": "credited", "purchase_id": purchase.id,
+                              "points_earned": purchase.total_points, "breakdown": purchase.lines}
     for index, item in copies:
         first = results[first_of[item["receipt_no"]][0]]
         results[index] = (_replay_of_result(first, item, first_of[item["receipt_no"]][1])
@@ -167,14 +181,38 @@ def _insert_purchases(store_id, fresh, currency, api_key_id, now):
     return {purchase.receipt_no: purchase for purchase in db.session.scalars(statement, rows)}
 
 
-def _credit(credited, accounts, store_id, now):
-    """The ledger's side of `ledger.credit` for many purchases: balances on the locked accounts in
-    item order, then one multi-row INSERT of entries and one of lots."""
-    entries, lots, events, owners = [], [], [], []
-    for _, item, earning, purchase in credited:
-        points = earning.points
-        if points <= 0:
-            continue
+def _within_ceiling(credited, plans, accounts):
+    """[(index, item, earning, purchase, awards)]. A promotion's points that would take the member
+    past MAX_ACCOUNT_POINTS are left out (alone, `ledger.credit` would have refused the purchase;
+    here it is recorded already, with the base points the ceiling check before it let through)."""
+    projected = {}
+    awarded = []
+    for (index, item, earning, purchase), awards in zip(credited, plans):
+        account = accounts[item["member_id"]]
+        most = projected.get(account.member_id, max(account.balance, account.lifetime_earned)) + earning.points
+        kept = []
+        for award in awards:
+            if most + award.points <= ledger.MAX_ACCOUNT_POINTS:
+                kept.append(award)
+                most += award.points
+        projected[account.member_id] = most
+        awarded.append((index, item, earning, purchase, tuple(kept)))
+    return awarded
+
+
+def _credit(awarded, accounts, store_id, now):
+    """The ledger's side of `ledger.credit` for many purchases and their promotions' `bonus` points:
+    balances on the locked accounts in item order (a purchase's own points, then each promotion's,
+    as a single purchase credits them), then one multi-row INSERT of entries and one of lots.
+    Returns the promotion grants for `promotions.grant_batch`."""
+    credits = []  # (item, earning, purchase, award or None for the purchase's own points)
+    for _, item, earning, purchase, awards in awarded:
+        if earning.points > 0:
+            credits.append((item, earning, purchase, None))
+        credits += [(item, earning, purchase, award) for award in awards]
+    entries, lots, events = [], [], []
+    for item, earning, purchase, award in credits:
+        points = earning.points if award is None else award.points
         account = accounts[item["member_id"]]
         pending = earning.available_at > now
         if pending:
@@ -185,29 +223,38 @@ def _credit(credited, accounts, store_id, now):
         paid = ZERO if pending else min(points, account.debt)
         account.debt -= paid
         account.updated_at = now
-        description = f"Purchase {item['receipt_no']} at store {store_id}"
-        entries.append(dict(member_id=account.member_id, type="earn_purchase", points=points,
+        if award is None:
+            type_, description, reference = ("earn_purchase", f"Purchase {item['receipt_no']} at store {store_id}",
+                                             ("purchase", purchase.id))
+        else:  # the words of promotions.grant
+            type_, description, reference = ("bonus", f"Promotion {award.name}: purchase {item['receipt_no']}",
+                                             ("promotion", award.promotion_id))
+        entries.append(dict(member_id=account.member_id, type=type_, points=points,
                             balance_after=account.balance, description=description[:200],
-                            reference_type="purchase", reference_id=str(purchase.id),
+                            reference_type=reference[0], reference_id=str(reference[1]),
                             expires_at=earning.expires_at, created_at=now))
         lots.append(dict(member_id=account.member_id, points=points, remaining=points - paid,
                          status="pending" if pending else "available", available_at=earning.available_at,
                          expires_at=earning.expires_at, created_at=now))
-        owners.append(purchase)
         events.append({
-            "member_id": account.member_id, "entry_type": "earn_purchase", "points": points, "pending": pending,
+            "member_id": account.member_id, "entry_type": type_, "points": points, "pending": pending,
             "available_at": earning.available_at, "expires_at": earning.expires_at, "description": description,
-            "reference": {"type": "purchase", "id": str(purchase.id)},
+            "reference": {"type": reference[0], "id": str(reference[1])},
             "balance": {"available": account.available, "pending": account.pending}})
     if not entries:
-        return
+        return []
     entry_ids = db.session.scalars(sa.insert(Entry).returning(Entry.id, sort_by_parameter_order=True), entries).all()
     for lot, entry_id in zip(lots, entry_ids):
         lot["entry_id"] = entry_id
     lot_ids = db.session.scalars(sa.insert(Lot).returning(Lot.id, sort_by_parameter_order=True), lots).all()
-    for purchase, lot_id in zip(owners, lot_ids):
-        purchase.lot_id = lot_id
+    grants = []
+    for (item, _, purchase, award), entry_id, lot_id in zip(credits, entry_ids, lot_ids):
+        if award is None:
+            purchase.lot_id = lot_id
+        else:
+            grants.append((purchase.id, item["member_id"], item["occurred_at"], award, entry_id, lot_id))
     webhooks.emit_many("points.credited", events, now)
+    return grants
 
 
 def _after_purchases(credited, accounts, now):
@@ -218,7 +265,11 @@ def _after_purchases(credited, accounts, now):
     for _, item, _, purchase in credited:
         account = accounts[item["member_id"]]
         if item["member_id"] not in members and account.member.referred_by_id is not None:
-            referrals.on_purchase(account, purchase, now)
+            referral = referrals.on_purchase(account, purchase, now)
+            if referral is not None and referral.purchase_id == purchase.id and referral.status == "qualified" \
+                    and referral.referee_points > 0:  # the welcome reward's line, as a single purchase has it
+                purchase.breakdown = [*purchase.breakdown, *service.breakdown_json(
+                    service.breakdown(None, ZERO, ZERO, (), referral.referee_points)[1:])]
         members[item["member_id"]] = account.member
     tiers.upgrade_after_purchases(members, [purchase for _, _, _, purchase in credited], now)
 
@@ -237,7 +288,7 @@ def _replay(existing, item, currency):
             "message": f"Receipt {item['receipt_no']} of this store was already recorded with a different "
                        "member or amount; use a new receipt number."})
     return {"receipt_no": item["receipt_no"], "status": "replayed", "purchase_id": existing.id,
-            "points_earned": existing.points_earned}
+            "points_earned": existing.total_points, "breakdown": existing.lines}
 
 
 def _replay_of_result(first, item, first_item):
@@ -247,7 +298,7 @@ def _replay_of_result(first, item, first_item):
             "message": f"Receipt {item['receipt_no']} appears twice in this batch with a different member "
                        "or amount; use a new receipt number."})
     return {"receipt_no": item["receipt_no"], "status": "replayed", "purchase_id": first["purchase_id"],
-            "points_earned": first["points_earned"]}
+            "points_earned": first["points_earned"], "breakdown": first["breakdown"]}
 
 
 def _rejected(receipt_no, error):

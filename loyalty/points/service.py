@@ -106,7 +106,11 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
     _check_items(amount, items)
     with transaction():
         # A retry racing its first attempt waits here for the account's lock, then finds the receipt.
-        account = ledger.lock_account(member_id, now)
+        tags = None
+        if promotions.needs_tags(store_id, channel, occurred_at):
+            account, tags = ledger.lock_account_and_tags(member_id, now)
+        else:
+            account = ledger.lock_account(member_id, now)
         rules = current_rules()
         eligible, base, points = _earning(amount, items, rules, account.member)
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
@@ -128,13 +132,13 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
                 account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
                 ("purchase", purchase.id), now, available_at=available_at, expires_at=expires_at)
         basket = promotions.basket_for(account.member, store_id, channel, amount, items, occurred_at,
-                                       exclude_purchase_id=purchase.id)
+                                       exclude_purchase_id=purchase.id, tags=tags)
         awards = promotions.plan(member_id, basket, rules, lock=True)
         promotions.grant(account, purchase, awards, now, available_at, expires_at)
         referral = referrals.on_purchase(account, purchase, now)
         welcome = referral.referee_points if referral is not None and referral.purchase_id == purchase.id \
             and referral.status == "qualified" else ZERO
-        purchase.breakdown = _breakdown_json(_breakdown(account.member, base, points, awards, welcome))
+        purchase.breakdown = breakdown_json(breakdown(account.member, base, points, awards, welcome))
         tiers.upgrade_if_qualified(account.member, now, purchase=purchase)
     return Outcome(purchase, account.member)
 
@@ -156,7 +160,7 @@ def quote_purchase(member_id: int | None, store_id: str, amount: Decimal, items:
     basket = promotions.basket_for(member, store_id, channel, amount, items, at, include_drafts=include_drafts)
     awards = promotions.plan(member_id, basket, rules, include_drafts=include_drafts)
     welcome = referrals.first_purchase_reward(member, amount, now)
-    lines = _breakdown(member, base, points, awards, welcome)
+    lines = breakdown(member, base, points, awards, welcome)
     return {"points": sum((line["points"] for line in lines), ZERO), "breakdown": lines, "at": at}
 
 
@@ -175,7 +179,7 @@ def _multiplier(member: Member | None) -> Decimal:
     return tiers.earn_multiplier(member) if member is not None else tiers.ladder()[0].earn_multiplier
 
 
-def _breakdown(member: Member | None, base: Decimal, points: Decimal, awards: Iterable[Award],
+def breakdown(member: Member | None, base: Decimal, points: Decimal, awards: Iterable[Award],
                welcome: Decimal) -> list[dict[str, Any]]:
     """The lines of a purchase's points: base, the tier's extra, each promotion, the referral reward."""
     lines = [{"source": "base", "name": "Base points", "points": base}]
@@ -191,7 +195,7 @@ def _breakdown(member: Member | None, base: Decimal, points: Decimal, awards: It
     return lines
 
 
-def _breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{**line, "points": str(line["points"])} for line in lines]
 
 

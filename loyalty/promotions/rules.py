@@ -159,11 +159,17 @@ def qualifying_amount(promotion: PromotionRule, basket: Basket, rules: earning.E
 def in_scope(promotion: PromotionRule, basket: Basket):
     """The keys of the scope that do not depend on the amount: ANDed between keys, ORed inside one."""
     scope = promotion.scope
-    return ((not scope.stores or basket.store_id in scope.stores)
-            and (not scope.channels or fold(basket.channel) in scope.channels)
+    return (where_in_scope(promotion, basket)
             and (not scope.tiers or basket.tier in scope.tiers)
             and (not scope.tags or bool(scope.tags & basket.tags))
             and (not scope.first_purchase_only or basket.first_purchase))
+
+
+def where_in_scope(promotion: PromotionRule, basket: Basket):
+    """The keys of the scope that the till knows before it knows the member: store and channel."""
+    scope = promotion.scope
+    return ((not scope.stores or basket.store_id in scope.stores)
+            and (not scope.channels or fold(basket.channel) in scope.channels))
 
 
 # --- points ---------------------------------------------------------------------------------------

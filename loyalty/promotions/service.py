@@ -262,12 +262,52 @@ def _load_rules() -> tuple[rules.PromotionRule, ...]:
 settings_cache.watch(Promotion, "promotions")
 
 
+class _Derived:
+    """What each purchase would otherwise work out anew from the promotions in force: the rules by
+    id, and those that depend on the member's tags or first purchase. Worked out once per loaded
+    tuple of rules (a new tuple is loaded when the settings version moves)."""
+
+    def __init__(self, loaded: tuple[rules.PromotionRule, ...]) -> None:
+        self.loaded = loaded
+        self.by_id = {promotion.id: promotion for promotion in loaded}
+        self.by_member_facts = tuple(promotion for promotion in loaded
+                                     if promotion.scope.tags or promotion.scope.first_purchase_only)
+
+
+_derived = _Derived(())
+
+
+def _derived_rules() -> _Derived:
+    global _derived
+    loaded = active_rules()
+    derived = _derived
+    if derived.loaded is not loaded:
+        derived = _derived = _Derived(loaded)  # one assignment: a thread reading meanwhile sees either
+    return derived
+
+
+def needs_tags(store_id: str, channel: str | None, occurred_at: datetime, include_drafts: bool = False) -> bool:
+    """Could a promotion scoped by tags apply to a purchase at this store, on this channel, at this
+    time (whoever the member)? Then the purchase reads the member's tags with the account's lock
+    (ledger.lock_account_and_tags); otherwise it reads none."""
+    tags_scoped = [promotion for promotion in _derived_rules().by_member_facts if promotion.scope.tags]
+    if not tags_scoped:
+        return False
+    where = rules.Basket(store_id=store_id, channel=channel or "store", amount=ZERO, items=(),
+                         occurred_at=occurred_at)
+    tz = settings().timezone
+    return any(rules.where_in_scope(promotion, where) and rules.in_force(promotion, occurred_at, tz, include_drafts)
+               for promotion in tags_scoped)
+
+
 def basket_for(member: Member | None, store_id: str, channel: str | None, amount: Decimal,
                items: Iterable[Mapping[str, Any]] | None, occurred_at: datetime,
-               exclude_purchase_id: int | None = None, include_drafts: bool = False) -> rules.Basket:
-    """The purchase as the promotions see it. The member's tags and whether this is their first
-    purchase cost a query each, asked only when a promotion in force for this store, channel and tier
-    needs them."""
+               exclude_purchase_id: int | None = None, include_drafts: bool = False,
+               tags: frozenset[str] | None = None) -> rules.Basket:
+    """The purchase as the promotions see it. The member's tags are `tags` when the caller read them
+    (with the account's lock, see `needs_tags`); whether this is their first purchase costs a query,
+    asked only when a promotion in force for this store, channel and tier needs it (as do the tags
+    when the caller has not read them)."""
     basket = rules.Basket(
         store_id=store_id, channel=channel or "store", amount=amount,
         items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
@@ -275,22 +315,31 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
         occurred_at=occurred_at, tier=member.tier_code if member is not None else tiers.ladder()[0].code)
     if member is None:
         return basket
-    tz = settings().timezone
-    open_ = [promotion for promotion in active_rules()
-             if (promotion.scope.tags or promotion.scope.first_purchase_only)
-             and rules.in_force(promotion, occurred_at, tz, include_drafts)
-             and rules.in_scope(promotion, replace(basket, tags=promotion.scope.tags, first_purchase=True))]
-    tags: frozenset[str] = frozenset()
+    open_ = _needing_member_facts(basket, include_drafts)
     first = True
     # These reads need none of the purchase's pending changes: without autoflush, the purchase's
     # row is written once at the end (an autoflush here wrote it early and then UPDATEd it twice).
     with db.session.no_autoflush:
-        if any(promotion.scope.tags for promotion in open_):
-            tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id)))
+        if tags is None:
+            tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id))) \
+                if any(promotion.scope.tags for promotion in open_) else frozenset()
         if any(promotion.scope.first_purchase_only for promotion in open_):
+            # Not read with the lock as the tags are: after waiting for the lock, that statement
+            # would not see the purchase of a twin that held it, and both would be "first".
             first = not db.session.scalar(sa.select(sa.exists().where(
                 Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
     return replace(basket, tags=tags, first_purchase=first)
+
+
+def _needing_member_facts(basket: rules.Basket, include_drafts: bool, derived: _Derived | None = None,
+                          tz: str | None = None) -> list[rules.PromotionRule]:
+    """The promotions in force for the basket's store, channel and tier that depend on the member's
+    tags or first purchase."""
+    tz = tz or settings().timezone
+    return [promotion for promotion in (derived or _derived_rules()).by_member_facts
+            if rules.where_in_scope(promotion, basket)
+            and (not promotion.scope.tiers or basket.tier in promotion.scope.tiers)
+            and rules.in_force(promotion, basket.occurred_at, tz, include_drafts)]
 
 
 def plan(member_id: int | None, basket: rules.Basket, earning_rules: earning.EarningRules, lock: bool = False,
@@ -330,6 +379,109 @@ def _budget_left(promotion_ids: Sequence[int], lock: bool) -> dict[int, Decimal 
             for row in db.session.execute(query)}
 
 
+# --- an offline till's batch, set-based ------------------------------------------------------------
+
+def plan_batch(store_id: str, purchases: Sequence[tuple[Member, int, Decimal, Any, datetime]],
+               earning_rules: earning.EarningRules) -> list[tuple[rules.Award, ...]]:
+    """`basket_for` and `plan` for the purchases of a batch (points/batch.py), each as if sent alone
+    in the order given: [(member, purchase id, amount, items, occurred_at)], already inserted, with
+    the members' accounts locked. The member's tags, their earlier purchases, the grants counting
+    towards per-member limits and the budgets are read once for the batch (a query each, only when
+    a promotion in force needs it), and the batch's own awards count as it goes: a member's second
+    purchase in the batch is not a first one, and sees the limit the first used, as the next
+    purchase sent alone would. The budgeted promotions' rows are locked (after the accounts, in id
+    order, as a single purchase does) until the batch commits. Returns the awards, in order."""
+    tz = settings().timezone
+    derived = _derived_rules()
+    if not derived.loaded:
+        return [()] * len(purchases)
+    baskets = [rules.Basket(store_id=store_id, channel="store", amount=amount,
+                            items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
+                                        for i in items or ()),
+                            occurred_at=occurred_at, tier=member.tier_code)
+               for member, _, amount, items, occurred_at in purchases]
+    # Each cached read scans the session's pending objects (settings_cache.cached), hundreds in a
+    # batch: the rules are read once here, not once per item.
+    needing = [_needing_member_facts(basket, False, derived, tz) for basket in baskets]
+    tags_of: dict[int, set[str]] = {}
+    purchased_before: set[int] = set()
+    with db.session.no_autoflush:
+        wanted = {member.id for (member, *_), open_ in zip(purchases, needing)
+                  if any(promotion.scope.tags for promotion in open_)}
+        if wanted:
+            for member_id, tag in db.session.execute(
+                    sa.select(MemberTag.member_id, MemberTag.tag).where(MemberTag.member_id.in_(wanted))):
+                tags_of.setdefault(member_id, set()).add(tag)
+        wanted = {member.id for (member, *_), open_ in zip(purchases, needing)
+                  if any(promotion.scope.first_purchase_only for promotion in open_)}
+        if wanted:
+            purchased_before = set(db.session.scalars(sa.select(Purchase.member_id).distinct().where(
+                Purchase.member_id.in_(wanted),
+                Purchase.id.not_in([purchase_id for _, purchase_id, *_ in purchases]))))
+    matched = []
+    seen: set[int] = set()  # members with a purchase earlier in the batch
+    for (member, *_), basket in zip(purchases, baskets):
+        first = member.id not in purchased_before and member.id not in seen
+        seen.add(member.id)
+        basket = replace(basket, tags=frozenset(tags_of.get(member.id, ())), first_purchase=first)
+        matched.append(rules.matching(derived.loaded, basket, earning_rules, tz))
+    keys = {(promotion.id, rules.period_key(promotion, basket.occurred_at, tz))
+            for found, basket in zip(matched, baskets) for promotion, _, _ in found if promotion.per_member is not None}
+    budgeted = sorted({promotion.id for found in matched for promotion, _, _ in found
+                       if promotion.budget_points is not None})
+    with db.session.no_autoflush:
+        used = _used_by_members({member.id for member, *_ in purchases}, keys) if keys else {}
+        left = _budget_left(budgeted, lock=True) if budgeted else {}
+    plans = []
+    for (member, *_), basket, found in zip(purchases, baskets, matched):
+        periods = {promotion.id: rules.period_key(promotion, basket.occurred_at, tz)
+                   for promotion, _, _ in found if promotion.per_member is not None}
+        awards = rules.choose(found, {pid: used.get((member.id, pid, period), 0) for pid, period in periods.items()},
+                              left)
+        for award in awards:
+            if award.promotion_id in periods:
+                key = (member.id, award.promotion_id, periods[award.promotion_id])
+                used[key] = used.get(key, 0) + 1
+            if left.get(award.promotion_id) is not None:
+                left[award.promotion_id] -= award.points
+        plans.append(awards)
+    return plans
+
+
+def _used_by_members(member_ids: set[int], keys: set[tuple[int, str]]) -> dict[tuple[int, int, str], int]:
+    """`_used` for many members at once: {(member id, promotion id, period): grants}."""
+    rows = db.session.execute(
+        sa.select(PromotionGrant.member_id, PromotionGrant.promotion_id, PromotionGrant.period, sa.func.count())
+        .where(PromotionGrant.member_id.in_(member_ids),
+               sa.or_(*(sa.and_(PromotionGrant.promotion_id == promotion_id, PromotionGrant.period == period)
+                        for promotion_id, period in sorted(keys))))
+        .group_by(PromotionGrant.member_id, PromotionGrant.promotion_id, PromotionGrant.period))
+    return {(member_id, promotion_id, period): count for member_id, promotion_id, period, count in rows}
+
+
+def grant_batch(grants: Sequence[tuple[int, int, datetime, rules.Award, int, int]], now: datetime) -> None:
+    """`grant`'s rows for a batch, whose `bonus` entries and lots points/batch.py wrote with the
+    purchases' own: [(purchase id, member id, occurred_at, award, entry id, lot id)]. One multi-row
+    INSERT of the grants, and one conditional UPDATE per budgeted promotion for what the batch gave."""
+    if not grants:
+        return
+    tz = settings().timezone
+    by_id = _derived_rules().by_id
+    db.session.execute(sa.insert(PromotionGrant), [
+        dict(promotion_id=award.promotion_id, purchase_id=purchase_id, member_id=member_id,
+             period=_period(by_id.get(award.promotion_id), occurred_at, tz),
+             qualifying_amount=award.qualifying_amount, points=award.points, entry_id=entry_id, lot_id=lot_id,
+             created_at=now)
+        for purchase_id, member_id, occurred_at, award, entry_id, lot_id in grants])
+    spent: dict[int, Decimal] = {}
+    for *_, award, _, _ in grants:
+        promotion = by_id.get(award.promotion_id)
+        if promotion is not None and promotion.budget_points is not None:
+            spent[award.promotion_id] = spent.get(award.promotion_id, ZERO) + award.points
+    for promotion_id, points in sorted(spent.items()):
+        _spend_budget(promotion_id, points)
+
+
 # --- inside a purchase's and a refund's transaction ---------------------------------------------
 
 def grant(account: Account, purchase: Purchase, awards: Iterable[rules.Award], now: datetime,
@@ -337,7 +489,7 @@ def grant(account: Account, purchase: Purchase, awards: Iterable[rules.Award], n
     """Write the awards of a purchase: one `bonus` entry (and lot) each, referencing the promotion,
     and the budgets they used."""
     tz = settings().timezone
-    by_id = {promotion.id: promotion for promotion in active_rules()}
+    by_id = _derived_rules().by_id
     for award in awards:
         promotion = by_id.get(award.promotion_id)
         entry, lot = ledger.credit(
@@ -345,11 +497,16 @@ def grant(account: Account, purchase: Purchase, awards: Iterable[rules.Award], n
             ("promotion", award.promotion_id), now, available_at=available_at, expires_at=expires_at)
         db.session.add(PromotionGrant(
             promotion_id=award.promotion_id, purchase_id=purchase.id, member_id=account.member_id,
-            period=rules.period_key(promotion, purchase.occurred_at, tz) if promotion else "all",
+            period=_period(promotion, purchase.occurred_at, tz),
             qualifying_amount=award.qualifying_amount, points=award.points, entry=entry, lot=lot,
             created_at=now))
         if promotion is not None and promotion.budget_points is not None:
             _spend_budget(award.promotion_id, award.points)
+
+
+def _period(promotion: rules.PromotionRule | None, occurred_at: datetime, tz: str) -> str:
+    """The period a grant counts in (a promotion no longer loaded, stopped meanwhile: the whole of it)."""
+    return rules.period_key(promotion, occurred_at, tz) if promotion else "all"
 
 
 def _spend_budget(promotion_id: int, points: Decimal) -> None:

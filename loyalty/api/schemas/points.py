@@ -267,7 +267,9 @@ class BatchResultSchema(Schema):
     receipt_no = fields.String(allow_none=True)
     status = fields.String(metadata={"enum": ["credited", "replayed", "rejected"]})
     purchase_id = fields.Integer()
-    points_earned = PointsField()
+    points_earned = PointsField(metadata={"description": "The sum of the breakdown's lines"})
+    breakdown = fields.List(fields.Nested(BreakdownLineSchema), metadata={
+        "description": "As a single purchase's: base, tier, each promotion, referral"})
     error = fields.Nested(BatchErrorSchema)
 
 
