@@ -24,7 +24,12 @@ import time
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+# gunicorn, the CLI and this process all run the code of this checkout (not another one installed
+# in the virtualenv): a before/after comparison runs the script of each checkout.
+os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 import loadgen  # noqa: E402
 import pos_credit as pc  # noqa: E402  the database setup, gunicorn runner and CPU meter are shared
@@ -113,8 +118,10 @@ def get_ok(url):
 # --- in-process: CPU and statements per request -------------------------------------------------------
 
 def profile_phase(args, state):
+    import loyalty
     from loyalty.extensions import db
 
+    assert loyalty.__file__.startswith(ROOT), f"in-process code is {loyalty.__file__}, not this checkout's"
     app = pc._in_process_app(args)
     with app.app_context():
         log = pc.StatementLog(db.engine)
@@ -181,11 +188,12 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.time()
     report = {"machine": pc.machine_info(args), "nproc": os.cpu_count(), "load_at_start": load_figures(),
+              "code": ROOT,
               "phases": {}, "settings": {"gunicorn": pc.gunicorn_settings(args), "clients": args.clients,
                                          "seconds": args.seconds, "warmup": args.warmup,
                                          "generator_processes": args.gen_processes}}
     phases = report["phases"]
-    print(f"Hot paths: nproc {os.cpu_count()}, load {' '.join(report['load_at_start'])}, "
+    print(f"Hot paths ({ROOT}): nproc {os.cpu_count()}, load {' '.join(report['load_at_start'])}, "
           f"{args.seconds:g}+{args.warmup:g} s per phase, {args.clients} connections")
     print("[setup]", flush=True)
     state = pc.load_state(args) if args.reuse_db else pc.create_database(args)
