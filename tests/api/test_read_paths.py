@@ -2,6 +2,8 @@
 one statement for the data, with the settings version; the API key, checked by this process a few
 seconds ago, is not read again unless that version moved, so a key revoked anywhere is refused at
 once (issue 20)."""
+import threading
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -120,3 +122,19 @@ def test_a_key_cached_for_reads_does_not_let_a_role_do_more(api, member_id):
     assert api.get("pos", f"/members/{member_id}/points").status_code == 200
 
     assert api.get("pos", "/reports/overview").status_code == 403
+
+
+def test_counting_requests_for_the_rate_limits_starts_no_thread(api, member_id, monkeypatch):
+    started = []
+    real_start = threading.Thread.start
+
+    def start(thread):
+        started.append(thread)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    for _ in range(30):
+        assert api.get("app", f"/members/{member_id}/points").status_code == 200
+        time.sleep(0.011)  # longer than the 10 ms timer limits' memory storage would start again
+
+    assert started == []
