@@ -7,11 +7,11 @@ import base64
 from loyalty.errors import ValidationFailed
 
 
-def encode_cursor(last_id):
+def encode_cursor(last_id: int) -> str:
     return base64.urlsafe_b64encode(str(last_id).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor):
+def decode_cursor(cursor: str) -> int:
     try:
         value = int(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
         if not 0 < value < 2**63:

@@ -1,7 +1,9 @@
 """Earning rules as pure functions: no app, no database. Tested in tests/unit."""
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 from loyalty import clock
 
@@ -40,18 +42,18 @@ class ActivityType:
 class EarningRules:
     points_per_unit: Decimal = Decimal("1")
     min_amount: Decimal = Decimal("0.00")
-    excluded_categories: tuple = ()
-    excluded_skus: tuple = ()
+    excluded_categories: tuple[str, ...] = ()
+    excluded_skus: tuple[str, ...] = ()
     pending_days: int = 0
     expiry_policy: str = "days_after_available"
     expiry_days: int = 365
     payment_points_per_unit: Decimal = Decimal("100")
     activities: tuple["ActivityType", ...] = field(default_factory=lambda: DEFAULT_ACTIVITIES)
 
-    def activity(self, type_name):
+    def activity(self, type_name: str) -> ActivityType | None:
         return next((a for a in self.activities if a.type == type_name), None)
 
-    def to_document(self):
+    def to_document(self) -> dict[str, Any]:
         """A JSON-safe dict: decimals as strings so nothing passes through a float."""
         doc = asdict(self)
         for key in ("points_per_unit", "min_amount", "payment_points_per_unit"):
@@ -62,7 +64,7 @@ class EarningRules:
         return doc
 
     @classmethod
-    def from_document(cls, doc):
+    def from_document(cls, doc: Mapping[str, Any]) -> "EarningRules":
         return cls(
             points_per_unit=Decimal(str(doc["points_per_unit"])),
             min_amount=Decimal(str(doc["min_amount"])),
@@ -89,12 +91,12 @@ DEFAULT_ACTIVITIES: tuple[ActivityType, ...] = (
 )
 
 
-def floor_points(value):
+def floor_points(value: Decimal | int | str) -> Decimal:
     """Points are rounded down to the hundredth: a member never gets a fraction we did not earn."""
     return Decimal(value).quantize(CENT, rounding=ROUND_DOWN)
 
 
-def eligible_amount(amount, items, rules):
+def eligible_amount(amount: Decimal, items: Sequence[Mapping[str, Any]] | None, rules: EarningRules) -> Decimal:
     """The part of a purchase that earns: the amount less items in excluded categories or SKUs.
 
     Codes compare case-folded: a till sending `TOBACCO` or `Tobacco` must not earn on what
@@ -110,16 +112,17 @@ def eligible_amount(amount, items, rules):
     return max(amount - excluded, Decimal("0")).quantize(CENT)
 
 
-def folded(codes):
+def folded(codes: Iterable[str]) -> frozenset[str]:
     """A set of category or SKU codes compared case-insensitively (str.casefold: ß is ss)."""
     return frozenset(_fold(code) for code in codes)
 
 
-def _fold(code):
+def _fold(code: Any) -> Any:
     return code.casefold() if isinstance(code, str) else code
 
 
-def purchase_points(amount, items, rules, multiplier=Decimal("1")):
+def purchase_points(amount: Decimal, items: Sequence[Mapping[str, Any]] | None, rules: EarningRules,
+                    multiplier: Decimal = Decimal("1")) -> tuple[Decimal, Decimal]:
     """(eligible amount, points) for a purchase. Below the minimum amount nothing is earned."""
     if amount < rules.min_amount:
         return Decimal("0.00"), Decimal("0.00")
@@ -127,7 +130,8 @@ def purchase_points(amount, items, rules, multiplier=Decimal("1")):
     return eligible, floor_points(eligible * rules.points_per_unit * multiplier)
 
 
-def reversal_points(points_earned, amount, refunded_before, refund_amount, reversed_before):
+def reversal_points(points_earned: Decimal, amount: Decimal, refunded_before: Decimal, refund_amount: Decimal,
+                    reversed_before: Decimal) -> Decimal:
     """Points to claw back for one refund, pro rata to the money refunded.
 
     Computed on the cumulative refunded amount, so several partial refunds add up to exactly the
@@ -143,11 +147,11 @@ def reversal_points(points_earned, amount, refunded_before, refund_amount, rever
     return max(due_total - reversed_before, Decimal("0.00"))
 
 
-def available_at(occurred_at, rules):
+def available_at(occurred_at: datetime, rules: EarningRules) -> datetime:
     return occurred_at + timedelta(days=rules.pending_days)
 
 
-def expires_at(available, earned_at, rules, tz_name):
+def expires_at(available: datetime, earned_at: datetime, rules: EarningRules, tz_name: str) -> datetime | None:
     """When a lot expires: an exclusive UTC bound at the end of a local day, or None for never."""
     policy = rules.expiry_policy
     if policy == "never":
@@ -166,7 +170,7 @@ def expires_at(available, earned_at, rules, tz_name):
     raise ValueError(f"unknown expiry policy {policy!r}")
 
 
-def cap_period_key(occurred_at, period, tz_name):
+def cap_period_key(occurred_at: datetime, period: str | None, tz_name: str) -> str:
     """The label of the cap window an event falls in, in local time: 2026-11-23, 2026-W48, 2026-11."""
     day = clock.local_date(occurred_at, tz_name)
     if period == "day" or period is None:
@@ -181,7 +185,7 @@ def cap_period_key(occurred_at, period, tz_name):
     raise ValueError(f"unknown cap period {period!r}")
 
 
-def payment_money_value(points, rules):
+def payment_money_value(points: Decimal, rules: EarningRules) -> Decimal | None:
     """The money a number of points pays, or None when it is not a whole number of cents."""
     value = points / rules.payment_points_per_unit
     if value != value.quantize(CENT):
