@@ -124,7 +124,7 @@ def profile_phase(args, state):
     assert loyalty.__file__.startswith(ROOT), f"in-process code is {loyalty.__file__}, not this checkout's"
     app = pc._in_process_app(args)
     with app.app_context():
-        log = pc.StatementLog(db.engine)
+        log = RoundTrips(db.engine)
     client = app.test_client()
     headers = {"Authorization": "Bearer " + state["api_key"]}
     rng = random.Random(11)
@@ -170,6 +170,26 @@ def profile_phase(args, state):
                      "top_cumulative": [f"{fn[2]} ({os.path.basename(fn[0])}:{fn[1]}) {v[3] / n * 1000:.3f} ms"
                                         for fn, v in top[:1] or []]}
     return out
+
+
+class RoundTrips(pc.StatementLog):
+    """pos_credit's log of statements, BEGIN, COMMIT and ROLLBACK, less the BEGIN/COMMIT/ROLLBACK
+    events of a connection in autocommit (database.read_only): SQLAlchemy reports them, psycopg
+    sends nothing."""
+
+    def __init__(self, engine):
+        from sqlalchemy import event
+
+        self.items, self.db_seconds, self._t = [], 0.0, None
+        event.listen(engine, "before_cursor_execute", self._before)
+        event.listen(engine, "after_cursor_execute", self._after)
+        for name in ("begin", "commit", "rollback"):
+            event.listen(engine, name, lambda conn, name=name: None if _autocommit(conn)
+                         else self.items.append(name.upper()))
+
+
+def _autocommit(conn):
+    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 def _one_request_trips(log, call):
