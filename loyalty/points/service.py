@@ -475,7 +475,8 @@ def _summary_statement() -> sa.CompoundSelect:
     as rows (kind, at, points, ...) of one UNION ALL. It is settle()'s rule, read-only: a pending lot
     whose time has come counts as available (and expires if it is past its expiry too); an
     available lot past its expiry counts as expired."""
-    member_id, now = sa.bindparam("member_id"), sa.bindparam("now", type_=UTCDateTime())
+    member_id: sa.BindParameter[int] = sa.bindparam("member_id")
+    now = sa.bindparam("now", type_=UTCDateTime())
     of_member = Lot.member_id == Account.member_id
     arrived = sa.and_(Lot.status == "pending", Lot.available_at <= now)
     gone = sa.and_(Lot.remaining > 0, Lot.expires_at <= now, sa.or_(Lot.status == "available", arrived))

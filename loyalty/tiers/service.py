@@ -341,7 +341,7 @@ def _member_tier_statement() -> sa.Select:
     show), the qualifying window's spend and activities (as _QUALIFYING counts them), the settings
     version, and its latest HISTORY_LIMIT tier changes newest first, one row each (or one row
     without a change)."""
-    member_id = sa.bindparam("member_id")
+    member_id: sa.BindParameter[int] = sa.bindparam("member_id")
     latest = orm.aliased(TierChange)
     spend, activities = (column.label(name) for column, name in zip(_QUALIFYING.selected_columns,
                                                                      ("spend", "activities")))
