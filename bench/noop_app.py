@@ -13,3 +13,9 @@ app = Flask(__name__)
 def noop():
     request.get_json(silent=True)
     return jsonify(ok=True), 201
+
+
+@app.get("/noop")
+def noop_get():
+    """The ceiling for a read (bench/hot_paths.py): a GET answered with a small JSON document."""
+    return jsonify(ok=True)

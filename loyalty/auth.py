@@ -101,6 +101,7 @@ def revoke_key(key_id, actor="cli", now=None):
             key.revoked_at = now
             audit.record(actor, "api_key.revoke", "api_key", key.id, before, describe(key), now)
     _ROLES_SEEN.forget(key.key_hash)  # other processes forget it within SECONDS; it is refused at once anyway
+    _KEYS.forget(key.key_hash)  # other processes: the version this revocation bumped (settings_cache)
     return key
 
 
@@ -127,6 +128,12 @@ _ACTIVE_KEY = (sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id, s
                .where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
 
 
+# A key's revocation bumps the settings version (loyalty/settings_cache.py), as a change of the rules
+# does: a read that trusts a key checked a few seconds ago learns of it from the version it reads
+# with its data (roles(..., read=True)).
+settings_cache.watch(ApiKey, "api_keys")
+
+
 def bearer_credential(header):
     """The credential of an Authorization header ('Bearer <key or token>'), or None."""
     scheme, _, credential = (header or "").partition(" ")
@@ -148,32 +155,64 @@ def authenticate(header):
         raise Unauthorized("This API key is unknown or has been revoked; ask an admin for a valid key.")
     settings_cache.observe(row.settings_version)
     _ROLES_SEEN.remember(key_hash, row.role)
-    return Principal(key_id=row.id, name=row.name, role=row.role, store_id=row.store_id)
+    principal = Principal(key_id=row.id, name=row.name, role=row.role, store_id=row.store_id)
+    _KEYS.remember(key_hash, row.settings_version or 0, principal)
+    return principal
 
 
-def roles(*allowed, member=False):
+def roles(*allowed, member=False, read=False):
     """Let only these roles (and admin, who may do everything) call the view; with `member`, also
-    a member token, for its own member: a `member_id` in the path must be the token's."""
+    a member token, for its own member: a `member_id` in the path must be the token's.
+
+    With `read`, the view only reads, and reads the settings version with its data (it calls
+    settings_cache.observe, as the member, points and tier reads do): an API key this process checked
+    less than _KeyCache.SECONDS ago is trusted without its own round trip, and confirmed by that
+    version once the view has run. A version that moved (a key revoked anywhere bumps it) means the
+    key is read again before anything is answered: a revoked key gets its 401 at once."""
     allowed = set(allowed) | {"admin"} | ({MEMBER} if member else set())
+
+    def check(principal, kwargs):
+        if principal.role not in allowed:
+            what = "member token" if principal.role == MEMBER else f"{principal.role} key"
+            raise Forbidden(
+                f"{'An' if what[0] in 'aeiou' else 'A'} {what} may not do this; it needs one of: "
+                f"{', '.join(sorted(allowed))}."
+            )
+        if "member_id" in kwargs:
+            own_member(principal, kwargs["member_id"])
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            principal = authenticate(request.headers.get("Authorization"))
-            if principal.role not in allowed:
-                what = "member token" if principal.role == MEMBER else f"{principal.role} key"
-                raise Forbidden(
-                    f"{'An' if what[0] in 'aeiou' else 'A'} {what} may not do this; it needs one of: "
-                    f"{', '.join(sorted(allowed))}."
-                )
-            if "member_id" in kwargs:
-                own_member(principal, kwargs["member_id"])
+            header = request.headers.get("Authorization")
+            hit = _KEYS.get(header) if read else None
+            if hit is None or hit[1].role not in allowed:
+                principal = authenticate(header)
+                check(principal, kwargs)
+                g.principal = principal
+                return view(*args, **kwargs)
+            version, principal = hit
+            check(principal, kwargs)
             g.principal = principal
-            return view(*args, **kwargs)
+            settings_cache.renew()
+            try:
+                answer = view(*args, **kwargs)
+            except Exception:
+                _confirm(header, version)  # a revoked key's 401 comes first, even before a 404
+                raise
+            _confirm(header, version)
+            return answer
 
         return wrapper
 
     return decorator
+
+
+def _confirm(header, version):
+    """The cached key of this read still stands if the settings version the read saw is the one it
+    was checked under; otherwise read the key again (Unauthorized if it is revoked)."""
+    if settings_cache.seen() != version:
+        authenticate(header)
 
 
 def owner(principal):
@@ -220,6 +259,42 @@ class _RoleCache:
 
 
 _ROLES_SEEN = _RoleCache()
+
+
+class _KeyCache:
+    """Key hash -> (when checked, the settings version read with it, Principal): what a read
+    (roles(..., read=True)) may trust for SECONDS without reading the key again. A revocation in
+    this process forgets the key at once; one in another process bumps the version, which the read
+    sees with its data (_confirm)."""
+
+    SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.keys: dict[str, tuple[float, int, Principal]] = {}
+
+    def remember(self, key_hash, version, principal):
+        with self.lock:
+            if len(self.keys) > 10_000:
+                self.keys.clear()
+            self.keys[key_hash] = (time.monotonic(), version, principal)
+
+    def forget(self, key_hash):
+        with self.lock:
+            self.keys.pop(key_hash, None)
+
+    def get(self, header):
+        """(version, Principal) of a key in the header checked less than SECONDS ago, else None."""
+        credential = bearer_credential(header)
+        if credential is None or tokens.looks_like_token(credential):
+            return None
+        hit = self.keys.get(hash_key(credential))
+        if hit is None or time.monotonic() - hit[0] >= self.SECONDS:
+            return None
+        return hit[1], hit[2]
+
+
+_KEYS = _KeyCache()
 
 
 def rate_limit_identity(header):

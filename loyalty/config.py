@@ -63,6 +63,18 @@ def from_environment(instance_path):
     }
 
 
+def engine_options(url, options):
+    """SQLAlchemy's engine options for this database: on PostgreSQL, a pool that keeps as many
+    connections as a worker has threads (LOYALTY_DB_POOL_SIZE, 16: gunicorn's `--threads 8` with
+    room to spare). SQLAlchemy's default keeps 5 and closes every connection above that when it is
+    handed back, so with 8+ busy threads a request now and then waited for a new PostgreSQL backend
+    to start (several ms, more on a busy machine)."""
+    if not url.startswith("postgresql"):
+        return options
+    size = int(os.environ.get("LOYALTY_DB_POOL_SIZE") or "16")
+    return {"pool_size": size, "max_overflow": size, **options}
+
+
 # Requests per role (API.md): a deployment's LOYALTY_RATE_LIMITS replaces some or all of them.
 DEFAULT_RATE_LIMITS = {"pos": "50/second", "app": "200/second", "member": "10/second",
                        "marketing": "20/second", "admin": "20/second"}

@@ -141,6 +141,25 @@ def transaction():
         _write_transaction.reset(token)
 
 
+@contextmanager
+def read_only():
+    """A read outside any write transaction. On PostgreSQL the session's connection is taken in
+    autocommit: no BEGIN and no ROLLBACK round trips, no transaction held open, and psycopg keeps the
+    statements it prepared (a ROLLBACK drops them). Each statement then is its own snapshot, so a read
+    that must be consistent is one statement. At the end the connection goes back to the pool (its
+    isolation level reset), so a write that follows gets a transaction of its own. Inside a
+    transaction (a write, or a read that began one), that transaction's own view is used."""
+    session = db.session()
+    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
+        yield session
+        return
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    try:
+        yield session
+    finally:
+        session.commit()  # nothing to commit (psycopg sends nothing): hands the connection back
+
+
 # An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

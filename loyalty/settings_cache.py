@@ -78,6 +78,11 @@ def observe(version: int | None) -> None:
     db.session().info[_SEEN] = version or 0
 
 
+def seen() -> int | None:
+    """The version this session's request (or job) has read, if any."""
+    return db.session().info.get(_SEEN)
+
+
 def renew() -> None:
     """Forget the version this session has seen: its next cached read asks again (a job does this
     before each batch, as a request does with its key)."""

@@ -33,11 +33,11 @@ class Members(MethodView):
 
 @blp.route("/members/<id:member_id>")
 class MemberById(MethodView):
-    @roles("app", "pos", "marketing", member=True)
+    @roles("app", "pos", "marketing", member=True, read=True)
     @blp.response(200, MemberSchema)
     def get(self, member_id):
         """A member, with tier and points (a read by marketing or admin is audit-logged)"""
-        member = service.get_member(member_id)
+        member = service.read_member(member_id)
         privacy.record_read(g.principal.actor, g.principal.role, "profile", member.id)
         return member
 

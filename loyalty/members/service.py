@@ -6,9 +6,10 @@ from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
-from loyalty import audit, clock
-from loyalty.database import transaction
+from loyalty import audit, clock, settings_cache
+from loyalty.database import read_only, transaction
 from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members import phones, privacy
@@ -135,6 +136,21 @@ def update_member(member_id: int, changes: dict[str, Any], now: datetime | None 
 
 def get_member(member_id: int, for_update: bool = False) -> Member:
     return member_or_404(member_id, lock=for_update)
+
+
+def read_member(member_id: int) -> Member:
+    """A member for an answer (GET /members/{id}): one statement with its account and identities and
+    the settings version (for the tier's name and the API key's check), outside any transaction."""
+    with read_only() as session:
+        row = session.execute(_READ_MEMBER, {"member_id": member_id}).unique().first()
+    if row is None:
+        raise NotFound(f"No member with id {member_id}.")
+    settings_cache.observe(row.settings_version)
+    return row.Member
+
+
+_READ_MEMBER = (sa.select(Member, settings_cache.VERSION).where(Member.id == sa.bindparam("member_id"))
+                .options(orm.joinedload(Member.identities)))
 
 
 def find_members(phone: str | None = None, email: str | None = None, channel: str | None = None,

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from loyalty import audit, clock
+from loyalty import audit, clock, settings_cache
 from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.config import settings
-from loyalty.database import transaction
+from loyalty.database import Points, UTCDateTime, read_only, transaction
 from loyalty.errors import (
     Conflict,
     Forbidden,
@@ -36,6 +36,7 @@ from loyalty.points.models import (
     HoldRefusal,
     Lot,
     PaymentRefusal,
+    PointsHold,
     PointsPayment,
     Purchase,
     Refund,
@@ -445,33 +446,81 @@ def reverse_payment(payment_id: int, store_id: str | None, now: datetime | None 
 # --- reading --------------------------------------------------------------------------------------
 
 def points_summary(member_id: int, now: datetime | None = None) -> dict[str, Any]:
-    """Balances, and what expires when (lots grouped by expiry), and what is still pending.
+    """Balances, and what expires when (lots grouped by expiry), and what is still pending, as of
+    `now`: lots that have become available or expired since the account was last settled are
+    counted as settled, so a member never sees points that are gone or misses points that have
+    arrived. The read writes nothing (writes and the nightly jobs settle the lots) and is one
+    statement (_SUMMARY), one snapshot, with the settings version for the key check (auth.roles).
 
-    If lots have become available or expired since the account was last settled, it is settled
-    now, so a member never sees points that are gone or misses points that have arrived."""
+    Only when a hold has run out, or a debt would be paid from the lots that fell due, does it
+    settle the account first, in a write transaction: what it shows then is what settle() wrote."""
     now = now or clock.now()
-    member_or_404(member_id)
-    if ledger.has_due_lots(member_id, now) or ledger.has_due_holds(member_id, now):
+    with read_only() as session:
+        rows = session.execute(_SUMMARY, {"member_id": member_id, "now": now}).all()
+    head = next((row for row in rows if row.kind == 0), None)
+    if head is None:
+        raise NotFound(f"No member with id {member_id}.")
+    settings_cache.observe(head.settings_version)
+    if head.holds_due or (head.lots_due and head.debt > 0):
         with transaction():
             ledger.lock_account(member_id, now)
-    account = db.session.get_one(Account, member_id, populate_existing=True)
-    remaining = sa.func.sum(Lot.remaining)
-    expiring = db.session.execute(
-        sa.select(Lot.expires_at, remaining).where(
-            Lot.member_id == member_id, Lot.status == "available", Lot.remaining > 0,
-            Lot.expires_at.is_not(None)).group_by(Lot.expires_at).order_by(Lot.expires_at).limit(100)
-    ).all()
-    pending = db.session.execute(
-        sa.select(Lot.available_at, remaining).where(
-            Lot.member_id == member_id, Lot.status == "pending", Lot.remaining > 0)
-        .group_by(Lot.available_at).order_by(Lot.available_at).limit(100)
-    ).all()
+        return points_summary(member_id, now)
+    released, expired = head.released or ZERO, head.expired or ZERO
     return {
-        "available": account.available, "pending": account.pending,
-        "lifetime_earned": account.lifetime_earned, "debt": account.debt, "held": account.held,
-        "expiring": [{"points": p, "expires_at": at} for at, p in expiring],
-        "pending_lots": [{"points": p, "available_at": at} for at, p in pending],
+        "available": head.points + released - expired, "pending": head.pending - released,
+        "lifetime_earned": head.lifetime_earned, "debt": head.debt, "held": head.held,
+        "expiring": [{"points": row.points, "expires_at": row.at} for row in rows if row.kind == 1],
+        "pending_lots": [{"points": row.points, "available_at": row.at} for row in rows if row.kind == 2],
     }
+
+
+def _summary_statement() -> sa.CompoundSelect:
+    """points_summary's one statement: the account (with what settling now would release and
+    expire, and whether a hold or a lot is due), then the expiring groups, then the pending groups,
+    as rows (kind, at, points, ...) of one UNION ALL. It is settle()'s rule, read-only: a pending lot
+    whose time has come counts as available (and expires if it is past its expiry too); an
+    available lot past its expiry counts as expired."""
+    member_id: sa.BindParameter[int] = sa.bindparam("member_id")
+    now = sa.bindparam("now", type_=UTCDateTime())
+    of_member = Lot.member_id == Account.member_id
+    arrived = sa.and_(Lot.status == "pending", Lot.available_at <= now)
+    gone = sa.and_(Lot.remaining > 0, Lot.expires_at <= now, sa.or_(Lot.status == "available", arrived))
+    remaining = sa.type_coerce(sa.func.coalesce(sa.func.sum(Lot.remaining), 0), Points())
+
+    def none(type_: Any) -> Any:
+        return sa.type_coerce(sa.null(), type_)
+
+    account = sa.select(
+        sa.literal_column("0").label("kind"), none(UTCDateTime()).label("at"),
+        Account.available.label("points"), Account.pending, Account.lifetime_earned, Account.debt,
+        Account.held,
+        sa.select(remaining).where(of_member, arrived).scalar_subquery().label("released"),
+        sa.select(remaining).where(of_member, gone).scalar_subquery().label("expired"),
+        sa.exists().where(of_member, sa.or_(arrived, sa.and_(Lot.status == "available", Lot.remaining > 0,
+                                                             Lot.expires_at <= now))).label("lots_due"),
+        sa.exists().where(PointsHold.member_id == Account.member_id, PointsHold.status == "held",
+                          PointsHold.expires_at <= now).label("holds_due"),
+        settings_cache.VERSION,
+    ).where(Account.member_id == member_id)
+
+    def groups(kind: int, at: Any, *where: Any) -> sa.Select:
+        points = sa.type_coerce(sa.func.sum(Lot.remaining), Points())
+        inner = (sa.select(at.label("at"), points.label("points")).where(Lot.member_id == member_id, *where)
+                 .group_by(at).order_by(at).limit(100).subquery())
+        rest = [none(t).label(n) for n, t in (("pending", Points()), ("lifetime_earned", Points()),
+                                              ("debt", Points()), ("held", Points()),
+                                              ("released", Points()), ("expired", Points()),
+                                              ("lots_due", sa.Boolean()), ("holds_due", sa.Boolean()),
+                                              ("settings_version", sa.BigInteger()))]
+        return sa.select(sa.literal_column(str(kind)).label("kind"), inner.c.at, inner.c.points, *rest)
+
+    expiring = groups(1, Lot.expires_at, Lot.remaining > 0, Lot.expires_at > now,
+                      sa.or_(Lot.status == "available", arrived))
+    pending = groups(2, Lot.available_at, Lot.status == "pending", Lot.remaining > 0, Lot.available_at > now)
+    return sa.union_all(account, expiring, pending)
+
+
+_SUMMARY = _summary_statement()
 
 
 def history(member_id: int, types: Sequence[str] | None = None, limit: int = 50,

@@ -12,10 +12,11 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
 from loyalty import audit, clock, settings_cache
 from loyalty.config import settings
-from loyalty.database import Money, transaction
+from loyalty.database import Money, read_only, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
@@ -374,13 +375,19 @@ def member_tier(member_id: int, now: datetime | None = None) -> dict[str, Any]:
     """Everything the app shows about a member's tier: where they are, since when, until when at
     least, the window's figures, what the next tier needs, what keeping this one needs, history."""
     now = now or clock.now()
-    member = member_or_404(member_id)
+    start = window_start(clock.local_date(now, settings().timezone))
+    # One statement, one snapshot, no transaction (a read writes nothing): the member, the window's
+    # figures, the settings version (for the ladder and the API key's check) and the history.
+    with read_only() as session:
+        rows = session.execute(_MEMBER_TIER, {"member_id": member_id, "start": start}).all()
+    if not rows:
+        raise NotFound(f"No member with id {member_id}.")
+    member, spend, activities = rows[0].Member, rows[0].spend, rows[0].activities
+    settings_cache.observe(rows[0].settings_version)
+    history = [row.TierChange for row in rows if row.TierChange is not None]
     ladder_now = ladder()
     current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
-    spend, activities, start = qualifying(member_id, now)
     upcoming = rules.next_tier(current.code, ladder_now)
-    history = db.session.scalars(sa.select(TierChange).where(TierChange.member_id == member_id)
-                                 .order_by(TierChange.id.desc()).limit(HISTORY_LIMIT)).all()
     guarantee = _guarantee(member, now)
     valid_until = max((at for at in (member.tier_held_until,
                                      guarantee[1] if guarantee and guarantee[0] == member.tier_code else None)
@@ -407,6 +414,26 @@ def member_tier(member_id: int, now: datetime | None = None) -> dict[str, Any]:
                             "spend_needed": spend_needed, "activities_needed": activities_needed,
                             "mode": upcoming.mode}
     return document
+
+
+def _member_tier_statement() -> sa.Select:
+    """member_tier's statement: the member (without its identities and account, which it does not
+    show), the qualifying window's spend and activities (as _QUALIFYING counts them), the settings
+    version, and its latest HISTORY_LIMIT tier changes newest first, one row each (or one row
+    without a change)."""
+    member_id: sa.BindParameter[int] = sa.bindparam("member_id")
+    latest = orm.aliased(TierChange)
+    spend, activities = (column.label(name) for column, name in zip(_QUALIFYING.selected_columns,
+                                                                     ("spend", "activities")))
+    return (sa.select(Member, spend, activities, settings_cache.VERSION, TierChange)
+            .outerjoin(TierChange, sa.and_(TierChange.member_id == Member.id, TierChange.id.in_(
+                sa.select(latest.id).where(latest.member_id == member_id).order_by(latest.id.desc())
+                .limit(HISTORY_LIMIT))))
+            .where(Member.id == member_id).order_by(TierChange.id.desc())
+            .options(orm.lazyload(Member.identities), orm.lazyload(Member.account)))
+
+
+_MEMBER_TIER = _member_tier_statement()
 
 
 def _guarantee(member: Member, now: datetime) -> tuple[str, datetime] | None:

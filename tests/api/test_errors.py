@@ -96,10 +96,10 @@ def test_a_body_over_a_megabyte_is_refused_as_too_large(api):
 
 
 def test_an_unexpected_failure_is_a_json_500_without_details(api, member_id, monkeypatch):
-    def broken(member_id, for_update=False):
+    def broken(member_id):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(members_service, "get_member", broken)
+    monkeypatch.setattr(members_service, "read_member", broken)
 
     response = api.get("app", f"/members/{member_id}")
 
