@@ -62,8 +62,10 @@ class _Region:
 @functools.lru_cache(maxsize=16)
 def _quick_region(region: str) -> _Region | None:
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    if metadata is None or metadata.mobile is None or not metadata.mobile.national_number_pattern \
-            or not metadata.general_desc.national_number_pattern:
+    if metadata is None or metadata.country_code is None:
+        return None
+    general, mobile = metadata.general_desc, metadata.mobile
+    if general is None or mobile is None or not general.national_number_pattern or not mobile.national_number_pattern:
         return None
     country_code = str(metadata.country_code)
     # A code several regions share (+1, +7, +44...): whether a number is valid depends on which region
@@ -75,9 +77,9 @@ def _quick_region(region: str) -> _Region | None:
 
     def compiled(pattern: str | None) -> re.Pattern[str] | None:
         return re.compile(pattern) if pattern else None
-    return _Region(country_code, re.compile(metadata.general_desc.national_number_pattern),
-                   tuple(metadata.general_desc.possible_length), re.compile(metadata.mobile.national_number_pattern),
-                   tuple(metadata.mobile.possible_length), compiled(metadata.national_prefix_for_parsing),
+    return _Region(country_code, re.compile(general.national_number_pattern), tuple(general.possible_length),
+                   re.compile(mobile.national_number_pattern), tuple(mobile.possible_length),
+                   compiled(metadata.national_prefix_for_parsing),
                    compiled(metadata.international_prefix))
 
 
