@@ -300,8 +300,11 @@ def import_data():
 @click.option("--dry-run", is_flag=True, help="Check every row (against the database too) and write nothing.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False),
               help="Where the rejected rows go (default: FILE.rejects.csv beside the file).")
+@click.option("--no-webhooks", is_flag=True,
+              help="Queue no member.created webhook events for the imported members (by default each is one, "
+                   "marked \"imported\": true, for the subscriptions that want member.created).")
 @with_appcontext
-def import_members(path, dry_run, rejects_path):
+def import_members(path, dry_run, rejects_path, no_webhooks):
     """Import members from a CSV file with the columns channel, external_id, name, phone, email,
     birthday, points, points_expire_at, tier. Each row once by (channel, external_id): a second run,
     or a run after one was stopped, changes nothing already done. Rejected rows go to a CSV with the
@@ -315,13 +318,16 @@ def import_members(path, dry_run, rejects_path):
                                                         label=f"Importing {path}"))
             progress = bar.update
         try:
-            summary = importer.import_members(path, rejects, dry_run=dry_run, progress=progress)
+            summary = importer.import_members(path, rejects, dry_run=dry_run, progress=progress,
+                                              webhooks=not no_webhooks)
         except importer.ImportFileError as error:
             raise click.ClickException(str(error)) from None
     what = "would be imported (dry run: nothing was written)" if dry_run else "imported"
     click.echo(f"{summary.rows} rows: {summary.imported} {what}, {summary.already_there} already here, "
                f"{summary.rejected} rejected; {summary.points} opening points; "
                f"{time.monotonic() - started:.1f} s.")
+    if summary.events:
+        click.echo(f"{summary.events} member.created webhook events queued (--no-webhooks queues none).")
     if summary.rejected:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items()))
         click.echo(f"Rejected rows ({reasons}) are in {rejects_path}.")

@@ -138,22 +138,43 @@ def legacy_spellings(e164, region=DEFAULT_REGION):
     as typed): what a member kept by the E.164 migration, because another member already had the
     number, may still hold. Lookups and identity checks match these too, so such a member is found
     (and listed by `loyalty members duplicates`) until an admin merges the two."""
-    number = phonenumbers.parse(e164)
-    national = phonenumbers.national_significant_number(number)
-    country_code = str(number.country_code)
-    spellings = {e164, country_code + national}
-    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-    if metadata is not None:
-        exit_code = metadata.preferred_international_prefix or metadata.international_prefix
-        if exit_code and exit_code.isdigit():
-            spellings.add(exit_code + country_code + national)
-        if metadata.country_code == number.country_code:
-            spellings.add(national)
-            trunk = phonenumbers.ndd_prefix_for_region(region, True)
-            if trunk:
-                spellings.add(trunk + national)
     # Only spellings that, read in this region, are this number (16502530000 is a Chinese mobile).
-    return sorted(spelling for spelling in spellings if e164_or_none(spelling, region) == e164)
+    return sorted(spelling for spelling in candidate_spellings(e164, region) if e164_or_none(spelling, region) == e164)
+
+
+def candidate_spellings(e164, region=DEFAULT_REGION):
+    """The spellings legacy_spellings() keeps, before it reads each one back: string work only, so a
+    large import can look up every row's (the few matches are then checked with legacy_spellings)."""
+    digits = e164[1:]
+    if e164[:1] != "+" or not digits.isdigit():
+        return {e164}
+    # parse() takes the country code this way: the first 1-3 digits that are one (they are prefix-free).
+    for length in (1, 2, 3):
+        if int(digits[:length]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            country_code, national = digits[:length], digits[length:]
+            break
+    else:
+        return {e164}
+    spellings = {e164, country_code + national}
+    region_code, exit_code, trunk = _region_prefixes(region)
+    if exit_code:
+        spellings.add(exit_code + country_code + national)
+    if region_code == country_code:
+        spellings.add(national)
+        if trunk:
+            spellings.add(trunk + national)
+    return spellings
+
+
+@functools.lru_cache(maxsize=16)
+def _region_prefixes(region):
+    """(country code, international prefix if it is plain digits, trunk prefix) of a region."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+        return None, None, None
+    exit_code = metadata.preferred_international_prefix or metadata.international_prefix
+    return (str(metadata.country_code), exit_code if exit_code and exit_code.isdigit() else None,
+            phonenumbers.ndd_prefix_for_region(region, True) or None)
 
 
 def same_number(a, b, region=DEFAULT_REGION):
