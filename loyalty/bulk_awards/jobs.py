@@ -5,8 +5,8 @@ same transaction (a run killed half-way and run again credits each member exactl
 A run that raises is counted on its award: the award waits (1, 2, 4... minutes, at most an hour)
 and is tried again, and after MAX_ATTEMPTS failed runs it is `failed` and left alone, so one broken
 award neither runs for ever nor stops the awards queued after it (the job still fails, to be seen).
-Each range takes the award's row lock first and stops if the award was cancelled meanwhile: a
-cancel waits for the range being credited, and no range starts after it."""
+Each range takes the award's lock first and stops if the award was cancelled meanwhile: a cancel
+waits for the range being credited, and no range starts after it (service.hold_award)."""
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from loyalty import clock
 from loyalty.bulk_awards.models import BulkAward, BulkAwardMember
-from loyalty.bulk_awards.service import BATCH, ENTRY_TYPE, REFERENCE_TYPE, RUNNABLE
+from loyalty.bulk_awards.service import BATCH, ENTRY_TYPE, REFERENCE_TYPE, RUNNABLE, hold_award
 from loyalty.database import Points, rows_changed, transaction
 from loyalty.extensions import db
 from loyalty.points import ledger
@@ -89,8 +89,10 @@ def _run_award(award_id: int, progress: Callable[[int], Any] | None, now: dateti
     while True:
         moment = now or clock.now()
         with transaction():
-            # The award's row first: a cancel committed before this range stops it here; one coming
-            # while it runs waits for its commit (what it credits stays credited and is counted).
+            # The award's lock first: a cancel committed before this range stops it here; one coming
+            # while it runs waits for its commit (what it credits stays credited and is counted), and
+            # is served before the next range.
+            hold_award(award_id)
             if db.session.scalar(sa.select(BulkAward.cancelled_at).where(BulkAward.id == award_id)
                                  .with_for_update()) is not None:
                 return counts

@@ -88,7 +88,7 @@ def get_award(award_id: int) -> BulkAward:
 
 def cancel_award(award_id: int, reason: str, actor: str, now: datetime | None = None) -> BulkAward:
     """Stop an award that is not done: no member is credited after this; those credited keep their
-    points (a range being credited when the cancel comes is finished first: the award's row lock).
+    points (a range being credited when the cancel comes is finished first: the award's lock).
     Cancelling it again answers the same award; a done award cannot be cancelled (409)."""
     now = now or clock.now()
     reason = (reason or "").strip()
@@ -131,7 +131,22 @@ def describe_run(award: BulkAward) -> dict[str, Any]:
     return audit.document(award, ("status", "awarded", "attempts", "error", "cancelled_at"))
 
 
+AWARD_LOCK_CLASS = 0x42A1  # this module's advisory locks: (class, award id)
+
+
+def hold_award(award_id: int) -> None:
+    """The award's lock for this transaction, taken by each range the job credits and by a cancel.
+    An advisory lock (PostgreSQL; SQLite runs one writer at a time): its waiters queue first come,
+    first served, so a cancel waiting for the range in flight is served before the job's next range.
+    A row lock (FOR UPDATE) is not fair so: the next range, asking while the cancel was being woken,
+    could take the row first, again and again."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:class, :award)"),
+                           {"class": AWARD_LOCK_CLASS, "award": award_id % 2**31})
+
+
 def _locked(award_id: int) -> BulkAward:
+    hold_award(award_id)
     award = db.session.scalar(sa.select(BulkAward).where(BulkAward.id == award_id).with_for_update())
     if award is None:
         raise NotFound(f"No bulk award with id {award_id}.")

@@ -326,11 +326,22 @@ def test_a_cancel_during_a_range_waits_for_it_and_no_range_starts_after(api, app
     award_id = queue(api).json["id"]
     real, crediting, ranges = ledger.credit_many, threading.Event(), []
 
+    def cancel_waiting_for_the_award():
+        with db.engine.connect() as watcher:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                watcher.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+                if watcher.scalar(sa.text("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND wait_event_type = 'Lock'")):
+                    return
+                time.sleep(0.02)
+        raise AssertionError("the cancel never waited for the range")
+
     def slow(*args, **kwargs):
         ranges.append(1)
         credited = real(*args, **kwargs)
         crediting.set()
-        time.sleep(0.5)  # the cancel arrives while this range holds the award
+        cancel_waiting_for_the_award()  # the cancel arrives while this range holds the award
         return credited
 
     monkeypatch.setattr(ledger, "credit_many", slow)
