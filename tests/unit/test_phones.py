@@ -132,7 +132,7 @@ def typed_numbers(draw):
     return "".join([front, *digits]), region
 
 
-@settings(max_examples=4000, deadline=None, derandomize=True)
+@settings(max_examples=2500, deadline=None, derandomize=True)
 @given(typed_numbers())
 def test_the_quick_reading_agrees_with_phonenumbers_on_every_number_and_every_refusal(typed):
     text, region = typed
