@@ -12,7 +12,11 @@ negative points, a missing key or a bad date, in turn), with phones, emails, bir
 with and without an expiry, and tiers; then the import timed (the same function the CLI runs), a
 second run of the same file timed (it must import nothing), and `loyalty ledger verify`'s check.
 With --bulk-award, then a bulk award to the `tier:ordinary` segment (half the members) is queued and
-the `bulk_awards.run` job timed (target: 1 000 000 members <= 60 s), and the ledger checked again.
+the `bulk_awards.run` job timed (target: 1 000 000 members <= 60 s), and the ledger checked again;
+with --award-everyone, to every imported member instead (each is tagged `bench` by one INSERT ...
+SELECT, and the award goes to `tag:bench`), which is how 1 000 000 members are measured directly.
+With --subscriber, a webhook subscription to member.created exists before the import, so each
+imported member is also an event and a delivery (the cost of telling subscribers).
 """
 import argparse
 import csv
@@ -26,9 +30,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import psycopg  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 from flask_migrate import upgrade  # noqa: E402
 
-from loyalty import create_app  # noqa: E402
+from loyalty import clock, create_app  # noqa: E402
 from loyalty.bulk_awards import jobs as bulk_award_jobs  # noqa: E402
 from loyalty.bulk_awards import service as bulk_awards  # noqa: E402
 from loyalty.extensions import db  # noqa: E402
@@ -36,6 +41,7 @@ from loyalty.members import importer  # noqa: E402
 from loyalty.points.service import seed_rules  # noqa: E402
 from loyalty.points.verify import broken_accounts  # noqa: E402
 from loyalty.tiers.service import seed_tiers  # noqa: E402
+from loyalty.webhooks.models import Subscription, SubscriptionEvent  # noqa: E402
 
 TARGET_ROWS, TARGET_SECONDS = 1_000_000, 300.0
 TIERS = ("", "", "", "silver", "gold", "diamond")
@@ -50,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--db-name", default="bench_import")
     p.add_argument("--batch", type=int, default=importer.BATCH)
     p.add_argument("--bulk-award", action="store_true", help="also time a bulk award to the imported members")
+    p.add_argument("--award-everyone", action="store_true",
+                   help="the bulk award goes to every imported member (tag:bench), not tier:ordinary")
+    p.add_argument("--subscriber", action="store_true", help="a member.created webhook subscription exists")
     args = p.parse_args(argv)
     if args.db_name == "test" or args.db_name.startswith("test_"):
         p.error("refusing to drop a test database")
@@ -105,11 +114,19 @@ def main(argv=None):
         print(f"{rows} rows: file written in {time.monotonic() - started:.1f} s ({bad} bad rows)", flush=True)
         app = fresh_database(args)
         with app.app_context():
-            started = time.monotonic()
+            if args.subscriber:
+                # Written directly: the service would resolve the URL's host, and nothing is sent here.
+                moment = clock.now()
+                db.session.add(Subscription(url="https://crm.example/hooks", secret="s" * 32, created_at=moment,
+                                            updated_at=moment, event_rows=[SubscriptionEvent(event="member.created")]))
+                db.session.commit()
+                db.session.remove()
+            started, cpu = time.monotonic(), time.process_time()
             summary = importer.import_members(path, io.StringIO(), batch_size=args.batch)
-            first = time.monotonic() - started
+            first, cpu = time.monotonic() - started, time.process_time() - cpu
             print(f"  import: {summary.imported} imported, {summary.rejected} rejected in {first:.1f} s "
-                  f"({rows / first:,.0f} rows/s)", flush=True)
+                  f"({rows / first:,.0f} rows/s; this process's CPU {cpu:.1f} s = {cpu / first:.0%} of it; "
+                  f"{getattr(summary, 'events', 0)} webhook events)", flush=True)
             assert summary.imported == rows - bad and summary.rejected == bad, summary
             started = time.monotonic()
             again = importer.import_members(path, io.StringIO(), batch_size=args.batch)
@@ -120,8 +137,14 @@ def main(argv=None):
             assert broken_accounts() == [], "the ledger does not verify"
             db.session.remove()
             if args.bulk_award:
+                segment = "tier:ordinary"
+                if args.award_everyone:
+                    segment = "tag:bench"
+                    db.session.execute(sa.text("INSERT INTO member_tags (member_id, tag, created_at) "
+                                               "SELECT id, 'bench', now() FROM members"))
+                    db.session.commit()
                 started = time.monotonic()
-                award = bulk_awards.queue_award(bulk_awards.Order("bench-1", "tier:ordinary", Decimal("10"),
+                award = bulk_awards.queue_award(bulk_awards.Order("bench-1", segment, Decimal("10"),
                                                                   "bench"), "bench")
                 queued = time.monotonic() - started
                 started = time.monotonic()

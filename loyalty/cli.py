@@ -19,6 +19,7 @@ from werkzeug.serving import run_simple
 
 from loyalty import auth, clock, create_app
 from loyalty import demo as world
+from loyalty.bulk_awards import service as award_service
 from loyalty.errors import LoyaltyError
 from loyalty.extensions import db
 from loyalty.jobs import registry, runner
@@ -42,7 +43,7 @@ def main():
 
 def commands():
     migrations.help = "Database migrations (Alembic): `loyalty db upgrade` on each deployment."
-    return [serve, api_keys, ledger, jobs, scheduler, members, import_data, demo, staff, migrations]
+    return [serve, api_keys, ledger, jobs, scheduler, members, import_data, bulk_awards, demo, staff, migrations]
 
 
 def prepare_database():
@@ -300,8 +301,11 @@ def import_data():
 @click.option("--dry-run", is_flag=True, help="Check every row (against the database too) and write nothing.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False),
               help="Where the rejected rows go (default: FILE.rejects.csv beside the file).")
+@click.option("--no-webhooks", is_flag=True,
+              help="Queue no member.created webhook events for the imported members (by default each is one, "
+                   "marked \"imported\": true, for the subscriptions that want member.created).")
 @with_appcontext
-def import_members(path, dry_run, rejects_path):
+def import_members(path, dry_run, rejects_path, no_webhooks):
     """Import members from a CSV file with the columns channel, external_id, name, phone, email,
     birthday, points, points_expire_at, tier. Each row once by (channel, external_id): a second run,
     or a run after one was stopped, changes nothing already done. Rejected rows go to a CSV with the
@@ -315,16 +319,53 @@ def import_members(path, dry_run, rejects_path):
                                                         label=f"Importing {path}"))
             progress = bar.update
         try:
-            summary = importer.import_members(path, rejects, dry_run=dry_run, progress=progress)
+            summary = importer.import_members(path, rejects, dry_run=dry_run, progress=progress,
+                                              webhooks=not no_webhooks)
         except importer.ImportFileError as error:
             raise click.ClickException(str(error)) from None
     what = "would be imported (dry run: nothing was written)" if dry_run else "imported"
     click.echo(f"{summary.rows} rows: {summary.imported} {what}, {summary.already_there} already here, "
                f"{summary.rejected} rejected; {summary.points} opening points; "
                f"{time.monotonic() - started:.1f} s.")
+    if summary.events:
+        click.echo(f"{summary.events} member.created webhook events queued (--no-webhooks queues none).")
     if summary.rejected:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary.reasons.items()))
         click.echo(f"Rejected rows ({reasons}) are in {rejects_path}.")
+
+
+@click.group("bulk-awards")
+def bulk_awards():
+    """Bulk awards queued by marketing (POST /api/v1/bulk-awards): cancel one, or retry one that failed."""
+
+
+@bulk_awards.command("cancel")
+@click.argument("award_id", type=int)
+@click.option("--reason", required=True, help="Why it is cancelled (audit-logged, and shown as the award's error).")
+@with_appcontext
+def cancel_bulk_award(award_id, reason):
+    """Stop an award that is not done: nobody is credited after this; members already credited keep
+    their points."""
+    try:
+        award = award_service.cancel_award(award_id, reason, actor="loyalty bulk-awards cancel (cli)")
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Bulk award {award.id} ({award.award_no}) cancelled: {award.awarded} of {award.members} members "
+               "had been credited and keep their points; nobody else will be.")
+
+
+@bulk_awards.command("retry")
+@click.argument("award_id", type=int)
+@with_appcontext
+def retry_bulk_award(award_id):
+    """Queue again an award that failed its last attempt (after fixing the cause); members already
+    credited are not credited again."""
+    try:
+        award = award_service.retry_award(award_id, actor="loyalty bulk-awards retry (cli)")
+    except LoyaltyError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"Bulk award {award.id} ({award.award_no}) queued again: {award.members - award.awarded} members "
+               "left; the bulk_awards.run job takes it up within a minute.")
 
 
 def _when(moment):

@@ -176,6 +176,12 @@ ZH = {
     "Write each item on its own line as: SKU, category, quantity, amount.": "每件商品写一行：SKU、品类、数量、金额。",
     "Several members match %(query)s; type their member number.": "有多位会员匹配 %(query)s，请输入会员号。",
     "Name the store this is for.": "请填写门店。",
+    "Bulk awards": "批量发放积分", "Award": "发放单", "Credited": "已发放", "Failed runs": "失败次数",
+    "Last error": "最近错误", "next try": "下次重试", "Cancel award": "取消发放", "Retry": "重试",
+    "No bulk awards.": "暂无批量发放。",
+    "Bulk award %(no)s cancelled: %(awarded)s of %(members)s members had been credited and keep their points.":
+        "批量发放 %(no)s 已取消：%(members)s 位会员中已有 %(awarded)s 位获得积分，这些积分保留。",
+    "Bulk award %(no)s queued again.": "批量发放 %(no)s 已重新排队。",
 }
 
 

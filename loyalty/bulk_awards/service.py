@@ -25,6 +25,7 @@ from loyalty.segments.service import segment_condition
 BATCH = 20_000
 ENTRY_TYPE = "bonus"
 REFERENCE_TYPE = "bulk_award"
+RUNNABLE = ("queued", "running")  # running: a run killed half-way, taken up where it stopped
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def queue_award(order: Order, actor: str, now: datetime | None = None) -> BulkAw
             return _same_order_or_409(existing, order)
         award = BulkAward(award_no=order.award_no, segment=order.segment, points=order.points,
                           reason=order.reason, expires_at=order.expires_at, status="queued", members=0,
-                          awarded=0, points_awarded=Decimal("0.00"), actor=actor, created_at=now)
+                          awarded=0, points_awarded=Decimal("0.00"), actor=actor, created_at=now, attempts=0)
         db.session.add(award)
         db.session.flush()
         db.session.execute(sa.insert(BulkAwardMember).from_select(
@@ -83,3 +84,79 @@ def get_award(award_id: int) -> BulkAward:
     if award is None:
         raise NotFound(f"No bulk award with id {award_id}.")
     return award
+
+
+def cancel_award(award_id: int, reason: str, actor: str, now: datetime | None = None) -> BulkAward:
+    """Stop an award that is not done: no member is credited after this; those credited keep their
+    points (a range being credited when the cancel comes is finished first: the award's lock).
+    Cancelling it again answers the same award; a done award cannot be cancelled (409)."""
+    now = now or clock.now()
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationFailed("Say why the award is cancelled (a reason); it goes to the audit log.",
+                               errors={"reason": ["Must not be blank."]})
+    with transaction():
+        award = _locked(award_id)
+        if award.cancelled_at is not None:
+            return award
+        if award.status == "done":
+            raise Conflict(f"Bulk award {award.id} is done: all {award.awarded} members were credited, so there is "
+                           "nothing left to cancel. To take points back, adjust the members' points.",
+                           award_id=award.id)
+        before = describe_run(award)
+        award.status, award.cancelled_at, award.finished_at, award.retry_at = "failed", now, now, None
+        award.error = (f"Cancelled by {actor}: {reason} ({award.awarded} of {award.members} members had been "
+                       "credited and keep their points)")[:2000]
+        audit.record(actor, "bulk_award.cancel", "bulk_award", award.id, before, describe_run(award), now)
+    return award
+
+
+def retry_award(award_id: int, actor: str, now: datetime | None = None) -> BulkAward:
+    """Queue again an award that failed its last attempt (after its cause is fixed), with all its
+    attempts back; the members already credited are not credited again."""
+    now = now or clock.now()
+    with transaction():
+        award = _locked(award_id)
+        if award.status != "failed" or award.cancelled_at is not None:
+            state = "cancelled" if award.cancelled_at is not None else award.status
+            raise Conflict(f"Bulk award {award.id} is {state}; only an award that failed (not a cancelled one) can "
+                           "be retried.", award_id=award.id)
+        before = describe_run(award)
+        award.status, award.attempts, award.retry_at, award.finished_at = "queued", 0, None, None
+        audit.record(actor, "bulk_award.retry", "bulk_award", award.id, before, describe_run(award), now)
+    return award
+
+
+def describe_run(award: BulkAward) -> dict[str, Any]:
+    return audit.document(award, ("status", "awarded", "attempts", "error", "cancelled_at"))
+
+
+AWARD_LOCK_CLASS = 0x42A1  # this module's advisory locks: (class, award id)
+
+
+def hold_award(award_id: int) -> None:
+    """The award's lock for this transaction, taken by each range the job credits and by a cancel.
+    An advisory lock (PostgreSQL; SQLite runs one writer at a time): its waiters queue first come,
+    first served, so a cancel waiting for the range in flight is served before the job's next range.
+    A row lock (FOR UPDATE) is not fair so: the next range, asking while the cancel was being woken,
+    could take the row first, again and again."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(sa.text("SELECT pg_advisory_xact_lock(:class, :award)"),
+                           {"class": AWARD_LOCK_CLASS, "award": award_id % 2**31})
+
+
+def _locked(award_id: int) -> BulkAward:
+    hold_award(award_id)
+    award = db.session.scalar(sa.select(BulkAward).where(BulkAward.id == award_id).with_for_update())
+    if award is None:
+        raise NotFound(f"No bulk award with id {award_id}.")
+    return award
+
+
+def recent_awards(limit: int = 20) -> list[BulkAward]:
+    """The awards not done (oldest first), then the latest done, up to `limit` (the console's list)."""
+    open_awards = list(db.session.scalars(sa.select(BulkAward).where(BulkAward.status != "done")
+                                          .order_by(BulkAward.id).limit(limit)))
+    done = list(db.session.scalars(sa.select(BulkAward).where(BulkAward.status == "done")
+                                   .order_by(BulkAward.id.desc()).limit(max(limit - len(open_awards), 0))))
+    return open_awards + done

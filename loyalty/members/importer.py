@@ -37,6 +37,7 @@ from loyalty.points.models import Account, Entry, Lot
 from loyalty.points.settings import current_rules
 from loyalty.tiers.models import TierChange
 from loyalty.tiers.service import ladder, protected_until
+from loyalty.webhooks import service as outbox
 
 COLUMNS = ("channel", "external_id", "name", "phone", "email", "birthday", "points", "points_expire_at", "tier")
 REQUIRED_COLUMNS = ("channel", "external_id")
@@ -75,6 +76,7 @@ class Summary:
     points: Decimal = Decimal("0.00")
     rejects_path: str | None = None
     dry_run: bool = False
+    events: int = 0  # member.created events queued for webhook subscribers
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -108,9 +110,16 @@ def count_rows(path: str) -> int:
 
 
 def import_members(path: str, rejects_out: TextIO, dry_run: bool = False, now: datetime | None = None,
-                   progress: Callable[[int], Any] | None = None, batch_size: int = BATCH) -> Summary:
+                   progress: Callable[[int], Any] | None = None, batch_size: int = BATCH,
+                   webhooks: bool = True) -> Summary:
     """Import the CSV file at `path`; rejected rows are written to `rejects_out`. With `dry_run`,
-    every check is made (against the database too) and nothing is written."""
+    every check is made (against the database too) and nothing is written.
+
+    Each imported member is a `member.created` event for the webhook subscribers who want it, as a
+    registration is (with `"imported": true`, so a welcome flow can tell them apart), queued in the
+    batch's transaction: a system kept in step by webhooks (a CRM, a data warehouse) learns of every
+    member however they came. `webhooks=False` (`--no-webhooks`) queues none, for a migration whose
+    subscribers already hold these members (they came from there) or should not hear of them."""
     now = now or clock.now()
     summary = Summary(dry_run=dry_run)
     with open(path, encoding="utf-8-sig", newline="") as source:
@@ -123,23 +132,25 @@ def import_members(path: str, rejects_out: TextIO, dry_run: bool = False, now: d
         reader.fieldnames = header
         rejects = Rejects(rejects_out, header)
         checker = RowChecker(now)
+        statistics = {"next": 2 * batch_size}
         read: list[tuple[int, dict[str, Any]]] = []
         for line, raw in enumerate(reader, start=2):
             summary.rows += 1
             read.append((line, raw))
             if len(read) == batch_size:
-                _check_and_import(read, checker, rejects, summary, now, dry_run)
+                _check_and_import(read, checker, rejects, summary, now, dry_run, webhooks)
+                _refresh_statistics(summary, statistics)
                 read = []
                 if progress:
                     progress(batch_size)
-        _check_and_import(read, checker, rejects, summary, now, dry_run)
+        _check_and_import(read, checker, rejects, summary, now, dry_run, webhooks)
         if progress and summary.rows % batch_size:
             progress(summary.rows % batch_size)
     return summary
 
 
 def _check_and_import(read: list[tuple[int, dict[str, Any]]], checker: "RowChecker", rejects: Rejects,
-                      summary: Summary, now: datetime, dry_run: bool) -> None:
+                      summary: Summary, now: datetime, dry_run: bool, webhooks: bool) -> None:
     """One batch of the file: rows whose identity is here already are counted and left alone before
     anything else is checked (a run resumed after a kill, or run twice, skips the done part quickly);
     the others are checked, then imported."""
@@ -158,7 +169,7 @@ def _check_and_import(read: list[tuple[int, dict[str, Any]]], checker: "RowCheck
         row = checker.check(line, raw, reject)
         if row is not None:
             batch.append(row)
-    _import_batch(batch, rejects, summary, now, dry_run)
+    _import_batch(batch, rejects, summary, now, dry_run, webhooks)
     rejects.flush()
 
 
@@ -167,6 +178,7 @@ def _key(raw: dict[str, Any]) -> tuple[str, str]:
 
 
 def _present_keys(keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    _probe_by_index()
     _stage([(channel, external_id, None, None) for channel, external_id in keys if channel and external_id])
     present = {(channel, external_id) for channel, external_id in db.session.execute(sa.text(
         f"SELECT s.channel, s.external_id FROM {STAGE} s JOIN member_identities i "
@@ -280,7 +292,8 @@ def _day(text: str) -> date | None:
 
 # --- one batch ----------------------------------------------------------------------------------
 
-def _import_batch(batch: list[Row], rejects: Rejects, summary: Summary, now: datetime, dry_run: bool) -> None:
+def _import_batch(batch: list[Row], rejects: Rejects, summary: Summary, now: datetime, dry_run: bool,
+                  webhooks: bool) -> None:
     """Check the batch against the database and write what passes, in one transaction. Should a twin
     (a registration, another import) take one of its identities meanwhile, the unique constraints
     refuse the batch; it is checked again and the row now taken is rejected."""
@@ -290,8 +303,7 @@ def _import_batch(batch: list[Row], rejects: Rejects, summary: Summary, now: dat
         try:
             with transaction():
                 accepted, refused, present = _check_against_members(batch)
-                if not dry_run:
-                    _write(accepted, now)
+                events = 0 if dry_run else _write(accepted, now, webhooks)
             break
         except IntegrityError:
             if attempt == 2:
@@ -299,29 +311,53 @@ def _import_batch(batch: list[Row], rejects: Rejects, summary: Summary, now: dat
     for row, reason in refused:
         rejects.add(summary, row.line, reason, row.raw)
     summary.already_there += present
+    summary.events += events
     summary.imported += len(accepted)
     summary.points += sum((row.points for row in accepted), Decimal("0.00"))
 
 
 STAGE = "import_stage"
+STAGE_PHONES = "import_stage_phones"
 
 
 def _check_against_members(batch: list[Row]) -> tuple[list[Row], list[tuple[Row, str]], int]:
     """(rows to import, rows refused with the reason, how many are here already): one join of the
     staged batch with the members, whatever the batch's size. One statement, so one snapshot: a twin
     import committing between two separate reads would show its members' phones taken and not yet
-    their identities, and its rows would be refused as another member's instead of counted as here."""
-    _stage([(row.channel, row.external_id, row.phone, row.email) for row in batch])
+    their identities, and its rows would be refused as another member's instead of counted as here.
+
+    A phone is matched in every spelling a member may hold it in (E.164, or the old spelling the E.164
+    migration left a member whose number another already had: 13800138000, 8613800138000...), as
+    registration matches it: each row's candidate spellings are staged too, and a match through a
+    spelling that is not the E.164 form counts only if it reads back as the row's number."""
+    region = settings().phone_region
+    _probe_by_index()
+    _stage([(row.channel, row.external_id, row.phone, row.email) for row in batch],
+           [(row.channel, row.external_id, spelling) for row in batch if row.phone
+            for spelling in phones.candidate_spellings(row.phone, region)])
     found = db.session.execute(sa.text(
-        f"SELECT s.channel, s.external_id, i.member_id, p.id, e.id FROM {STAGE} s "
+        f"SELECT s.channel, s.external_id, i.member_id, p.id, p.phone, e.id FROM {STAGE} s "
         "LEFT JOIN member_identities i ON i.channel = s.channel AND i.external_id = s.external_id "
-        "LEFT JOIN members p ON p.phone = s.phone "
+        f"LEFT JOIN (SELECT sp.channel, sp.external_id, m.id, m.phone FROM {STAGE_PHONES} sp "
+        "           JOIN members m ON m.phone = sp.phone) p ON p.channel = s.channel AND p.external_id = s.external_id "
         "LEFT JOIN members e ON e.email = s.email "
         "WHERE i.member_id IS NOT NULL OR p.id IS NOT NULL OR e.id IS NOT NULL")).all()
     db.session.execute(sa.text(f"DROP TABLE {STAGE}"))
-    present = {(channel, external_id) for channel, external_id, identity, _, _ in found if identity is not None}
-    phone_owner = {(channel, external_id): owner for channel, external_id, _, owner, _ in found if owner is not None}
-    email_owner = {(channel, external_id): owner for channel, external_id, _, _, owner in found if owner is not None}
+    db.session.execute(sa.text(f"DROP TABLE {STAGE_PHONES}"))
+    phone_of = {(row.channel, row.external_id): row.phone for row in batch}
+    present: set[tuple[str, str]] = set()
+    phone_owner: dict[tuple[str, str], int] = {}
+    email_owner: dict[tuple[str, str], int] = {}
+    for channel, external_id, identity, owner, stored, email_holder in found:
+        key = (channel, external_id)
+        if identity is not None:
+            present.add(key)
+        number = phone_of[key]
+        if owner is not None and number is not None and (
+                stored == number or stored in phones.legacy_spellings(number, region)):
+            phone_owner[key] = min(owner, phone_owner.get(key, owner))
+        if email_holder is not None:
+            email_owner[key] = email_holder
     accepted, refused = [], []
     for row in batch:
         key = (row.channel, row.external_id)
@@ -336,22 +372,55 @@ def _check_against_members(batch: list[Row]) -> tuple[list[Row], list[tuple[Row,
     return accepted, refused, len(present)
 
 
-def _stage(rows: list[tuple[str, str, str | None, str | None]]) -> None:
-    """The batch's keys, phones and emails in a temporary table, to join with the members."""
+def _probe_by_index() -> None:
+    """A batch's few thousand rows are looked up in the members' unique indexes, one probe each;
+    PostgreSQL's default costs (random_page_cost 4, for disks) make it hash the whole members table
+    instead, every batch: at 1 M members 0.3-1 s a batch against 10-60 ms (EXPLAIN ANALYZE in
+    bench/README.md). The indexes were written by the batches before, so they are in memory: priced as
+    such for this transaction only."""
+    if _postgresql():
+        db.session.execute(sa.text("SET LOCAL random_page_cost = 1.1"))
+
+
+def _refresh_statistics(summary: Summary, state: dict[str, int]) -> None:
+    """ANALYZE members and identities each time the import has doubled what it added since the last
+    time: autovacuum lags a fast import, and a planner that believes the tables a tenth of their size
+    chooses scans (about log2(N / batch) times in all, a fraction of a second each)."""
+    if not _postgresql() or summary.imported < state.get("next", 0):
+        return
+    with transaction():
+        for table in ("members", "member_identities"):
+            db.session.execute(sa.text(f"ANALYZE {table}"))
+    state["next"] = max(2 * summary.imported, BATCH)
+
+
+def _stage(rows: list[tuple[str, str, str | None, str | None]],
+           spellings: list[tuple[str, str, str]] | None = None) -> None:
+    """The batch's keys, phones and emails in a temporary table, to join with the members; with
+    `spellings`, every spelling of each row's phone in a second one."""
     db.session.execute(sa.text(
         f"CREATE TEMPORARY TABLE {STAGE} (channel VARCHAR(30), external_id VARCHAR(100), phone VARCHAR(20), "
         "email VARCHAR(254))"))
+    _fill(STAGE, ("channel", "external_id", "phone", "email"), rows)
+    if spellings is not None:
+        db.session.execute(sa.text(
+            f"CREATE TEMPORARY TABLE {STAGE_PHONES} (channel VARCHAR(30), external_id VARCHAR(100), phone VARCHAR(40))"))
+        _fill(STAGE_PHONES, ("channel", "external_id", "phone"), spellings)
+
+
+def _fill(table: str, columns: tuple[str, ...], rows: list[Any]) -> None:
     if _postgresql():
-        _copy(STAGE, ("channel", "external_id", "phone", "email"), rows)
-        db.session.execute(sa.text(f"ANALYZE {STAGE}"))
-    else:
-        db.session.execute(sa.text(f"INSERT INTO {STAGE} VALUES (:channel, :external_id, :phone, :email)"),
-                           [dict(zip(("channel", "external_id", "phone", "email"), r)) for r in rows])
+        _copy(table, columns, rows)
+        db.session.execute(sa.text(f"ANALYZE {table}"))
+    elif rows:
+        db.session.execute(sa.text(f"INSERT INTO {table} VALUES ({', '.join(':' + c for c in columns)})"),
+                           [dict(zip(columns, r)) for r in rows])
 
 
-def _write(rows: list[Row], now: datetime) -> None:
+def _write(rows: list[Row], now: datetime, emit: bool) -> int:
+    """Write the checked rows; the number of member.created events queued."""
     if not rows:
-        return
+        return 0
     member_ids = _allocate(Member.__table__, len(rows))
     with_points = [row for row in rows if row.points > 0]
     entry_ids = _allocate(Entry.__table__, len(with_points))
@@ -392,6 +461,12 @@ def _write(rows: list[Row], now: datetime) -> None:
     _insert(Entry.__table__, entries_rows)
     _insert(Lot.__table__, lots_rows)
     _insert(TierChange.__table__, changes)
+    if not emit:
+        return 0
+    # The registration's event: the same fields, and that the member was imported.
+    return outbox.emit_many("member.created", [
+        {"member_id": member["id"], "member_no": member["member_no"], "channel": member["channel"],
+         "referred_by_id": None, "joined_at": now, "imported": True} for member in members], now)
 
 
 def _codes(count: int) -> list[str]:

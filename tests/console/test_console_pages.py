@@ -9,6 +9,8 @@ import sqlalchemy as sa
 
 from loyalty import clock
 from loyalty.audit import AuditEntry
+from loyalty.bulk_awards import service as award_service
+from loyalty.bulk_awards.models import BulkAward
 from loyalty.extensions import db
 from loyalty.members.models import Member
 from loyalty.points.service import points_summary
@@ -367,3 +369,30 @@ def test_field_messages_are_shown_in_chinese_on_a_chinese_page(admin, member_id)
     admin.get("/console/?lang=zh")
     refused = admin.post(f"/console/members/{member_id}/adjust", {"points": "0", "reason": "goodwill"})
     assert refused.status_code == 422 and "不能为 0。" in text(refused)
+
+
+def test_admin_cancels_a_bulk_award_from_the_jobs_page_and_retries_a_failed_one(app, admin, api, member_id):
+    queued = api.post("marketing", "/bulk-awards", json={"award_no": "BA-1", "segment": "tier:ordinary",
+                                                          "points": 5, "reason": "Anniversary"})
+    assert queued.status_code == 202, queued.json
+    page = text(admin.get("/console/jobs?lang=en"))
+    assert "Bulk awards" in page and "BA-1" in page and "0 / 1" in page
+    refused = text(admin.post(f"/console/bulk-awards/{queued.json['id']}/cancel", data={"reason": " "},
+                              follow_redirects=True))
+    assert "Say why the award is cancelled" in refused
+    done = text(admin.post(f"/console/bulk-awards/{queued.json['id']}/cancel", data={"reason": "Wrong segment"},
+                           follow_redirects=True))
+    assert "Bulk award BA-1 cancelled: 0 of 1 members had been credited" in done
+    assert "cancelled" in done and "Cancel award" not in done
+    award = api.get("marketing", f"/bulk-awards/{queued.json['id']}").json
+    assert (award["status"], award["awarded"]) == ("failed", 0) and award["cancelled_at"]
+    assert audit_entries(app, "bulk_award.cancel")
+    with app.app_context():  # another award, failed after its last attempt
+        second = award_service.queue_award(award_service.Order("BA-2", "tier:ordinary", Decimal("5"), "Again"), "test")
+        db.session.execute(sa.update(BulkAward).where(BulkAward.id == second.id).values(status="failed", attempts=5))
+        db.session.commit()
+        second_id = second.id
+        db.session.remove()
+    retried = text(admin.post(f"/console/bulk-awards/{second_id}/retry", follow_redirects=True))
+    assert "Bulk award BA-2 queued again." in retried
+    assert api.get("marketing", f"/bulk-awards/{second_id}").json["status"] == "queued"

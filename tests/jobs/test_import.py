@@ -2,6 +2,7 @@
 lot with their expiry, every kind of bad row rejected with its reason, resumable, dry run."""
 import csv
 import io
+import json
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -17,6 +18,8 @@ from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Entry, Lot
 from loyalty.points.verify import broken_accounts
 from loyalty.tiers.models import TierChange
+from loyalty.webhooks import service as webhooks
+from loyalty.webhooks.models import Delivery, Event
 from tests import factories
 
 HEADER = list(importer.COLUMNS)
@@ -144,11 +147,12 @@ def test_a_run_killed_half_way_resumes_and_imports_each_row_once(app, tmp_path, 
     path = write_csv(tmp_path / "big.csv", rows)
     real_write, calls = importer._write, []
 
-    def dies_on_the_third_batch(batch, now):
+    def dies_on_the_third_batch(batch, now, emit):
         calls.append(len(batch))
-        real_write(batch, now)
+        written = real_write(batch, now, emit)
         if len(calls) == 3:
             raise KeyboardInterrupt  # the operator's Ctrl-C, or a kill, in the middle of a batch
+        return written
 
     with app.app_context():
         monkeypatch.setattr(importer, "_write", dies_on_the_third_batch)
@@ -217,4 +221,104 @@ def test_two_imports_of_one_file_at_once_import_each_row_once(app, tmp_path):
     with app.app_context():
         assert table_counts()["members"] == 40
         assert broken_accounts() == []
+        db.session.remove()
+
+
+# --- member.created webhooks ---------------------------------------------------------------------
+
+def subscribe(events=("member.created",)):
+    return webhooks.create_subscription({"url": "https://crm.example/hooks", "events": list(events),
+                                         "secret": "s" * 32}, actor="admin test")
+
+
+def created_events():
+    return [json.loads(body) for body in db.session.scalars(
+        sa.select(Event.body).where(Event.type == "member.created").order_by(Event.created_at, Event.id))]
+
+
+def test_each_imported_member_is_a_member_created_event_for_its_subscribers(runner, app, tmp_path):
+    rows = [{"channel": "store", "external_id": f"W{n}", "name": f"Wu {n}"} for n in range(7)]
+    path = write_csv(tmp_path / "w.csv", rows + [{"channel": "store", "external_id": "", "name": "keyless"}])
+    with app.app_context():
+        subscription = subscribe()
+        db.session.remove()
+    result = runner.invoke(args=["import", "members", path])
+    assert result.exit_code == 0, result.output
+    assert "7 member.created webhook events queued" in result.output
+    with app.app_context():
+        events = created_events()
+        imported = {m.id: m for m in db.session.scalars(sa.select(Member))}
+        assert sorted(event["data"]["member_id"] for event in events) == sorted(imported)
+        for event in events:
+            member = imported[event["data"]["member_id"]]
+            assert event["data"]["member_no"] == member.member_no
+            assert (event["data"]["channel"], event["data"]["imported"]) == ("store", True)
+        deliveries = db.session.scalars(sa.select(Delivery)).all()
+        assert len(deliveries) == 7 and {d.subscription_id for d in deliveries} == {subscription.id}
+        assert {d.status for d in deliveries} == {"pending"}
+        db.session.remove()
+    again = runner.invoke(args=["import", "members", path])  # nothing imported, nobody told twice
+    assert again.exit_code == 0 and "webhook" not in again.output
+    with app.app_context():
+        assert len(created_events()) == 7
+        db.session.remove()
+
+
+def test_no_webhooks_imports_the_members_and_tells_nobody(runner, app, tmp_path):
+    path = write_csv(tmp_path / "q.csv", [{"channel": "store", "external_id": f"Q{n}", "name": "Qi"} for n in range(3)])
+    with app.app_context():
+        subscribe()
+        db.session.remove()
+    result = runner.invoke(args=["import", "members", path, "--no-webhooks"])
+    assert result.exit_code == 0, result.output
+    assert "3 imported" in result.output and "webhook" not in result.output
+    with app.app_context():
+        assert created_events() == [] and db.session.scalar(sa.select(sa.func.count()).select_from(Delivery)) == 0
+        db.session.remove()
+
+
+def test_a_dry_run_or_nobody_listening_queues_no_event(runner, app, tmp_path):
+    path = write_csv(tmp_path / "d.csv", [{"channel": "store", "external_id": "D1", "name": "Du"}])
+    with app.app_context():
+        subscribe(events=("tier.changed",))
+        db.session.remove()
+    assert runner.invoke(args=["import", "members", path, "--dry-run"]).exit_code == 0
+    assert runner.invoke(args=["import", "members", path]).exit_code == 0
+    with app.app_context():
+        assert table_counts()["members"] == 1 and created_events() == []
+        db.session.remove()
+
+
+# --- a phone held in an old spelling --------------------------------------------------------------
+
+def test_a_phone_a_member_holds_in_an_old_spelling_is_taken_whatever_spelling_the_file_has(app, tmp_path):
+    with app.app_context():
+        legacy = factories.member(phone="13900139555")
+        # What the E.164 migration left a member whose number another held (that one since erased).
+        db.session.execute(sa.update(Member).where(Member.id == legacy.id).values(phone="8613800138777"))
+        db.session.commit()
+        legacy_id = legacy.id
+        db.session.remove()
+    rows = [{"channel": "store", "external_id": f"L{n}", "name": "Lu", "phone": spelling}
+            for n, spelling in enumerate(("+86 138 0013 8777", "0086 13800138777", "13800138777"))]
+    rejects = io.StringIO()
+    with app.app_context():
+        # One row per file (a file may not give a number twice): each spelling on its own.
+        for row in rows:
+            summary = importer.import_members(write_csv(tmp_path / f"{row['external_id']}.csv", [row]), rejects)
+            assert (summary.imported, summary.rejected) == (0, 1), row
+        db.session.remove()
+    reasons = [line for line in rejects.getvalue().splitlines() if "phone taken" in line]
+    assert len(reasons) == 3 and all(f"belongs to member {legacy_id}" in line for line in reasons)
+
+
+def test_an_old_spelling_that_reads_as_another_number_is_not_a_conflict(app, tmp_path):
+    with app.app_context():
+        chinese = factories.member(phone="13900139556")
+        # 16502530000 read in China is a Chinese mobile (+8616502530000), not the US +1 650 253 0000.
+        db.session.execute(sa.update(Member).where(Member.id == chinese.id).values(phone="16502530000"))
+        db.session.commit()
+        summary = importer.import_members(write_csv(tmp_path / "us.csv", [
+            {"channel": "store", "external_id": "U1", "name": "Una", "phone": "+1 650 253 0000"}]), io.StringIO())
+        assert (summary.imported, summary.rejected) == (1, 0)
         db.session.remove()

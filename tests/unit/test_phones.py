@@ -1,5 +1,8 @@
 """Phone numbers in E.164 however they are typed (pure: no app, no database)."""
+import phonenumbers
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loyalty.config import from_environment
 from loyalty.members import phones
@@ -87,3 +90,73 @@ def test_an_unknown_region_stops_the_service_with_a_sentence(monkeypatch, tmp_pa
         from_environment(str(tmp_path))
 
     assert "LOYALTY_PHONE_REGION='China'" in str(stopped.value)
+
+
+# --- the quick reading agrees with phonenumbers -----------------------------------------------------
+
+REGIONS = ["CN", "HK", "SG", "TW", "DE", "GB", "FR", "IT", "IN", "JP", "BR", "AU", "US", "RU", "CI", "GA"]  # CI, GA: leading zeros
+
+
+def _by_phonenumbers(text, region):
+    """What phonenumbers alone makes of `text`: the reference the quick reading must equal."""
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@st.composite
+def typed_numbers(draw):
+    """Digits as an import file has them: near a region's real mobiles and fixed lines (a digit
+    changed, one more or one less, its country code or a prefix in front) or any digits at all."""
+    region = draw(st.sampled_from(REGIONS))
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    kind = draw(st.sampled_from([phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE]))
+    example = phonenumbers.example_number_for_type(region, kind)
+    national = phonenumbers.national_significant_number(example) if example else "1380013800"
+    digits = list(draw(st.sampled_from([national, draw(st.text("0123456789", min_size=1, max_size=16))])))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(digits)))
+        change = draw(st.sampled_from(["replace", "insert", "delete"]))
+        if change == "insert" or not digits:
+            digits.insert(at, draw(st.sampled_from("0123456789")))
+        elif change == "delete":
+            del digits[min(at, len(digits) - 1)]
+        else:
+            digits[min(at, len(digits) - 1)] = draw(st.sampled_from("0123456789"))
+    front = draw(st.sampled_from(["", "+", "0", "00", "1", "179", "12", "11"])) \
+        + draw(st.sampled_from(["", str(metadata.country_code), "86", "1"]))
+    return "".join([front, *digits]), region
+
+
+@settings(max_examples=2500, deadline=None, derandomize=True)
+@given(typed_numbers())
+def test_the_quick_reading_agrees_with_phonenumbers_on_every_number_and_every_refusal(typed):
+    text, region = typed
+    assert phones.e164_or_none(text, region) == _by_phonenumbers(text, region)
+    quick = phones._quick_e164(text, region)
+    assert quick is None or quick == _by_phonenumbers(text, region)
+
+
+@pytest.mark.parametrize("typed", ["13800138000", "+8613800138000", "19912345678", "+8615012345678"])
+def test_chinese_mobiles_in_e164_or_plainly_national_are_read_without_phonenumbers(typed):
+    assert phones._quick_e164(typed, "CN") == _by_phonenumbers(typed, "CN") is not None
+
+
+@pytest.mark.parametrize("typed", [
+    "8613800138000", "008613800138000", "013800138000",  # a prefix phonenumbers strips
+    "12593138001380", "17951138001380",  # a carrier prefix (China's national prefix for parsing)
+    "1065529988", "+861065529988",  # a landline
+    "12345678901", "+8612345678901",  # no such mobile: phonenumbers refuses it
+])
+def test_anything_else_is_left_to_phonenumbers(typed):
+    assert phones._quick_e164(typed, "CN") is None
+
+
+def test_regions_sharing_a_country_code_are_left_to_phonenumbers():
+    assert phones._quick_e164("6502530000", "US") is None
+    assert phones._quick_e164("+16502530000", "US") is None
+    assert phones.to_e164("650 253 0000", "US") == "+16502530000"

@@ -1,8 +1,10 @@
-"""Admin's pages: the audit log, webhooks (deliveries, replay), jobs (last runs, run now), API keys."""
+"""Admin's pages: the audit log, webhooks (deliveries, replay), jobs (last runs, run now; bulk awards:
+cancel, retry), API keys."""
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 
 from loyalty import audit, auth, clock
+from loyalty.bulk_awards import service as bulk_awards
 from loyalty.config import settings
 from loyalty.console.base import FormErrors, actor, attempt, blp, form_values, staff_only
 from loyalty.cursors import decode_cursor, encode_cursor
@@ -68,7 +70,34 @@ def replay_delivery(delivery_id):
 def jobs():
     last = runner.last_runs()
     rows = [(job, schedule_of(current_app, job), last.get(job.id)) for job in registry.JOBS]
-    return render_template("console/admin/jobs.html", rows=rows, runs=runner.recent_runs(limit=20))
+    return render_template("console/admin/jobs.html", rows=rows, runs=runner.recent_runs(limit=20),
+                           awards=bulk_awards.recent_awards())
+
+
+@blp.route("/bulk-awards/<id:award_id>/cancel", methods=["POST"])
+@staff_only("admin")
+def cancel_bulk_award(award_id):
+    """As `loyalty bulk-awards cancel`: nobody is credited after this; the credited keep their points."""
+    try:
+        award = attempt(bulk_awards.cancel_award, award_id, form_values(("reason",)).get("reason", ""), actor())
+    except FormErrors as error:
+        flash(error.message, "error")
+        return redirect(url_for("console.jobs"))
+    flash(_("Bulk award %(no)s cancelled: %(awarded)s of %(members)s members had been credited and keep their "
+            "points.", no=award.award_no, awarded=award.awarded, members=award.members), "ok")
+    return redirect(url_for("console.jobs"))
+
+
+@blp.route("/bulk-awards/<id:award_id>/retry", methods=["POST"])
+@staff_only("admin")
+def retry_bulk_award(award_id):
+    try:
+        award = attempt(bulk_awards.retry_award, award_id, actor())
+    except FormErrors as error:
+        flash(error.message, "error")
+        return redirect(url_for("console.jobs"))
+    flash(_("Bulk award %(no)s queued again.", no=award.award_no), "ok")
+    return redirect(url_for("console.jobs"))
 
 
 @blp.route("/jobs/<string(maxlength=50):job_id>/run", methods=["POST"])
