@@ -6,7 +6,7 @@ last it is `failed` for good; `cancelled_at` marks one an operator stopped. An a
 by the old code is queued again with one attempt counted, so it gets its remaining tries.
 
 Revision ID: 0022
-Revises: 0018
+Revises: 0021
 Create Date: 2026-11-29 16:20:00
 
 """
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 
 revision = '0022'
-down_revision = '0018'
+down_revision = '0021'
 branch_labels = None
 depends_on = None
 
