@@ -71,7 +71,10 @@ def engine_options(url, options):
     to start (several ms, more on a busy machine)."""
     if not url.startswith("postgresql"):
         return options
-    size = int(os.environ.get("LOYALTY_DB_POOL_SIZE") or "16")
+    size = _number("LOYALTY_DB_POOL_SIZE", 16)
+    if size < 1:
+        raise SystemExit(f"LOYALTY_DB_POOL_SIZE={size}: give how many connections a process keeps, at least 1 "
+                         "(at least gunicorn's --threads).")
     return {"pool_size": size, "max_overflow": size, **options}
 
 

@@ -34,3 +34,19 @@ def test_a_setting_that_is_not_a_number_stops_the_service_with_a_sentence(monkey
 
     with pytest.raises(SystemExit, match="LOYALTY_WEBHOOK_MAX_ATTEMPTS='eight' is not a number"):
         from_environment(str(tmp_path))
+
+
+def test_the_postgresql_pool_keeps_as_many_connections_as_the_setting_says(monkeypatch):
+    from loyalty.config import engine_options
+    monkeypatch.setenv("LOYALTY_DB_POOL_SIZE", "24")
+    assert engine_options("postgresql+psycopg://h/db", {"echo": False}) == {"pool_size": 24, "max_overflow": 24,
+                                                                              "echo": False}
+    assert engine_options("sqlite:///x", {}) == {}
+
+
+@pytest.mark.parametrize("raw, sentence", [("many", "is not a number"), ("0", "at least 1")])
+def test_a_pool_size_that_is_not_a_positive_number_stops_the_service_with_a_sentence(monkeypatch, raw, sentence):
+    from loyalty.config import engine_options
+    monkeypatch.setenv("LOYALTY_DB_POOL_SIZE", raw)
+    with pytest.raises(SystemExit, match=sentence):
+        engine_options("postgresql+psycopg://h/db", {})
