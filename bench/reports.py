@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument("--db", choices=("postgres", "sqlite", "both"), default="both")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432")
+    p.add_argument("--pg-prefix", default="bench_jobs", help="PostgreSQL database name prefix (+ _<N>), as "
+                   "given to bench/jobs.py")
     p.add_argument("--sqlite-dir", default="/tmp")
     args = p.parse_args(argv)
     args.members = args.members or [100_000, 1_000_000]
@@ -89,7 +91,7 @@ def main(argv=None):
           f"Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
     for n in args.members:
         for kind in kinds:
-            url = (f"{args.pg}/bench_jobs_{n}" if kind == "postgres"
+            url = (f"{args.pg}/{args.pg_prefix}_{n}" if kind == "postgres"
                    else f"sqlite:///{os.path.join(args.sqlite_dir, f'bench_jobs_{n}.sqlite')}")
             if kind == "sqlite" and not os.path.exists(url[len("sqlite:///"):]):
                 print(f"{kind} {n}: no database (run bench/jobs.py first)")
