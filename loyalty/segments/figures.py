@@ -83,26 +83,35 @@ TABLES: Sequence[tuple[type[Model], tuple[str, ...], tuple[str, ...]]] = (
 
 
 def fold() -> dict[str, int]:
-    """Collapse each figures table to one row per key (the caller's transaction). Rows are deleted
-    up to the highest id seen and exactly the deleted rows' sums are inserted back, so the sums the
-    reports read do not move."""
+    """Collapse each figures table to one row per key (the caller's transaction): the rows of a key
+    that has several (or sums to nothing) are deleted by id and their sum inserted, so the sums the
+    reports read do not move. Only the fold deletes and no one updates these rows, so the rows read
+    are exactly the rows deleted; a row committed meanwhile is not among them and stays as it is.
+    A key's single row is left alone: a run rewrites only what changed since the last one."""
     counts = {}
     for model, keys, values in TABLES:
         table = cast(sa.Table, model.__table__)
-        last = db.session.scalar(sa.select(sa.func.max(table.c.id)))
-        if last is None:
-            counts[table.name] = 0
-            continue
-        gone = db.session.execute(sa.delete(table).where(table.c.id <= last)
-                                  .returning(*(table.c[k] for k in keys + values))).all()
-        sums: dict[tuple[Any, ...], list[Any]] = {}
-        for row in gone:
-            key = tuple(row[:len(keys)])
-            into = sums.setdefault(key, [0] * len(values))
-            for n, value in enumerate(row[len(keys):]):
-                into[n] += value
-        rows = [dict(zip(keys + values, key + tuple(total))) for key, total in sums.items()
-                if any(total)]
+        # The keys to fold, found by the database (a run reads those rows only, not the table).
+        due = sa.select(*(table.c[k] for k in keys)).group_by(*(table.c[k] for k in keys)).having(sa.or_(
+            sa.func.count() > 1, *(sa.func.sum(table.c[v]) == 0 for v in values[:1]))).subquery()
+        on = sa.and_(sa.true(), *((table.c[k] == due.c[k]) if not table.c[k].nullable
+                                  else table.c[k].is_not_distinct_from(due.c[k]) for k in keys))
+        groups: dict[tuple[Any, ...], tuple[list[int], list[Any]]] = {}
+        for row in db.session.execute(sa.select(table.c.id, *(table.c[k] for k in keys + values))
+                                      .select_from(table.join(due, on) if keys else table)):
+            ids, sums = groups.setdefault(tuple(row[1:1 + len(keys)]), ([], [0] * len(values)))
+            ids.append(row[0])
+            for n, value in enumerate(row[1 + len(keys):]):
+                sums[n] += value
+        gone: list[int] = []
+        rows = []
+        for key, (ids, sums) in groups.items():
+            if len(ids) > 1 or not any(sums):
+                gone += ids
+                if any(sums):
+                    rows.append(dict(zip(keys + values, key + tuple(sums))))
+        for chunk in range(0, len(gone), 1000):
+            db.session.execute(sa.delete(table).where(table.c.id.in_(gone[chunk:chunk + 1000])))
         if rows:
             db.session.execute(sa.insert(table), rows)
         counts[table.name] = len(gone)
