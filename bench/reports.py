@@ -97,6 +97,7 @@ def run(url, repeat):
         for label, function in [
             ("GET /reports/overview", lambda: service.overview()),
             ("GET /reports/liability", lambda: service.liability()),
+            ("console: daily flows, 30 days", lambda: service.daily_flows()),
             ("segment page: active (50)", page("active")),
             ("segment page: high_value (50)", page("high_value")),
             ("segment page: tier:diamond (50)", page("tier:diamond")),

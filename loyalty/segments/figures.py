@@ -155,22 +155,21 @@ def open_lots_by_expiry(statuses: Sequence[str] = ("available", "pending"), afte
     return [(expires_at, points) for expires_at, points in db.session.execute(query)]
 
 
-def entry_points_by_type(start: datetime, end: datetime) -> Mapping[str, Decimal]:
-    """{entry type: points} of the entries created in [start, end] (both included): the whole
-    hours from the sums, the part-hours at either end from the entries themselves (a small range
-    of the created_at index), in one statement."""
+def entry_points_by_type(start: datetime, end: datetime, end_included: bool = True) -> Mapping[str, Decimal]:
+    """{entry type: points} of the entries created from `start` to `end` (`end` itself too unless
+    `end_included` is false): the whole hours from the sums, the part-hours at either end from the
+    entries themselves (a small range of the created_at index), in one statement."""
     first_hour = _hour_ceiling(start)
     last_hour = end.replace(minute=0, second=0, microsecond=0)  # the hour `end` is in: read raw
+    before_end = Entry.created_at <= end if end_included else Entry.created_at < end
     t = EntryHourChange
     if first_hour >= last_hour:  # less than an hour apart, or within one hour: all raw
-        parts = [sa.select(Entry.type, Entry.points.label("points"))
-                 .where(Entry.created_at >= start, Entry.created_at <= end)]
+        parts = [sa.select(Entry.type, Entry.points.label("points")).where(Entry.created_at >= start, before_end)]
     else:
         parts = [sa.select(t.type, t.points.label("points")).where(t.hour >= first_hour, t.hour < last_hour),
                  sa.select(Entry.type, Entry.points.label("points"))
                  .where(Entry.created_at >= start, Entry.created_at < first_hour),
-                 sa.select(Entry.type, Entry.points.label("points"))
-                 .where(Entry.created_at >= last_hour, Entry.created_at <= end)]
+                 sa.select(Entry.type, Entry.points.label("points")).where(Entry.created_at >= last_hour, before_end)]
     both = sa.union_all(*parts).subquery()
     return dict(db.session.execute(
         sa.select(both.c.type, sa.type_coerce(sa.func.sum(both.c.points), Points())).group_by(both.c.type)).all())

@@ -232,8 +232,9 @@ def liability(now: datetime | None = None) -> dict[str, Any]:
 
 def daily_flows(days=30, now=None):
     """Points earned and burned per local day for the last `days` days (today included), oldest
-    first: one GROUP BY over the entries, the day found by comparing with the days' UTC starts
-    (so the deployment's time zone decides the day, on SQLite and PostgreSQL alike).
+    first, from the entries' running sums by hour (segments/figures.py), each day from its local
+    midnight to the next (so the deployment's time zone decides the day, on SQLite and PostgreSQL
+    alike; a zone off the whole hour reads its days' part-hours from the entries).
 
     Earned: purchase and activity points and bonuses. Burned: redeemed, paid at the till, expired
     (as positive numbers)."""
@@ -242,23 +243,17 @@ def daily_flows(days=30, now=None):
     today = clock.local_date(now, tz)
     first = today - timedelta(days=days - 1)
     starts = [clock.start_of_local_day(first + timedelta(days=n), tz) for n in range(days + 1)]
-    day = sa.case(*((Entry.created_at < starts[n + 1], n) for n in range(days)), else_=days)
-    earned_types, burned_types = ("earn_purchase", "earn_activity", "bonus"), ("redeem", "payment", "expire")
-    rows = db.session.execute(
-        sa.select(day.label("day"), Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
-        .where(Entry.created_at >= starts[0], Entry.created_at < starts[-1],
-               Entry.type.in_(earned_types + burned_types))
-        .group_by(day, Entry.type)).all()
     zero = Decimal("0.00")
-    out = [{"day": (first + timedelta(days=n)).isoformat(), "earned": zero, "burned": zero} for n in range(days)]
-    for index, type_, points in rows:
-        if index >= days:
-            continue
-        if type_ in earned_types:
-            out[index]["earned"] += points
-        else:
-            out[index]["burned"] -= points
+    out = []
+    for n in range(days):
+        sums = figures.entry_points_by_type(starts[n], starts[n + 1], end_included=False)
+        out.append({"day": (first + timedelta(days=n)).isoformat(),
+                    "earned": sum((sums.get(type_, zero) for type_ in EARNED), zero),
+                    "burned": -sum((sums.get(type_, zero) for type_ in BURNED), zero)})
     return out
+
+
+EARNED, BURNED = ("earn_purchase", "earn_activity", "bonus"), ("redeem", "payment", "expire")
 
 
 def segment_counts():

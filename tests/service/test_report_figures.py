@@ -2,8 +2,9 @@
 migration 0020). Hypothesis drives members through every kind of write that moves those sums
 (purchases, batches, refunds, payments and their reversals, adjustments, holds placed, captured and
 released, the pending, expiry, hold and lifecycle jobs, tier changes, merges, erasure), folding the
-sums at random moments, and after the run the reports must equal a plain recompute over the
-members, accounts, lots and entries themselves, figure for figure, at several instants."""
+sums at random moments, and after the run the overview, the liability and the console's daily
+flows must equal a plain recompute over the members, accounts, lots and entries themselves, figure
+for figure, at several instants, in time zones on and off the whole hour."""
 import os
 from collections import OrderedDict
 from dataclasses import replace
@@ -12,6 +13,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from flask import current_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -79,6 +81,22 @@ def plain_liability(now):
             "total": sum(months.values(), never), "as_of": now}
 
 
+def plain_daily_flows(now, days=30):
+    tz = app_settings().timezone
+    first = clock.local_date(now, tz) - timedelta(days=days - 1)
+    out = []
+    for n in range(days):
+        start = clock.start_of_local_day(first + timedelta(days=n), tz)
+        end = clock.start_of_local_day(first + timedelta(days=n + 1), tz)
+        sums = dict(db.session.execute(sa.select(Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
+                                       .where(Entry.created_at >= start, Entry.created_at < end)
+                                       .group_by(Entry.type)).all())
+        out.append({"day": (first + timedelta(days=n)).isoformat(),
+                    "earned": sum((sums.get(t, ZERO) for t in ("earn_purchase", "earn_activity", "bonus")), ZERO),
+                    "burned": -sum((sums.get(t, ZERO) for t in ("redeem", "payment", "expire")), ZERO)})
+    return out
+
+
 def fast_overview_figures(now):
     counts = sorted(figures.member_counts(), key=repr)
     counts = [tuple(row) for row in counts]
@@ -93,6 +111,7 @@ def assert_same_figures(now):
     assert fast[1:3] == plain[1:3]
     assert {k: v for k, v in fast[3].items() if v} == {k: v for k, v in plain[3].items() if v}
     assert segments.liability(now=now) == plain_liability(now)
+    assert segments.daily_flows(now=now) == plain_daily_flows(now)
     overview = segments.overview(now=now)
     assert overview["points"]["expiring_30_days"] == plain[2]
     assert overview["members"]["total"] == sum(row[3] for row in plain[0])
@@ -127,10 +146,20 @@ OPERATIONS = st.one_of(
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(operations=st.lists(OPERATIONS, min_size=1, max_size=30), probes=st.lists(st.integers(-40, 40), max_size=3))
-def test_the_running_sums_equal_a_plain_recompute_after_any_writes(operations, probes):
+@given(operations=st.lists(OPERATIONS, min_size=1, max_size=30), probes=st.lists(st.integers(-40, 40), max_size=3),
+       zone=st.sampled_from(["Asia/Shanghai", "Asia/Kolkata", "America/St_Johns"]))  # +8, +5:30, -3:30/-2:30
+def test_the_running_sums_equal_a_plain_recompute_after_any_writes(operations, probes, zone):
     db.session.remove()  # a failed example may leave its reads' transaction open
     fresh_programme()
+    config = current_app.config
+    before, config["LOYALTY_TIMEZONE"] = config["LOYALTY_TIMEZONE"], zone
+    try:
+        run(operations, probes)
+    finally:
+        config["LOYALTY_TIMEZONE"] = before
+
+
+def run(operations, probes):
     points.update_rules(replace(EarningRules(), pending_days=1, expiry_policy="days_after_available",
                                 expiry_days=3), actor="test", now=T0)
     now = T0
