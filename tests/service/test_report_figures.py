@@ -227,3 +227,23 @@ def run(operations, probes):
     db.session.remove()
     assert_same_figures(now)
     db.session.remove()  # the next example empties the tables from another connection
+
+
+def test_the_fold_job_runs_from_the_command_line_leaves_one_row_per_key_and_changes_no_figure(app, runner):
+    member = factories.member(now=T0).id
+    for n in range(3):
+        points.credit_purchase(member, "S1", f"R{n}", D("10.00"), now=T0 + timedelta(minutes=n))
+    db.session.remove()
+    before = (segments.overview(now=T0 + timedelta(hours=2)), segments.liability(now=T0 + timedelta(hours=2)))
+    db.session.remove()
+
+    result = runner.invoke(args=["jobs", "run", "reports.fold_figures"])
+
+    assert result.exit_code == 0, result.output
+    after = (segments.overview(now=T0 + timedelta(hours=2)), segments.liability(now=T0 + timedelta(hours=2)))
+    assert after == before
+    assert before[0]["points"]["pending"] + before[0]["points"]["available"] == D("30.00")
+    for model, keys, _ in figures.TABLES:
+        rows = db.session.execute(sa.select(*(getattr(model, key) for key in keys), sa.func.count())
+                                  .group_by(*(getattr(model, key) for key in keys))).all()
+        assert all(row[-1] == 1 for row in rows), model.__tablename__
