@@ -15,3 +15,4 @@ from loyalty.settings_cache import SettingsVersion  # noqa: F401
 from loyalty.staff.models import StaffMember  # noqa: F401
 from loyalty.promotions.models import Promotion, PromotionGrant  # noqa: F401
 from loyalty.bulk_awards.models import BulkAward, BulkAwardMember  # noqa: F401
+from loyalty.segments.figures import BalanceChange, EntryHourChange, LotChange, MemberCountChange  # noqa: F401

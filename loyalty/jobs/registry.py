@@ -64,6 +64,8 @@ JOBS = [
         "15 2 * * *", referral_jobs.expire_referrals, _pending_referrals),
     Job("webhooks.deliver", "Webhook deliveries that are due are sent (signed), retried with back-off, dead "
         "after the last try", "* * * * *", webhook_jobs.deliver_due, webhook_jobs.due_count),
+    Job("reports.fold_figures", "The report figures' running sums collapse to one row per key (the figures stay "
+        "the same)", "* * * * *", segment_jobs.fold_figures, lambda: 0),
     Job("bulk_awards.run", "Queued bulk awards credit their segment's members (as queued), each exactly once",
         "* * * * *", bulk_award_jobs.run_awards, bulk_award_jobs.due_members),
 ]

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import load_only
 
 from loyalty import clock
 from loyalty.auth import ApiKey
@@ -56,12 +57,10 @@ def store_day(store_id: str, day_text: str, now: datetime | None = None) -> dict
             figures = dict(zip(fields, row))
             by_key.setdefault(row[-1], {})[name] = figures
 
-    gather("purchases", Purchase.api_key_id,
-           sa.select(sa.func.count(), total(Purchase.amount, Money()), total(Purchase.points_earned, Points()))
-           .where(Purchase.store_id == store_id, between(Purchase.occurred_at)),
-           ("count", "amount", "points"))
-    gather("refunds", Refund.api_key_id,
-           sa.select(sa.func.count(), total(Refund.amount, Money()), total(Refund.points_reversed, Points()))
+    _purchases(store_id, between(Purchase.occurred_at), by_key)
+    gather("refunds", Refund.api_key_id,  # a refund's points: its base points and its promotions' (its answer's)
+           sa.select(sa.func.count(), total(Refund.amount, Money()),
+                     total(Refund.points_reversed + Refund.promotion_points, Points()))
            .join(Purchase, Purchase.id == Refund.purchase_id)
            .where(Purchase.store_id == store_id, between(Refund.created_at)),
            ("count", "amount", "points"))
@@ -103,6 +102,22 @@ def store_day(store_id: str, day_text: str, now: datetime | None = None) -> dict
     every_hold = (sum(h[0] for h in holds.values()), sum((h[1] for h in holds.values()), ZERO))
     return {"store_id": store_id, "date": day.isoformat(), "timezone": tz, "from_": start, "until": end,
             **_figures(_sum(by_key.values()), every_voucher, every_hold, currency), "by_key": keys}
+
+
+def _purchases(store_id: str, on_the_day: sa.ColumnElement[bool],
+               by_key: dict[int | None, dict[str, dict[str, Any]]]) -> None:
+    """The day's purchases by key: count, amount and the points each purchase's answer gave
+    (`Purchase.total_points`: base, tier, its promotions and a referral's welcome reward, line by line
+    as credited). The lines are JSON, so they are added up here, over the day's rows of one store."""
+    for purchase in db.session.scalars(
+            sa.select(Purchase).options(load_only(Purchase.api_key_id, Purchase.amount, Purchase.points_earned,
+                                                  Purchase.breakdown, raiseload=True))
+            .where(Purchase.store_id == store_id, on_the_day)):
+        figures = by_key.setdefault(purchase.api_key_id, {}).setdefault(
+            "purchases", {"count": 0, "amount": ZERO, "points": ZERO})
+        figures["count"] += 1
+        figures["amount"] += purchase.amount
+        figures["points"] += purchase.total_points
 
 
 def _sum(per_key: Iterable[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:

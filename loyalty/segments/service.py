@@ -22,6 +22,7 @@ from loyalty.members.models import Member
 from loyalty.points.models import Account, Entry, Lot, Purchase
 from loyalty.points.settings import current_rules
 from loyalty.referrals.service import active_campaign, campaign_stats
+from loyalty.segments import figures
 from loyalty.segments.models import MemberTag
 from loyalty.tiers.service import ladder
 from loyalty.config import settings
@@ -175,29 +176,18 @@ def _inert(value: Any) -> Any:
 
 def overview(now: datetime | None = None) -> dict[str, Any]:
     now = now or clock.now()
-    # One pass over the members: counts by (tier, stage, segment), at most a few dozen groups.
     by_tier = {code: 0 for code in _tier_codes()}  # the ladder's order, empty tiers as 0
     by_stage: dict[str, int] = {}
     by_segment: dict[str, int] = {}
-    for tier, stage, segment, count in db.session.execute(
-            sa.select(Member.tier_code, Member.lifecycle_stage, Member.value_segment, sa.func.count())
-            .where(Member.status == "active")
-            .group_by(Member.tier_code, Member.lifecycle_stage, Member.value_segment)).all():
+    # Running sums (segments/figures.py): a few hundred rows, not every member, account, lot and entry.
+    for tier, stage, segment, count in figures.member_counts():
         by_tier[tier] = by_tier.get(tier, 0) + count
         by_stage[stage or "unknown"] = by_stage.get(stage or "unknown", 0) + count
         by_segment[segment or "none"] = by_segment.get(segment or "none", 0) + count
-    available, pending, debt, held = db.session.execute(sa.select(
-        sa.type_coerce(sa.func.coalesce(sa.func.sum(sa.case((Account.available > 0, Account.available),
-                                                            else_=0)), 0), Points()),
-        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.pending), 0), Points()),
-        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.debt), 0), Points()),
-        sa.type_coerce(sa.func.coalesce(sa.func.sum(Account.held), 0), Points()))).one()
-    expiring = db.session.scalar(sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Lot.remaining), 0), Points()))
-                                 .where(Lot.status == "available", Lot.remaining > 0, Lot.expires_at > now,
-                                        Lot.expires_at <= now + timedelta(days=30)))
-    flows: dict[str, Decimal] = dict(db.session.execute(
-        sa.select(Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
-        .where(Entry.created_at >= now - timedelta(days=30), Entry.created_at <= now).group_by(Entry.type)).all())
+    available, pending, held, debt = figures.balances()
+    expiring = sum((points for _, points in figures.open_lots_by_expiry(
+        ("available",), after=now, until=now + timedelta(days=30))), Decimal("0.00"))
+    flows = figures.entry_points_by_type(now - timedelta(days=30), now)
     rules = current_rules()
     outstanding = available + pending + held  # held points are still the members' until captured
     campaign = active_campaign(now)
@@ -227,10 +217,7 @@ def liability(now: datetime | None = None) -> dict[str, Any]:
     """Outstanding points by the month (local) they expire in; `never` for points that do not."""
     now = now or clock.now()
     tz = settings().timezone
-    rows = db.session.execute(
-        sa.select(Lot.expires_at, sa.type_coerce(sa.func.sum(Lot.remaining), Points()))
-        .where(Lot.status.in_(("available", "pending")), Lot.remaining > 0)
-        .group_by(Lot.expires_at).order_by(Lot.expires_at)).all()
+    rows = figures.open_lots_by_expiry()
     months: OrderedDict[str, Decimal] = OrderedDict()
     never = Decimal("0.00")
     for expires_at, points in rows:
@@ -245,8 +232,9 @@ def liability(now: datetime | None = None) -> dict[str, Any]:
 
 def daily_flows(days=30, now=None):
     """Points earned and burned per local day for the last `days` days (today included), oldest
-    first: one GROUP BY over the entries, the day found by comparing with the days' UTC starts
-    (so the deployment's time zone decides the day, on SQLite and PostgreSQL alike).
+    first, from the entries' running sums by hour (segments/figures.py), each day from its local
+    midnight to the next (so the deployment's time zone decides the day, on SQLite and PostgreSQL
+    alike; a zone off the whole hour reads its days' part-hours from the entries).
 
     Earned: purchase and activity points and bonuses. Burned: redeemed, paid at the till, expired
     (as positive numbers)."""
@@ -255,23 +243,17 @@ def daily_flows(days=30, now=None):
     today = clock.local_date(now, tz)
     first = today - timedelta(days=days - 1)
     starts = [clock.start_of_local_day(first + timedelta(days=n), tz) for n in range(days + 1)]
-    day = sa.case(*((Entry.created_at < starts[n + 1], n) for n in range(days)), else_=days)
-    earned_types, burned_types = ("earn_purchase", "earn_activity", "bonus"), ("redeem", "payment", "expire")
-    rows = db.session.execute(
-        sa.select(day.label("day"), Entry.type, sa.type_coerce(sa.func.sum(Entry.points), Points()))
-        .where(Entry.created_at >= starts[0], Entry.created_at < starts[-1],
-               Entry.type.in_(earned_types + burned_types))
-        .group_by(day, Entry.type)).all()
     zero = Decimal("0.00")
-    out = [{"day": (first + timedelta(days=n)).isoformat(), "earned": zero, "burned": zero} for n in range(days)]
-    for index, type_, points in rows:
-        if index >= days:
-            continue
-        if type_ in earned_types:
-            out[index]["earned"] += points
-        else:
-            out[index]["burned"] -= points
+    out = []
+    for n in range(days):
+        sums = figures.entry_points_by_type(starts[n], starts[n + 1], end_included=False)
+        out.append({"day": (first + timedelta(days=n)).isoformat(),
+                    "earned": sum((sums.get(type_, zero) for type_ in EARNED), zero),
+                    "burned": -sum((sums.get(type_, zero) for type_ in BURNED), zero)})
     return out
+
+
+EARNED, BURNED = ("earn_purchase", "earn_activity", "bonus"), ("redeem", "payment", "expire")
 
 
 def segment_counts():

@@ -114,3 +114,34 @@ def test_an_empty_day_is_all_zeros(api):
     body = api.get("marketing", "/reports/stores/S9/days/2026-03-10").json
     assert body["purchases"] == {"count": 0, "amount": "0.00", "currency": "CNY", "points": 0}
     assert body["by_key"] == [] and body["vouchers_used"] == [] and body["holds_open"] == 0
+
+
+def test_a_purchase_counts_with_its_promotion_points_and_a_refund_takes_them_back_pro_rata(api, client, till2):
+    """The day's points are what each purchase's answer said it earned (base, tier and promotion
+    lines) and what each refund's answer said it took back: 50 bonus points over 150.00 at S1."""
+    def ok(response):
+        assert response.status_code in (200, 201), response.json
+        return response.json
+
+    ok(call(api, client, "marketing", "post", "/promotions", at(2026, 3, 1), json={
+        "name": "50 over 150 at S1", "status": "active", "starts_at": "2026-03-01T00:00:00Z",
+        "scope": {"stores": ["S1"], "min_amount": "150.00"}, "effect": {"type": "bonus", "points": "50"}}))
+    member = ok(call(api, client, "app", "post", "/members", at(2026, 3, 1), json={"name": "Li Lei"}))["id"]
+
+    def buy(who, receipt, amount, when):
+        return ok(call(api, client, who, "post", "/purchases", when,
+                       json={"member_id": member, "receipt_no": receipt, "amount": amount}))
+
+    first = buy("pos", "R1", "200.00", at(2026, 3, 10, 1))      # 200 base + 50 promotion
+    second = buy(till2, "R2", "50.50", at(2026, 3, 10, 2))     # 50.5 base, under the minimum
+    assert (first["points_earned"], second["points_earned"]) == (250, 50.5)
+    refund = ok(call(api, client, till2, "post", f"/purchases/{first['purchase_id']}/refunds", at(2026, 3, 10, 3),
+                     json={"refund_no": "F1", "amount": "100.00"}))
+    assert refund["points_reversed"] == 125                     # half: 100 base + 25 promotion
+
+    body = call(api, None, "marketing", "get", "/reports/stores/S1/days/2026-03-10", at(2026, 3, 10, 8)).json
+    assert body["purchases"] == {"count": 2, "amount": "250.50", "currency": "CNY", "points": 300.5}
+    assert body["refunds"] == {"count": 1, "amount": "100.00", "currency": "CNY", "points": 125}
+    by_key = {line["key_name"]: line for line in body["by_key"]}
+    assert (by_key["till 1"]["purchases"]["points"], by_key["till 2"]["purchases"]["points"]) == (250, 50.5)
+    assert (by_key["till 1"]["refunds"]["points"], by_key["till 2"]["refunds"]["points"]) == (0, 125)

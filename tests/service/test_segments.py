@@ -49,6 +49,7 @@ from loyalty.members.models import Member
 from loyalty.points import jobs as points_jobs
 from loyalty.points import service as points
 from loyalty.points.rules import EarningRules
+from loyalty.promotions import service as promotions
 from loyalty.referrals import service as referrals
 from loyalty.rewards import service as rewards
 from loyalty.segments import jobs as segment_jobs
@@ -504,6 +505,27 @@ def test_a_members_debt_does_not_lower_the_liability_of_the_others():
     assert report["last_30_days"]["paid"] == D("100.00")
     assert report["last_30_days"]["reversed"] == D("-100.00")
     assert segments.liability(now=N)["total"] == D("50.00")
+    assert_ledger_ok()
+
+
+def test_the_overview_counts_the_promotion_points_a_purchase_earned_and_a_refund_took_back():
+    promotions.create_promotion({"name": "50 over 150", "status": "active", "starts_at": N - 30 * DAY,
+                                 "scope": {"min_amount": D("150.00")},
+                                 "effect": {"type": "bonus", "points": D("50")}}, actor="test marketing",
+                                now=N - 30 * DAY)
+    member = new_member(now=N - 10 * DAY)
+    bought = factories.purchase(member.id, "200.00", now=N - 5 * DAY).record  # 200 + 50 of the promotion
+    assert bought.total_points == D("250.00")
+    factories.purchase(member.id, "100.00", now=N - 4 * DAY)  # under the minimum: 100
+    points.refund_purchase(bought.id, "S1", "RF1", D("100.00"), now=N - 3 * DAY)  # half: -100 and -25
+    db.session.remove()
+
+    report = segments.overview(now=N)
+
+    assert report["last_30_days"]["earned"] == D("350.00")
+    assert report["last_30_days"]["reversed"] == D("-125.00")
+    assert report["points"]["available"] == report["points"]["outstanding"] == D("225.00")
+    assert segments.liability(now=N)["total"] == D("225.00")
     assert_ledger_ok()
 
 
