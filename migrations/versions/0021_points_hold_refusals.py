@@ -5,7 +5,7 @@ arrived in between, as a refused points payment does (points_payment_refusals, 0
 took cash, and a retry must not reserve the member's points.
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0020
 Create Date: 2026-11-29 16:30:00
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0021'
-down_revision = '0018'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 
