@@ -355,9 +355,14 @@ def _insert(model, values):
     foreign keys; otherwise nothing is, so the account's UPDATE still goes once, at the end."""
     if db.session.new:
         db.session.flush()
-    row_id = db.session.connection().execute(_INSERTS[model], values).scalar_one()
+    return attach_inserted(model, {**values, "id": db.session.connection().execute(_INSERTS[model], values).scalar_one()})
+
+
+def attach_inserted(model, values):
+    """The object of a row just inserted by a Core statement, every column in `values` (by
+    attribute name), as a persistent object of the session: later changes to it are flushed as
+    UPDATEs, as if it had been loaded."""
     row = model(**values)
-    row.id = row_id
     orm.make_transient_to_detached(row)
     db.session.add(row)
     return row
