@@ -12,7 +12,6 @@ of it can touch held points, and none of it needed to change.
 """
 import json
 from decimal import Decimal
-from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -311,14 +310,6 @@ _LOCK_ACCOUNTS = (
 )
 
 
-def _insert_returning_id(table: sa.Table) -> sa.Insert:
-    binds = {column.name: sa.bindparam(column.name, type_=column.type) for column in table.c if column.name != "id"}
-    return sa.insert(table).values(binds).returning(table.c.id)
-
-
-_INSERTS = {model: _insert_returning_id(cast(sa.Table, model.__table__)) for model in (Entry, Lot)}
-
-
 def expire_lot(account, lot, now):
     points = lot.remaining
     lot.remaining = ZERO
@@ -339,23 +330,14 @@ def pay_debt(account, now):
 def add_entry(account, type_, points, description, reference, now, expires_at=None):
     reference_type, reference_id = reference if reference else (None, None)
     account.updated_at = now
-    return _insert(Entry, dict(
+    entry = Entry(
         member_id=account.member_id, type=type_, points=points,
         balance_after=account.balance, description=description[:200],
         reference_type=reference_type, reference_id=None if reference_id is None else str(reference_id),
         expires_at=expires_at, created_at=now,
-    ))
-
-
-def _insert(model, values):
-    """A new entry or lot, inserted now by one prebuilt Core INSERT ... RETURNING id, and handed back
-    as a persistent object of the session (as if loaded), every column set. The ORM's unit of work
-    for these rows (built per flush) was about a quarter of a POS credit's CPU. A row added to the
-    session but not yet flushed (a member enrolling with a welcome credit) is flushed first, for the
-    foreign keys; otherwise nothing is, so the account's UPDATE still goes once, at the end."""
-    if db.session.new:
-        db.session.flush()
-    return attach_inserted(model, {**values, "id": db.session.connection().execute(_INSERTS[model], values).scalar_one()})
+    )
+    db.session.add(entry)
+    return entry
 
 
 def attach_inserted(model, values):
@@ -385,9 +367,10 @@ def credit(account, type_, points, description, reference, now, *, available_at=
     if earned:
         account.lifetime_earned += points
     entry = add_entry(account, type_, points, description, reference, now, expires_at=expires_at)
-    lot = _insert(Lot, dict(member_id=account.member_id, entry_id=entry.id, points=points, remaining=points,
-                            status="pending" if pending else "available", available_at=available_at,
-                            expires_at=expires_at, created_at=now))
+    lot = Lot(member_id=account.member_id, entry=entry, points=points, remaining=points,
+              status="pending" if pending else "available", available_at=available_at,
+              expires_at=expires_at, created_at=now)
+    db.session.add(lot)
     if not pending:
         _pay_debt_from(account, lot)
     webhooks.emit("points.credited", {
