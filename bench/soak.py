@@ -470,7 +470,7 @@ def check(d, model, members):
                             capture_output=True, text=True)
     if verify.returncode != 0:
         problems.append(f"loyalty ledger verify: {verify.stdout[-1000:]}{verify.stderr[-1000:]}")
-    return problems, verify.stdout.strip().splitlines()[-1:] if verify.stdout.strip() else []
+    return problems, verify.stdout.strip().splitlines()[-2:] if verify.stdout.strip() else []
 
 
 def machine():

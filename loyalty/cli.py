@@ -29,6 +29,7 @@ from loyalty.members.privacy import erase_member
 from loyalty.members.service import phone_duplicates
 from loyalty.points.service import seed_rules
 from loyalty.points.verify import broken_accounts
+from loyalty.segments import figures
 from loyalty.staff import service as staff_service
 from loyalty.tiers.service import seed_tiers
 from loyalty.config import settings
@@ -198,13 +199,17 @@ def ledger():
 @ledger.command("verify")
 @with_appcontext
 def verify():
-    """Check every account's invariants; exit 1 if any is broken."""
+    """Check every account's invariants and the reports' running sums; exit 1 if any is broken."""
     broken = broken_accounts()
     for item in broken:
         click.echo(f"member {item.member_id}: {item.problem}")
-    if broken:
+    sums = figures.disagreements()
+    for sentence in sums:
+        click.echo(f"reports: {sentence}")
+    if broken or sums:
         raise SystemExit(1)
     click.echo("Ledger OK: every account agrees with its lots and entries.")
+    click.echo("Reports OK: the running sums agree with the members, accounts, lots and entries.")
 
 
 @click.group()

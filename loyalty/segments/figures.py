@@ -28,7 +28,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty.database import BigId, Points, UTCDateTime
 from loyalty.extensions import Model, db
-from loyalty.points.models import Entry
+from loyalty.members.models import Member
+from loyalty.points.models import Account, Entry, Lot
 
 ZERO = Decimal("0.00")
 HOUR = timedelta(hours=1)
@@ -178,3 +179,47 @@ def entry_points_by_type(start: datetime, end: datetime, end_included: bool = Tr
 def _hour_ceiling(instant: datetime) -> datetime:
     floor = instant.replace(minute=0, second=0, microsecond=0)
     return floor if floor == instant else floor + HOUR
+
+
+# --- the check ------------------------------------------------------------------------------------
+
+def disagreements() -> list[str]:
+    """Where the running sums and the rows they sum disagree (`loyalty ledger verify`), each as a
+    sentence; empty when every figure agrees. Whole-table scans, as the rest of verify: the sums are
+    only worth trusting if something checks them against the rows now and then."""
+    def total(column: Any) -> Any:
+        return sa.type_coerce(sa.func.coalesce(sa.func.sum(column), 0), Points())
+
+    found = []
+    counted = {(tier, stage, segment): count for tier, stage, segment, count in member_counts()}
+    actual = {(tier, stage, segment): count for tier, stage, segment, count in db.session.execute(
+        sa.select(Member.tier_code, Member.lifecycle_stage, Member.value_segment, sa.func.count())
+        .where(Member.status == "active").group_by(Member.tier_code, Member.lifecycle_stage, Member.value_segment))}
+    for key in sorted(set(counted) | set(actual), key=repr):
+        if counted.get(key, 0) != actual.get(key, 0):
+            found.append(f"active members of tier, stage and segment {key}: {counted.get(key, 0)} in the running "
+                         f"sums, {actual.get(key, 0)} in members")
+    plain = db.session.execute(sa.select(
+        total(sa.case((Account.available > 0, Account.available), else_=0)), total(Account.pending),
+        total(Account.held), total(Account.debt))).one()
+    for name, summed, real in zip(("available", "pending", "held", "debt"), balances(), plain):
+        if summed != real:
+            found.append(f"{name} points of all accounts: {summed} in the running sums, {real} in accounts")
+    lots = {status: points for status, points in db.session.execute(
+        sa.select(LotChange.status, total(LotChange.remaining)).group_by(LotChange.status))}
+    real_lots = {status: points for status, points in db.session.execute(
+        sa.select(Lot.status, total(Lot.remaining)).where(Lot.status.in_(("available", "pending")))
+        .group_by(Lot.status))}
+    for status in sorted(set(lots) | set(real_lots)):
+        if lots.get(status, ZERO) != real_lots.get(status, ZERO):
+            found.append(f"remaining points of {status} lots: {lots.get(status, ZERO)} in the running sums, "
+                         f"{real_lots.get(status, ZERO)} in lots")
+    entries = {type_: points for type_, points in db.session.execute(
+        sa.select(EntryHourChange.type, total(EntryHourChange.points)).group_by(EntryHourChange.type))}
+    real_entries = {type_: points for type_, points in db.session.execute(
+        sa.select(Entry.type, total(Entry.points)).group_by(Entry.type))}
+    for type_ in sorted(set(entries) | set(real_entries)):
+        if entries.get(type_, ZERO) != real_entries.get(type_, ZERO):
+            found.append(f"points of {type_} entries: {entries.get(type_, ZERO)} in the running sums, "
+                         f"{real_entries.get(type_, ZERO)} in the ledger")
+    return found

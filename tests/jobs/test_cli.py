@@ -80,3 +80,19 @@ def test_ledger_verify_names_the_broken_account_and_fails(ctx, runner):
     result = runner.invoke(args=["ledger", "verify"])
     assert result.exit_code == 1
     assert f"member {member.id}: available is not the remaining points" in result.output
+
+
+def test_ledger_verify_checks_the_reports_running_sums_against_the_rows(ctx, runner):
+    member = factories.member()
+    factories.purchase(member.id, "100.00")
+    passed = runner.invoke(args=["ledger", "verify"])
+    assert passed.exit_code == 0, passed.output
+    assert "Reports OK" in passed.output
+    db.session.rollback()  # the next run reads afresh, as a new `loyalty ledger verify` process would
+    with db.engine.begin() as connection:  # a running sum that no row explains (a trigger gone wrong)
+        connection.execute(sa.text("INSERT INTO report_lots (expires_at, status, remaining) "
+                                   "VALUES (NULL, 'available', 700)"))
+    result = runner.invoke(args=["ledger", "verify"])
+    assert result.exit_code == 1
+    assert "reports: remaining points of available lots: 107.00 in the running sums, 100.00 in lots" in result.output
+    assert "Ledger OK" not in result.output
