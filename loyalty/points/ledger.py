@@ -88,7 +88,7 @@ def settle(account, now, lots_due=True):
     ends up holding.
     """
     due = db.session.scalars(
-        sa.select(Lot).where(Lot.member_id == account.member_id, _due(now)).order_by(Lot.id)
+        sa.select(Lot).where(Lot.member_id == account.member_id, falls_due(now)).order_by(Lot.id)
     ).all() if lots_due else []
     for lot in sorted((lot for lot in due if lot.status == "pending"), key=lambda lot: lot.available_at):
         lot.status = "available"
@@ -106,21 +106,25 @@ def settle(account, now, lots_due=True):
 
 def has_due_lots(member_id, now):
     """Would settling this member's account change anything now? One indexed EXISTS query."""
-    return db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, _due(now))))
+    return db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, falls_due(now))))
 
 
-def has_due_holds(member_id, now):
-    """Has the member a hold past its expiry that nothing has released yet?"""
-    return db.session.scalar(sa.select(sa.exists().where(
-        PointsHold.member_id == member_id, PointsHold.status == "held", PointsHold.expires_at <= now)))
+def arrived(now):
+    """Pending lots whose time has come: settling makes them available."""
+    return sa.and_(Lot.status == "pending", Lot.available_at <= now)
 
 
-def _due(now):
-    """Lots whose time has come: pending ones now available, available ones now expired."""
-    return sa.or_(
-        sa.and_(Lot.status == "pending", Lot.available_at <= now),
-        sa.and_(Lot.status == "available", Lot.remaining > 0, Lot.expires_at <= now),
-    )
+def past_expiry(now):
+    """Lots settling would expire: available ones past their expiry, and pending ones that arrive
+    already past it (released, then expired at once)."""
+    return sa.and_(Lot.remaining > 0, Lot.expires_at <= now, sa.or_(Lot.status == "available", arrived(now)))
+
+
+def falls_due(now):
+    """Lots whose time has come: pending ones now available, available ones now expired. `settle`'s
+    rule as SQL conditions (with `arrived` and `past_expiry`): the read of a member's points counts
+    them as settled without writing (points/service.py)."""
+    return sa.or_(arrived(now), sa.and_(Lot.status == "available", Lot.remaining > 0, Lot.expires_at <= now))
 
 
 # --- settle, set-based ------------------------------------------------------------------------------
@@ -285,7 +289,7 @@ def release_holds_range(now, batch):
 
 
 _LOCK_ACCOUNT = (
-    sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(sa.bindparam("now"))))
+    sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, falls_due(sa.bindparam("now"))))
     .join(Account.member).where(Account.member_id == sa.bindparam("member_id"))
     .options(orm.contains_eager(Account.member).joinedload(Member.identities))
     .with_for_update(key_share=True, of=[Account, Member])
@@ -301,7 +305,7 @@ _LOCK_ACCOUNT_AND_TAGS = _LOCK_ACCOUNT.add_columns(
 
 # Many accounts (an offline till's batch): the same locks as _LOCK_ACCOUNT, lowest id first.
 _LOCK_ACCOUNTS = (
-    sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, _due(sa.bindparam("now"))))
+    sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, falls_due(sa.bindparam("now"))))
     .join(Account.member).where(Account.member_id.in_(sa.bindparam("member_ids", expanding=True)))
     .order_by(Account.member_id)
     .options(orm.contains_eager(Account.member))
@@ -338,16 +342,6 @@ def add_entry(account, type_, points, description, reference, now, expires_at=No
     )
     db.session.add(entry)
     return entry
-
-
-def attach_inserted(model, values):
-    """The object of a row just inserted by a Core statement, every column in `values` (by
-    attribute name), as a persistent object of the session: later changes to it are flushed as
-    UPDATEs, as if it had been loaded."""
-    row = model(**values)
-    orm.make_transient_to_detached(row)
-    db.session.add(row)
-    return row
 
 
 def credit(account, type_, points, description, reference, now, *, available_at=None,

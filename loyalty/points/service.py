@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql, sqlite
 
 from loyalty import audit, clock, settings_cache
@@ -477,14 +478,14 @@ def points_summary(member_id: int, now: datetime | None = None) -> dict[str, Any
 def _summary_statement() -> sa.CompoundSelect:
     """points_summary's one statement: the account (with what settling now would release and
     expire, and whether a hold or a lot is due), then the expiring groups, then the pending groups,
-    as rows (kind, at, points, ...) of one UNION ALL. It is settle()'s rule, read-only: a pending lot
+    as rows (kind, at, points, ...) of one UNION ALL. It is settle()'s rule, read-only (its conditions
+    come from ledger.arrived, past_expiry and falls_due): a pending lot
     whose time has come counts as available (and expires if it is past its expiry too); an
     available lot past its expiry counts as expired."""
     member_id: sa.BindParameter[int] = sa.bindparam("member_id")
     now = sa.bindparam("now", type_=UTCDateTime())
     of_member = Lot.member_id == Account.member_id
-    arrived = sa.and_(Lot.status == "pending", Lot.available_at <= now)
-    gone = sa.and_(Lot.remaining > 0, Lot.expires_at <= now, sa.or_(Lot.status == "available", arrived))
+    arrived, gone = ledger.arrived(now), ledger.past_expiry(now)
     remaining = sa.type_coerce(sa.func.coalesce(sa.func.sum(Lot.remaining), 0), Points())
 
     def none(type_: Any) -> Any:
@@ -496,8 +497,7 @@ def _summary_statement() -> sa.CompoundSelect:
         Account.held,
         sa.select(remaining).where(of_member, arrived).scalar_subquery().label("released"),
         sa.select(remaining).where(of_member, gone).scalar_subquery().label("expired"),
-        sa.exists().where(of_member, sa.or_(arrived, sa.and_(Lot.status == "available", Lot.remaining > 0,
-                                                             Lot.expires_at <= now))).label("lots_due"),
+        sa.exists().where(of_member, ledger.falls_due(now)).label("lots_due"),
         sa.exists().where(PointsHold.member_id == Account.member_id, PointsHold.status == "held",
                           PointsHold.expires_at <= now).label("holds_due"),
         settings_cache.VERSION,
@@ -567,7 +567,17 @@ def insert_new(model: type[Row], values: Mapping[str, Any], natural_key: Sequenc
     if statement is None:
         statement = _INSERT_NEW[cache_key] = _insert_new_statement(dialect, model, tuple(values), natural_key)
     row = db.session.connection().execute(statement, dict(values)).one_or_none()
-    return None if row is None else ledger.attach_inserted(model, row._asdict())
+    return None if row is None else _attach_inserted(model, row._asdict())
+
+
+def _attach_inserted(model: type[Row], values: Mapping[str, Any]) -> Row:
+    """The object of a row just inserted by a Core statement, every column in `values` (by
+    attribute name), as a persistent object of the session: later changes to it are flushed as
+    UPDATEs, as if it had been loaded."""
+    row = model(**values)
+    orm.make_transient_to_detached(row)
+    db.session.add(row)
+    return row
 
 
 # insert_new's statements, built once per model and set of columns: building one per call (the values,
