@@ -308,11 +308,8 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
     (with the account's lock, see `needs_tags`); whether this is their first purchase costs a query,
     asked only when a promotion in force for this store, channel and tier needs it (as do the tags
     when the caller has not read them)."""
-    basket = rules.Basket(
-        store_id=store_id, channel=channel or "store", amount=amount,
-        items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
-                    for i in items or ()),
-        occurred_at=occurred_at, tier=member.tier_code if member is not None else tiers.ladder()[0].code)
+    basket = _basket(store_id, channel, amount, items, occurred_at,
+                     member.tier_code if member is not None else tiers.ladder()[0].code)
     if member is None:
         return basket
     open_ = _needing_member_facts(basket, include_drafts)
@@ -329,6 +326,16 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
             first = not db.session.scalar(sa.select(sa.exists().where(
                 Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
     return replace(basket, tags=tags, first_purchase=first)
+
+
+def _basket(store_id: str, channel: str | None, amount: Decimal, items: Iterable[Mapping[str, Any]] | None,
+            occurred_at: datetime, tier: str) -> rules.Basket:
+    """A purchase as the pure rule sees it, before the member's tags and first purchase are known."""
+    return rules.Basket(
+        store_id=store_id, channel=channel or "store", amount=amount,
+        items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
+                    for i in items or ()),
+        occurred_at=occurred_at, tier=tier)
 
 
 def _needing_member_facts(basket: rules.Basket, include_drafts: bool, derived: _Derived | None = None,
@@ -395,10 +402,7 @@ def plan_batch(store_id: str, purchases: Sequence[tuple[Member, int, Decimal, An
     derived = _derived_rules()
     if not derived.loaded:
         return [()] * len(purchases)
-    baskets = [rules.Basket(store_id=store_id, channel="store", amount=amount,
-                            items=tuple(rules.Item(sku=i["sku"], category=i.get("category"), amount=Decimal(i["amount"]))
-                                        for i in items or ()),
-                            occurred_at=occurred_at, tier=member.tier_code)
+    baskets = [_basket(store_id, None, amount, items, occurred_at, member.tier_code)
                for member, _, amount, items, occurred_at in purchases]
     # Each cached read scans the session's pending objects (settings_cache.cached), hundreds in a
     # batch: the rules are read once here, not once per item.
