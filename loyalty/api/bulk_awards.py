@@ -13,7 +13,7 @@ blp = Blueprint("bulk_awards", __name__, description="Bulk awards: points to eve
 class BulkAwards(MethodView):
     @roles("marketing")
     @blp.idempotent
-    @blp.arguments(BulkAwardCreateSchema)
+    @blp.arguments(BulkAwardCreateSchema())
     @blp.response(202, BulkAwardSchema)
     def post(self, data):
         """Queue points for every member of a segment as it is now (the `bulk_awards.run` job credits

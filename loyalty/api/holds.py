@@ -21,7 +21,7 @@ def own_store():
 class PointsHolds(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(HoldCreateSchema)
+    @blp.arguments(HoldCreateSchema())
     @blp.response(201, HoldResultSchema)
     def post(self, data):
         """Reserve points for a till (409 insufficient_points when the member has too few)"""
@@ -44,7 +44,7 @@ class PointsHold(MethodView):
 class PointsHoldCapture(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(HoldCaptureSchema)
+    @blp.arguments(HoldCaptureSchema())
     @blp.response(201, PaymentResultSchema)
     def post(self, data, hold_id):
         """Pay with all or part of the held points; the rest goes back (409 hold_expired / hold_closed)"""

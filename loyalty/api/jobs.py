@@ -13,7 +13,7 @@ blp = Blueprint("jobs", __name__, description="Scheduled jobs and their runs")
 @blp.route("/jobs")
 class Jobs(MethodView):
     @roles("admin")
-    @blp.arguments(JobsQuerySchema, location="query")
+    @blp.arguments(JobsQuerySchema(), location="query")
     @blp.response(200, JobsSchema)
     def get(self, query):
         """Every job with its schedule and last run, and the latest runs (filter with `job_id`)"""

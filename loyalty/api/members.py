@@ -15,14 +15,14 @@ blp = Blueprint("members", __name__, description="Members: registration, lookup,
 class Members(MethodView):
     @roles("app", "pos")
     @blp.idempotent
-    @blp.arguments(MemberCreateSchema)
+    @blp.arguments(MemberCreateSchema())
     @blp.response(201, MemberSchema)
     def post(self, data):
         """Register a member (409 with `member_id` if an identity already belongs to someone)"""
         return service.register_member(**data)
 
     @roles("pos", "marketing")
-    @blp.arguments(MemberLookupSchema, location="query")
+    @blp.arguments(MemberLookupSchema(), location="query")
     @blp.response(200, MemberListSchema)
     def get(self, query):
         """Find members by phone, email, card token, or channel and external id (a staff read is audit-logged)"""
@@ -42,7 +42,7 @@ class MemberById(MethodView):
         return member
 
     @roles("app", member=True)
-    @blp.arguments(MemberUpdateSchema)
+    @blp.arguments(MemberUpdateSchema())
     @blp.response(200, MemberSchema)
     def patch(self, changes, member_id):
         """Change a member's profile (a member token: its own name and email only; audit-logged)"""
@@ -65,7 +65,7 @@ class MemberCard(MethodView):
 class MemberMerge(MethodView):
     @roles("admin")
     @blp.idempotent
-    @blp.arguments(MergeSchema)
+    @blp.arguments(MergeSchema())
     @blp.response(200, MemberSchema)
     def post(self, data, member_id):
         """Merge another record of the same person into this member (points, lots, history,
@@ -84,7 +84,7 @@ TOKEN_IDEMPOTENCY_KEY = {**IDEMPOTENCY_KEY, "description": (
 class MemberTokens(MethodView):
     @roles("app")
     @blp.doc(parameters=[TOKEN_IDEMPOTENCY_KEY])
-    @blp.arguments(TokenCreateSchema)
+    @blp.arguments(TokenCreateSchema())
     @blp.response(201, TokenSchema)
     def post(self, data, member_id):
         """Issue a member token for the member's own device, after the app has signed the member in
@@ -113,7 +113,7 @@ class MemberExport(MethodView):
 class MemberErase(MethodView):
     @roles("admin")
     @blp.idempotent
-    @blp.arguments(EraseSchema)
+    @blp.arguments(EraseSchema())
     @blp.response(200, MemberSchema)
     def post(self, data, member_id):
         """Erase the member's personal data for good (name, phone, email, birthday, identities,

@@ -25,7 +25,7 @@ def answer(outcome):
 class Purchases(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(PurchaseCreateSchema)
+    @blp.arguments(PurchaseCreateSchema())
     @blp.response(201, PurchaseResultSchema)
     def post(self, data):
         """Credit a purchase's points (a repeated store + receipt is a replay)"""
@@ -38,7 +38,7 @@ class Purchases(MethodView):
 class PurchaseBatches(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(BatchCreateSchema)
+    @blp.arguments(BatchCreateSchema())
     @blp.response(200, BatchResultsSchema)
     def post(self, data):
         """Upload an offline till's purchases (1 to 500), each once by store + receipt, answered in order"""
@@ -50,7 +50,7 @@ class PurchaseBatches(MethodView):
 class PurchaseRefunds(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(RefundCreateSchema)
+    @blp.arguments(RefundCreateSchema())
     @blp.response(201, RefundResultSchema)
     def post(self, data, purchase_id):
         """Refund a purchase and claw back its points pro rata"""
@@ -62,7 +62,7 @@ class PurchaseRefunds(MethodView):
 class MemberActivities(MethodView):
     @roles("app")
     @blp.idempotent
-    @blp.arguments(ActivityCreateSchema)
+    @blp.arguments(ActivityCreateSchema())
     @blp.response(201, ActivityResultSchema)
     def post(self, data, member_id):
         """Record a behaviour activity (sign-in, share, review...) within its cap"""
@@ -74,7 +74,7 @@ class MemberActivities(MethodView):
 class MemberAdjustments(MethodView):
     @roles("admin")
     @blp.idempotent
-    @blp.arguments(AdjustmentCreateSchema)
+    @blp.arguments(AdjustmentCreateSchema())
     @blp.response(201, EntrySchema)
     def post(self, data, member_id):
         """Add or remove points by hand, with a reason (audit-logged)"""
@@ -93,7 +93,7 @@ class MemberPoints(MethodView):
 @blp.route("/members/<id:member_id>/points/history")
 class MemberPointsHistory(MethodView):
     @roles("app", "pos", "marketing", member=True)
-    @blp.arguments(HistoryQuerySchema, location="query")
+    @blp.arguments(HistoryQuerySchema(), location="query")
     @blp.response(200, EntryPageSchema)
     def get(self, query, member_id):
         """Ledger entries, newest first, paginated by cursor"""
@@ -106,7 +106,7 @@ class MemberPointsHistory(MethodView):
 class PointsPayments(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(PaymentCreateSchema)
+    @blp.arguments(PaymentCreateSchema())
     @blp.response(201, PaymentResultSchema)
     def post(self, data):
         """Pay with points at the till (409 insufficient_points when the member has too few)"""

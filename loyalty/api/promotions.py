@@ -16,7 +16,7 @@ blp = Blueprint("promotions", __name__, description="Promotions: points campaign
 @blp.route("/promotions")
 class Promotions(MethodView):
     @roles("marketing")
-    @blp.arguments(PromotionListQuerySchema, location="query")
+    @blp.arguments(PromotionListQuerySchema(), location="query")
     @blp.response(200, PromotionListSchema)
     def get(self, query):
         """The promotions, newest first, by status; paginated by cursor"""
@@ -25,7 +25,7 @@ class Promotions(MethodView):
 
     @roles("marketing")
     @blp.idempotent
-    @blp.arguments(PromotionCreateSchema)
+    @blp.arguments(PromotionCreateSchema())
     @blp.response(201, PromotionSchema)
     def post(self, data):
         """Create a promotion, draft or active (audit-logged)"""
@@ -41,7 +41,7 @@ class PromotionById(MethodView):
         return service.get_promotion(promotion_id)
 
     @roles("marketing")
-    @blp.arguments(PromotionFieldsSchema)
+    @blp.arguments(PromotionFieldsSchema())
     @blp.response(200, PromotionSchema)
     def patch(self, changes, promotion_id):
         """Change a promotion; purchases after the change see it (audit-logged)"""
@@ -71,7 +71,7 @@ class PromotionStats(MethodView):
 class PromotionSimulate(MethodView):
     @roles("marketing", "pos", "app", member=True)
     @blp.doc(parameters=[IDEMPOTENCY_KEY])  # accepted, and needs no record: a simulation writes nothing
-    @blp.arguments(SimulateSchema)
+    @blp.arguments(SimulateSchema())
     @blp.response(200, SimulateResultSchema)
     def post(self, data):
         """What a basket would earn, line by line, as a purchase would credit it; writes nothing"""

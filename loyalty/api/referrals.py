@@ -16,7 +16,7 @@ blp = Blueprint("referrals", __name__, description="Referral campaigns, codes, l
 @blp.route("/referral-campaigns")
 class Campaigns(MethodView):
     @roles("marketing")
-    @blp.arguments(ListQuerySchema, location="query")
+    @blp.arguments(ListQuerySchema(), location="query")
     @blp.response(200, CampaignListSchema)
     def get(self, query):
         """The campaigns, latest start first; paginated by cursor"""
@@ -25,7 +25,7 @@ class Campaigns(MethodView):
 
     @roles("marketing")
     @blp.idempotent
-    @blp.arguments(CampaignCreateSchema)
+    @blp.arguments(CampaignCreateSchema())
     @blp.response(201, CampaignSchema)
     def post(self, data):
         """Start a campaign (one runs at a time; audit-logged)"""
@@ -41,7 +41,7 @@ class CampaignById(MethodView):
         return service.get_campaign(campaign_id)
 
     @roles("marketing")
-    @blp.arguments(CampaignFieldsSchema)
+    @blp.arguments(CampaignFieldsSchema())
     @blp.response(200, CampaignSchema)
     def patch(self, changes, campaign_id):
         """Change a campaign (referrals already made keep their terms; audit-logged)"""
@@ -66,7 +66,7 @@ class MemberReferral(MethodView):
         return service.member_referral(member_id)
 
     @roles("app")
-    @blp.arguments(ApplyCodeSchema)
+    @blp.arguments(ApplyCodeSchema())
     @blp.response(200, MemberSchema)
     def put(self, data, member_id):
         """Enter the referral code a new member was given (before their first purchase)"""

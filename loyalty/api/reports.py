@@ -20,7 +20,7 @@ blp = Blueprint("reports", __name__, description="Marketing: segments, tags, rep
 @blp.route("/segments/<string(maxlength=80):name>/members")
 class SegmentMembers(MethodView):
     @roles("marketing")
-    @blp.arguments(SegmentQuerySchema, location="query")
+    @blp.arguments(SegmentQuerySchema(), location="query")
     @blp.response(200, SegmentPageSchema, content_type="application/json")
     @blp.alt_response(200, success=True, content_type="text/csv", description="With ?format=csv",
                       schema={"type": "string"})
@@ -77,14 +77,14 @@ class MemberTags(MethodView):
 
     @roles("marketing")
     @blp.idempotent
-    @blp.arguments(TagsSchema)
+    @blp.arguments(TagsSchema())
     @blp.response(200, TagsSchema)
     def post(self, data, member_id):
         """Put tags on a member (already there: no change)"""
         return {"tags": service.add_tags(member_id, data["tags"], g.principal.actor)}
 
     @roles("marketing")
-    @blp.arguments(TagsSchema)
+    @blp.arguments(TagsSchema())
     @blp.response(200, TagsSchema)
     def delete(self, data, member_id):
         """Take tags off a member"""
@@ -112,7 +112,7 @@ class Liability(MethodView):
 @blp.route("/audit-log")
 class AuditLog(MethodView):
     @roles("admin")
-    @blp.arguments(AuditQuerySchema, location="query")
+    @blp.arguments(AuditQuerySchema(), location="query")
     @blp.response(200, AuditPageSchema)
     def get(self, query):
         """Every change by marketing and admin: who, what, before, after, when; newest first"""

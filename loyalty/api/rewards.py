@@ -24,7 +24,7 @@ def answer(outcome):
 @blp.route("/rewards")
 class Rewards(MethodView):
     @roles("app", "pos", "marketing", member=True)
-    @blp.arguments(CatalogQuerySchema, location="query")
+    @blp.arguments(CatalogQuerySchema(), location="query")
     @blp.response(200, CatalogSchema)
     def get(self, query):
         """The rewards on offer now; with `member_id`, whether that member can redeem each and why not
@@ -37,7 +37,7 @@ class Rewards(MethodView):
 
     @roles("marketing")
     @blp.idempotent
-    @blp.arguments(RewardCreateSchema)
+    @blp.arguments(RewardCreateSchema())
     @blp.response(201, RewardSchema)
     def post(self, data):
         """Add a reward to the catalog (audit-logged)"""
@@ -53,7 +53,7 @@ class RewardById(MethodView):
         return service.get_reward(reward_id)
 
     @roles("marketing")
-    @blp.arguments(RewardFieldsSchema)
+    @blp.arguments(RewardFieldsSchema())
     @blp.response(200, RewardSchema)
     def patch(self, changes, reward_id):
         """Change a reward: price, stock, limits, dates, on or off (audit-logged)"""
@@ -64,14 +64,14 @@ class RewardById(MethodView):
 class MemberRedemptions(MethodView):
     @roles("app", member=True)
     @blp.idempotent
-    @blp.arguments(RedemptionCreateSchema)
+    @blp.arguments(RedemptionCreateSchema())
     @blp.response(201, RedemptionResultSchema)
     def post(self, data, member_id):
         """Spend points on a reward: one voucher per unit (send an Idempotency-Key: a retry redeems once)"""
         return answer(service.redeem(member_id, data["reward_id"], data["quantity"], actor=g.principal.actor))
 
     @roles("app", member=True)
-    @blp.arguments(RedemptionQuerySchema, location="query")
+    @blp.arguments(RedemptionQuerySchema(), location="query")
     @blp.response(200, RedemptionPageSchema)
     def get(self, query, member_id):
         """The member's redemptions and their vouchers, newest first"""
@@ -102,7 +102,7 @@ class VoucherByCode(MethodView):
 class VoucherUse(MethodView):
     @roles("pos")
     @blp.idempotent
-    @blp.arguments(VoucherUseSchema)
+    @blp.arguments(VoucherUseSchema())
     @blp.response(200, VoucherSchema)
     def post(self, data, code):
         """Accept a voucher at the till: once, ever (`409 voucher_used`, `voucher_expired`, `voucher_void`)"""

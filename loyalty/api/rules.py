@@ -20,7 +20,7 @@ class EarningRulesView(MethodView):
         return service.current_rules().to_document()
 
     @roles("marketing")
-    @blp.arguments(EarningRulesSchema)
+    @blp.arguments(EarningRulesSchema())
     @blp.response(200, EarningRulesSchema)
     def put(self, data):
         """Replace the earning rules (audit-logged with before and after)"""

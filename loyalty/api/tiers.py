@@ -21,7 +21,7 @@ class Tiers(MethodView):
 @blp.route("/tiers/<string(maxlength=20):code>")
 class TierByCode(MethodView):
     @roles("marketing")
-    @blp.arguments(TierSchema)
+    @blp.arguments(TierSchema())
     @blp.response(200, TierSchema)
     def put(self, data, code):
         """Change a tier's name, qualification and benefits (the ladder must stay in order; audit-logged)"""
@@ -39,7 +39,7 @@ class MemberTier(MethodView):
         return service.member_tier(member_id)
 
     @roles("admin")
-    @blp.arguments(MemberTierSetSchema)
+    @blp.arguments(MemberTierSetSchema())
     @blp.response(200, MemberTierSchema)
     def put(self, data, member_id):
         """Put a member in a tier by hand, with a reason and an optional guarantee (audit-logged)"""

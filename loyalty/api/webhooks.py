@@ -23,7 +23,7 @@ def _with_counts(subscriptions):
 @blp.route("/webhooks")
 class Webhooks(MethodView):
     @roles("admin")
-    @blp.arguments(ListQuerySchema, location="query")
+    @blp.arguments(ListQuerySchema(), location="query")
     @blp.response(200, SubscriptionListSchema)
     def get(self, query):
         """The subscriptions, oldest first, with their deliveries counted by status; paginated by cursor"""
@@ -33,7 +33,7 @@ class Webhooks(MethodView):
 
     @roles("admin")
     @blp.idempotent
-    @blp.arguments(SubscriptionCreateSchema)
+    @blp.arguments(SubscriptionCreateSchema())
     @blp.response(201, SubscriptionSchema)
     def post(self, data):
         """Subscribe a URL to events; each delivery is signed with the secret (audit-logged)"""
@@ -49,7 +49,7 @@ class WebhookById(MethodView):
         return _with_counts([service.get_subscription(subscription_id)])[0]
 
     @roles("admin")
-    @blp.arguments(SubscriptionFieldsSchema)
+    @blp.arguments(SubscriptionFieldsSchema())
     @blp.response(200, SubscriptionSchema)
     def patch(self, changes, subscription_id):
         """Change the URL, events, secret, description, or pause and resume (audit-logged)"""
@@ -65,7 +65,7 @@ class WebhookById(MethodView):
 @blp.route("/webhooks/<id:subscription_id>/deliveries")
 class WebhookDeliveries(MethodView):
     @roles("admin")
-    @blp.arguments(DeliveryQuerySchema, location="query")
+    @blp.arguments(DeliveryQuerySchema(), location="query")
     @blp.response(200, DeliveryPageSchema)
     def get(self, query, subscription_id):
         """The subscription's deliveries newest first, each with its attempts (filter by `status`)"""
