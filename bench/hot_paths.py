@@ -174,8 +174,8 @@ def profile_phase(args, state):
 
 class RoundTrips(pc.StatementLog):
     """pos_credit's log of statements, BEGIN, COMMIT and ROLLBACK, less the BEGIN/COMMIT/ROLLBACK
-    events of a connection in autocommit (database.read_only): SQLAlchemy reports them, psycopg
-    sends nothing."""
+    events of a connection in autocommit: SQLAlchemy reports them, psycopg sends nothing. (The
+    member reads run on the driver's connection, database.PreparedSelect, and report their statement.)"""
 
     def __init__(self, engine):
         from sqlalchemy import event

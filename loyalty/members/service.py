@@ -3,13 +3,14 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import orm
 
 from loyalty import audit, clock, settings_cache
-from loyalty.database import read_only, transaction
+from loyalty.database import PreparedSelect, transaction
 from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members import phones, privacy
@@ -138,19 +139,35 @@ def get_member(member_id: int, for_update: bool = False) -> Member:
     return member_or_404(member_id, lock=for_update)
 
 
-def read_member(member_id: int) -> Member:
-    """A member for an answer (GET /members/{id}): one statement with its account and identities and
-    the settings version (for the tier's name and the API key's check), outside any transaction."""
-    with read_only() as session:
-        row = session.execute(_READ_MEMBER, {"member_id": member_id}).unique().first()
-    if row is None:
+def read_member(member_id: int) -> SimpleNamespace:
+    """A member for an answer (GET /members/{id}): what MemberSchema shows, as attributes. One
+    statement (the member, its account, one row per identity, the settings version for the tier's
+    name and the API key's check), outside any transaction, run directly (database.PreparedSelect:
+    this is a hot read, issue 20)."""
+    rows = _READ_MEMBER.rows(member_id=member_id)
+    if not rows:
         raise NotFound(f"No member with id {member_id}.")
-    settings_cache.observe(row.settings_version)
-    return row.Member
+    first = rows[0]
+    settings_cache.observe(first.settings_version)
+    account = None if first.available is None else SimpleNamespace(
+        available=first.available, pending=first.pending, held=first.held, lifetime_earned=first.lifetime_earned)
+    identities = [SimpleNamespace(channel=row.identity_channel, external_id=row.identity_external_id)
+                  for row in rows if row.identity_channel is not None]
+    return SimpleNamespace(**{name: getattr(first, name) for name in _READ_MEMBER_COLUMNS},
+                           account=account, identities=identities)
 
 
-_READ_MEMBER = (sa.select(Member, settings_cache.VERSION).where(Member.id == sa.bindparam("member_id"))
-                .options(orm.joinedload(Member.identities)))
+_READ_MEMBER_COLUMNS = ("id", "member_no", "name", "phone", "email", "birthday", "channel", "tier_code",
+                        "lifecycle_stage", "referral_code", "ambassador_since", "joined_at", "status",
+                        "merged_into_id")
+_READ_MEMBER = PreparedSelect(
+    sa.select(*(getattr(Member, name) for name in _READ_MEMBER_COLUMNS),
+              Account.available, Account.pending, Account.held, Account.lifetime_earned,
+              MemberIdentity.channel.label("identity_channel"),
+              MemberIdentity.external_id.label("identity_external_id"), settings_cache.VERSION)
+    .outerjoin(Account, Account.member_id == Member.id)
+    .outerjoin(MemberIdentity, MemberIdentity.member_id == Member.id)
+    .where(Member.id == sa.bindparam("member_id")).order_by(MemberIdentity.id))
 
 
 def find_members(phone: str | None = None, email: str | None = None, channel: str | None = None,

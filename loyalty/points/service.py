@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from loyalty import audit, clock, settings_cache
 from loyalty.cursors import decode_cursor, encode_cursor
 from loyalty.config import settings
-from loyalty.database import Points, UTCDateTime, read_only, transaction
+from loyalty.database import Points, PreparedSelect, UTCDateTime, transaction
 from loyalty.errors import (
     Conflict,
     Forbidden,
@@ -456,8 +456,7 @@ def points_summary(member_id: int, now: datetime | None = None) -> dict[str, Any
     Only when a hold has run out, or a debt would be paid from the lots that fell due, does it
     settle the account first, in a write transaction: what it shows then is what settle() wrote."""
     now = now or clock.now()
-    with read_only() as session:
-        rows = session.execute(_SUMMARY, {"member_id": member_id, "now": now}).all()
+    rows = _SUMMARY.rows(member_id=member_id, now=now)
     head = next((row for row in rows if row.kind == 0), None)
     if head is None:
         raise NotFound(f"No member with id {member_id}.")
@@ -520,7 +519,7 @@ def _summary_statement() -> sa.CompoundSelect:
     return sa.union_all(account, expiring, pending)
 
 
-_SUMMARY = _summary_statement()
+_SUMMARY = PreparedSelect(_summary_statement())
 
 
 def history(member_id: int, types: Sequence[str] | None = None, limit: int = 50,

@@ -16,7 +16,7 @@ from sqlalchemy import orm
 
 from loyalty import audit, clock, settings_cache
 from loyalty.config import settings
-from loyalty.database import Money, read_only, transaction
+from loyalty.database import Money, PreparedSelect, transaction
 from loyalty.errors import NotFound, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
@@ -378,13 +378,12 @@ def member_tier(member_id: int, now: datetime | None = None) -> dict[str, Any]:
     start = window_start(clock.local_date(now, settings().timezone))
     # One statement, one snapshot, no transaction (a read writes nothing): the member, the window's
     # figures, the settings version (for the ladder and the API key's check) and the history.
-    with read_only() as session:
-        rows = session.execute(_MEMBER_TIER, {"member_id": member_id, "start": start}).all()
+    rows = _MEMBER_TIER.rows(member_id=member_id, start=start)
     if not rows:
         raise NotFound(f"No member with id {member_id}.")
-    member, spend, activities = rows[0].Member, rows[0].spend, rows[0].activities
+    member, spend, activities = rows[0], rows[0].spend, rows[0].activities  # the member's columns by name
     settings_cache.observe(rows[0].settings_version)
-    history = [row.TierChange for row in rows if row.TierChange is not None]
+    history = [row for row in rows if row.change_id is not None]
     ladder_now = ladder()
     current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
     upcoming = rules.next_tier(current.code, ladder_now)
@@ -405,7 +404,7 @@ def member_tier(member_id: int, now: datetime | None = None) -> dict[str, Any]:
         "keep": {"spend_needed": keep_spend, "activities_needed": keep_activities},
         "next": None,
         "history": [{"from": change.from_code, "to": change.to_code, "reason": change.reason,
-                     "note": change.note, "purchase_id": change.purchase_id, "at": change.created_at}
+                     "note": change.note, "purchase_id": change.purchase_id, "at": change.changed_at}
                     for change in history],
     }
     if upcoming is not None:
@@ -416,24 +415,27 @@ def member_tier(member_id: int, now: datetime | None = None) -> dict[str, Any]:
     return document
 
 
-def _member_tier_statement() -> sa.Select:
-    """member_tier's statement: the member (without its identities and account, which it does not
-    show), the qualifying window's spend and activities (as _QUALIFYING counts them), the settings
-    version, and its latest HISTORY_LIMIT tier changes newest first, one row each (or one row
-    without a change)."""
+def _member_tier_statement() -> sa.Select[Any]:
+    """member_tier's statement: the member's tier columns, the qualifying window's spend and
+    activities (as _QUALIFYING counts them), the settings version, and its latest HISTORY_LIMIT
+    tier changes newest first, one row each (or one row without a change). Run directly
+    (database.PreparedSelect: a hot read, issue 20)."""
     member_id: sa.BindParameter[int] = sa.bindparam("member_id")
     latest = orm.aliased(TierChange)
     spend, activities = (column.label(name) for column, name in zip(_QUALIFYING.selected_columns,
                                                                      ("spend", "activities")))
-    return (sa.select(Member, spend, activities, settings_cache.VERSION, TierChange)
+    return (sa.select(Member.tier_code, Member.tier_since, Member.tier_held_until, Member.tier_guaranteed_code,
+                      Member.tier_guaranteed_until, spend, activities, settings_cache.VERSION,
+                      TierChange.id.label("change_id"), TierChange.from_code, TierChange.to_code,
+                      TierChange.reason, TierChange.note, TierChange.purchase_id,
+                      TierChange.created_at.label("changed_at"))
             .outerjoin(TierChange, sa.and_(TierChange.member_id == Member.id, TierChange.id.in_(
                 sa.select(latest.id).where(latest.member_id == member_id).order_by(latest.id.desc())
                 .limit(HISTORY_LIMIT))))
-            .where(Member.id == member_id).order_by(TierChange.id.desc())
-            .options(orm.lazyload(Member.identities), orm.lazyload(Member.account)))
+            .where(Member.id == member_id).order_by(TierChange.id.desc()))
 
 
-_MEMBER_TIER = _member_tier_statement()
+_MEMBER_TIER = PreparedSelect(_member_tier_statement())
 
 
 def _guarantee(member: Member, now: datetime) -> tuple[str, datetime] | None:

@@ -1,0 +1,91 @@
+"""The member reads run their one statement on the driver's connection (database.PreparedSelect,
+issue 20): the same values, converted by the same column types, as SQLAlchemy's own execution gives;
+inside a write transaction, that transaction's view; the engine's statement listeners still told."""
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from loyalty import clock
+from loyalty.database import PreparedSelect, transaction
+from loyalty.extensions import db
+from loyalty.members import service as members
+from loyalty.members.models import Member, MemberIdentity
+from loyalty.points import service as points
+from loyalty.points.models import Account, Lot
+from loyalty.tiers import service as tiers
+from tests.factories import D, member, purchase
+
+pytestmark = pytest.mark.usefixtures("ctx")
+
+STATEMENTS = [
+    sa.select(Member.id, Member.name, Member.birthday, Member.joined_at, Account.available, Account.held,
+              sa.literal(True).label("flag"))
+    .join(Account, Account.member_id == Member.id).where(Member.id == sa.bindparam("member_id")),
+    sa.select(Lot.id, Lot.points, Lot.remaining, Lot.expires_at, Lot.status)
+    .where(Lot.member_id == sa.bindparam("member_id"), Lot.expires_at > sa.bindparam("now"),
+           Lot.status != "expired").order_by(Lot.id),
+]
+
+
+def test_rows_have_the_values_and_types_sqlalchemy_gives():
+    someone = member(birthday=datetime(1990, 5, 17).date())
+    purchase(someone.id, "123.45")
+    purchase(someone.id, "0.01")
+    now = clock.now()
+    for statement in STATEMENTS:
+        expected = [tuple(row) for row in db.session.execute(statement, {"member_id": someone.id, "now": now})]
+        db.session.rollback()
+        got = PreparedSelect(statement).rows(member_id=someone.id, now=now)
+        assert [tuple(row) for row in got] == expected
+        assert [type(value) for row in got for value in row] == [type(value) for row in expected for value in row]
+        assert got and list(got[0]._fields) == list(statement.selected_columns.keys())
+
+
+def test_inside_a_write_transaction_it_sees_what_the_transaction_wrote():
+    someone = member()
+    with transaction():
+        db.session.execute(sa.update(Account).where(Account.member_id == someone.id).values(available=D("7.50")))
+        inside = points.points_summary(someone.id)["available"]
+    assert inside == D("7.50")
+    assert points.points_summary(someone.id)["available"] == D("7.50")
+
+
+def test_the_reads_answer_what_the_models_hold():
+    someone = member(name="Reader", email="reader@example.com")
+    with transaction():
+        db.session.add_all([MemberIdentity(member_id=someone.id, channel="wechat", external_id="wx-1"),
+                            MemberIdentity(member_id=someone.id, channel="alipay", external_id="ali-9")])
+    purchase(someone.id, "88.00")
+    read = members.read_member(someone.id)
+    stored = db.session.get(Member, someone.id, populate_existing=True)
+    for name in ("id", "member_no", "name", "phone", "email", "tier_code", "referral_code", "joined_at", "status"):
+        assert getattr(read, name) == getattr(stored, name), name
+    assert [(i.channel, i.external_id) for i in read.identities] == [("wechat", "wx-1"), ("alipay", "ali-9")]
+    assert read.account.available == stored.account.available == D("88.00")
+    document = tiers.member_tier(someone.id)
+    assert document["qualifying"]["spend"] == D("88.00")
+    assert document["since"] == stored.tier_since and document["since"].tzinfo == timezone.utc
+
+
+def test_statement_listeners_see_the_read():
+    someone = member()
+    seen = []
+
+    def listen(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        points.points_summary(someone.id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listen)
+    assert len(seen) == 1 and "settings_version" in seen[0]
+
+
+def test_a_statement_it_cannot_compile_once_is_refused_when_first_run():
+    someone = member()
+    expanding = PreparedSelect(sa.select(Lot.id).where(Lot.status.in_(["available", "pending"])))
+    with pytest.raises(ValueError, match="IN list"):
+        expanding.rows(member_id=someone.id)
