@@ -54,11 +54,14 @@ def refuse_malformed_input():
     deep nesting or absurd numbers). PostgreSQL refuses a NUL in text, and nothing of ours means one."""
     environ = request.environ
     _check_text(_wsgi_bytes(environ.get("PATH_INFO", "")), "The address")
-    for part in _QUERY_PARTS.split(_wsgi_bytes(environ.get("QUERY_STRING", ""))):
-        _check_text(unquote_to_bytes(part.replace(b"+", b" ")), "The query string")
-    for name, value in request.headers.items():
-        if "\x00" in value:
-            abort(400, f"The {name} header has a NUL character; send it without.")
+    query = environ.get("QUERY_STRING")
+    if query:
+        for part in _QUERY_PARTS.split(_wsgi_bytes(query)):
+            _check_text(unquote_to_bytes(part.replace(b"+", b" ")), "The query string")
+    if any("\x00" in value for value in environ.values() if type(value) is str):  # headers are among them
+        for name, value in request.headers.items():
+            if "\x00" in value:
+                abort(400, f"The {name} header has a NUL character; send it without.")
     if request.blueprint == "console":
         # The console's pages post HTML forms: their values must be free of NULs like the rest.
         for name, value in request.form.items(multi=True):
