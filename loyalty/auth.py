@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import wraps
 
 import sqlalchemy as sa
-from flask import g, request
+from flask import current_app, g, request
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty import audit, clock, settings_cache
@@ -101,7 +101,7 @@ def revoke_key(key_id, actor="cli", now=None):
             key.revoked_at = now
             audit.record(actor, "api_key.revoke", "api_key", key.id, before, describe(key), now)
     _ROLES_SEEN.forget(key.key_hash)  # other processes forget it within SECONDS; it is refused at once anyway
-    _KEYS.forget(key.key_hash)  # other processes: the version this revocation bumped (settings_cache)
+    _keys().forget(key.key_hash)  # other processes: the version this revocation bumped (settings_cache)
     return key
 
 
@@ -147,8 +147,11 @@ def authenticate(header):
     if token is None:
         raise Unauthorized("Send your API key as 'Authorization: Bearer <key>'.")
     if tokens.looks_like_token(token):
-        member_id = tokens.member_for_token(token)
-        return Principal(key_id=None, name=f"member {member_id}", role=MEMBER, store_id=None, member_id=member_id)
+        member_id, expiry = tokens.checked_token(token)
+        principal = Principal(key_id=None, name=f"member {member_id}", role=MEMBER, store_id=None,
+                              member_id=member_id)
+        _keys().remember(_TOKEN + token, settings_cache.seen() or 0, principal, until=expiry)
+        return principal
     key_hash = hash_key(token)
     row = db.session.execute(_ACTIVE_KEY, {"key_hash": key_hash}).first()
     if row is None:
@@ -156,7 +159,7 @@ def authenticate(header):
     settings_cache.observe(row.settings_version)
     _ROLES_SEEN.remember(key_hash, row.role)
     principal = Principal(key_id=row.id, name=row.name, role=row.role, store_id=row.store_id)
-    _KEYS.remember(key_hash, row.settings_version or 0, principal)
+    _keys().remember(key_hash, row.settings_version or 0, principal)
     return principal
 
 
@@ -185,7 +188,7 @@ def roles(*allowed, member=False, read=False):
         @wraps(view)
         def wrapper(*args, **kwargs):
             header = request.headers.get("Authorization")
-            hit = _KEYS.get(header) if read else None
+            hit = _keys().get(header) if read else None
             if hit is None or hit[1].role not in allowed:
                 principal = authenticate(header)
                 check(principal, kwargs)
@@ -262,39 +265,52 @@ _ROLES_SEEN = _RoleCache()
 
 
 class _KeyCache:
-    """Key hash -> (when checked, the settings version read with it, Principal): what a read
-    (roles(..., read=True)) may trust for SECONDS without reading the key again. A revocation in
-    this process forgets the key at once; one in another process bumps the version, which the read
-    sees with its data (_confirm)."""
+    """Credential -> (when checked, the settings version read with it, Principal, valid until): what
+    a read (roles(..., read=True)) may trust for SECONDS without reading the credential again. API
+    keys by their hash; member tokens by themselves (until their expiry). A key revoked in this
+    process is forgotten at once; any other change that must refuse a cached credential (a key
+    revoked elsewhere, a member's tokens revoked, a member closed or erased) moves the settings
+    version, which the read sees with its data (_confirm)."""
 
     SECONDS = 5.0
+    FOREVER = float("inf")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.keys: dict[str, tuple[float, int, Principal]] = {}
+        self.keys: dict[str, tuple[float, int, Principal, float]] = {}
 
-    def remember(self, key_hash, version, principal):
+    def remember(self, name, version, principal, until=FOREVER):
         with self.lock:
             if len(self.keys) > 10_000:
                 self.keys.clear()
-            self.keys[key_hash] = (time.monotonic(), version, principal)
+            self.keys[name] = (time.monotonic(), version, principal, until)
 
-    def forget(self, key_hash):
+    def forget(self, name):
         with self.lock:
-            self.keys.pop(key_hash, None)
+            self.keys.pop(name, None)
 
     def get(self, header):
-        """(version, Principal) of a key in the header checked less than SECONDS ago, else None."""
+        """(version, Principal) of the credential in the header if checked less than SECONDS ago
+        (and, a token, not expired since), else None."""
         credential = bearer_credential(header)
-        if credential is None or tokens.looks_like_token(credential):
+        if credential is None:
             return None
-        hit = self.keys.get(hash_key(credential))
+        if tokens.looks_like_token(credential):
+            hit = self.keys.get(_TOKEN + credential)
+            if hit is not None and hit[3] <= time.time():
+                return None  # expired since: checked again, it gets its 401
+        else:
+            hit = self.keys.get(hash_key(credential))
         if hit is None or time.monotonic() - hit[0] >= self.SECONDS:
             return None
         return hit[1], hit[2]
 
 
-_KEYS = _KeyCache()
+_TOKEN = "token:"  # a member token's entry in _KeyCache (key hashes are hex)
+def _keys() -> _KeyCache:
+    """This app's cache (per app, not per process: apps with other databases or token secrets, as
+    tests build side by side, must not trust each other's credentials)."""
+    return current_app.extensions.setdefault("loyalty.key_cache", _KeyCache())
 
 
 def rate_limit_identity(header):

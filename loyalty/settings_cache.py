@@ -89,6 +89,14 @@ def renew() -> None:
     db.session().info.pop(_SEEN, None)
 
 
+def bump() -> None:
+    """Move the version in this transaction for a change no watched row shows (a member's tokens
+    revoked, a member closed or erased): every process's next read with a cached credential then
+    checks it again (auth.roles(..., read=True)). Rare writes only: each costs every process a
+    re-read of its cached settings."""
+    db.session.execute(_BUMP)
+
+
 def seed_version() -> None:
     """The version row, if missing (the migration writes it; tests that empty every table call this)."""
     with transaction():

@@ -138,3 +138,88 @@ def test_counting_requests_for_the_rate_limits_starts_no_thread(api, member_id, 
         time.sleep(0.011)  # longer than the 10 ms timer limits' memory storage would start again
 
     assert started == []
+
+
+# --- member tokens: the member app's reads -------------------------------------------------------
+
+def token_for(api, member, ttl_seconds=None):
+    body = {} if ttl_seconds is None else {"ttl_seconds": ttl_seconds}
+    answer = api.post("app", f"/members/{member}/tokens", json=body)
+    assert answer.status_code == 201, answer.get_json()
+    return {"Authorization": f"Bearer {answer.get_json()['token']}"}
+
+
+def as_member(client, url, token):
+    return client.get("/api/v1" + url, headers=token)
+
+
+@pytest.mark.parametrize("path", READS)
+def test_a_read_with_a_member_token_checked_moments_ago_is_one_statement(app, client, api, member_id, path):
+    token, url = token_for(api, member_id), path.format(id=member_id)
+    first = as_member(client, url, token)
+    assert first.status_code == 200
+    with app.app_context():
+        statements = Statements(db.engine)
+
+    again = as_member(client, url, token)
+
+    assert again.status_code == 200
+    assert again.get_json() == first.get_json()
+    assert len(statements.seen) == 1, statements.seen
+
+
+def in_other_process(other, keys, method, url, **kwargs):
+    answer = getattr(other.test_client(), method)("/api/v1" + url, headers={"Authorization": f"Bearer {keys['admin']}"},
+                                                  **kwargs)
+    assert answer.status_code < 300, answer.get_json()
+
+
+@pytest.mark.parametrize("path", READS)
+def test_member_tokens_revoked_by_another_process_are_refused_by_the_next_read_here(client, api, keys, member_id,
+                                                                                     other_process, path):
+    token, url = token_for(api, member_id), path.format(id=member_id)
+    assert as_member(client, url, token).status_code == 200  # kept by this process now
+
+    in_other_process(other_process, keys, "delete", f"/members/{member_id}/tokens")
+
+    refused = as_member(client, url, token)
+    assert refused.status_code == 401
+    assert "revoked" in refused.get_json()["message"]
+
+
+@pytest.mark.parametrize("change", ["merge", "erase"])
+def test_a_member_closed_or_erased_by_another_process_loses_its_token_at_the_next_read_here(
+        client, api, keys, member_id, other_process, change):
+    token, url = token_for(api, member_id), f"/members/{member_id}/points"
+    assert as_member(client, url, token).status_code == 200
+    if change == "merge":
+        survivor = api.post("app", "/members", json={"phone": "13800000078", "name": "Survivor"}).get_json()["id"]
+        in_other_process(other_process, keys, "post", f"/members/{survivor}/merge", json={"from_member_id": member_id})
+    else:
+        in_other_process(other_process, keys, "post", f"/members/{member_id}/erase", json={"reason": "asked"})
+
+    refused = as_member(client, url, token)
+    assert refused.status_code == 401
+    assert "closed" in refused.get_json()["message"]
+
+
+def test_a_member_token_that_expires_while_kept_is_refused(client, api, member_id):
+    token, url = token_for(api, member_id, ttl_seconds=1), f"/members/{member_id}/points"
+    assert as_member(client, url, token).status_code == 200
+    time.sleep(1.1)
+
+    refused = as_member(client, url, token)
+    assert refused.status_code == 401
+    assert "expired" in refused.get_json()["message"]
+
+
+def test_a_token_kept_by_one_app_is_not_trusted_by_another_with_another_secret(app, api, member_id):
+    other = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+                        "LOYALTY_LOG_LEVEL": "WARNING", "LOYALTY_MEMBER_TOKEN_SECRET": "another-secret-" + "q" * 30})
+    try:
+        token = token_for(api, member_id)
+        assert api.client.get(f"/api/v1/members/{member_id}/points", headers=token).status_code == 200
+        assert other.test_client().get(f"/api/v1/members/{member_id}/points", headers=token).status_code == 401
+    finally:
+        with other.app_context():
+            db.engine.dispose()
