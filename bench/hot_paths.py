@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--db-user", default="postgres")
     p.add_argument("--db-name", default="bench_hot")
     p.add_argument("--reuse-db", action="store_true", help="keep the bench database (development)")
-    p.add_argument("--skip", default="", help="comma list: noop,reads,credits,profile")
+    p.add_argument("--skip", default="", help="comma list: noop,reads,tokens,credits,profile")
     p.add_argument("--only-reads", default="", help="comma list of read kinds (points,member,tier)")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
@@ -110,6 +110,20 @@ def http(server, args, mode, spec, key=None, rate=None):
     return r
 
 
+def member_tokens(args, count=200):
+    """[member id, token] for `count` members spread over the bench's, issued in-process (the server
+    checks them with the same secret, kept in the database): a member app's reads. 200 at saturation
+    (each token used every ~0.2 s: nearly every read finds it checked in the last 5 s, as a member
+    app's reads after its first do), 20 in-process."""
+    from loyalty.members import tokens
+
+    app = pc._in_process_app(args)
+    step = max(1, args.members // count)
+    with app.app_context():
+        return [[member, tokens.issue_token(member, actor="bench")["token"]]
+                for member in range(1, args.members + 1, step)][:count]
+
+
 def get_ok(url):
     with urllib.request.urlopen(url, timeout=5) as resp:
         return resp.status == 200
@@ -140,7 +154,16 @@ def profile_phase(args, state):
         return client.post("/api/v1/purchases", headers=headers,
                            json=pc.purchase_body(rng.randint(1, args.members), f"{prefix}-{i}"))
 
-    cases = [(f"read {k}", read(k)) for k in args.reads] + [("credit", credit)]
+    member_token = member_tokens(args, 20)
+
+    def read_with_token(i):
+        member, token = rng.choice(member_token)
+        return client.get(READ_PATHS["points"].format(member=member), headers={"Authorization": "Bearer " + token})
+
+    cases = [(f"read {k}", read(k)) for k in args.reads]
+    if "tokens" not in args.skip:
+        cases.append(("read points (token)", read_with_token))
+    cases.append(("credit", credit))
     for name, call in cases:
         n = args.profile_requests
         for i in range(30):
@@ -246,6 +269,11 @@ def main(argv=None):
                 phases[f"read {kind} saturation"] = http(s, args, "closed", spec, key)
                 phases[f"read {kind} at {args.read_rate:g}/s"] = http(s, args, "open", spec, key,
                                                                        rate=args.read_rate)
+        if "tokens" not in args.skip:
+            spec = ("get_as_members", {"path": READ_PATHS["points"], "tokens": member_tokens(args)})
+            print(f"[read points with member tokens] saturation, then {args.read_rate:g}/s open loop ...", flush=True)
+            phases["read points (token) saturation"] = http(s, args, "closed", spec)
+            phases[f"read points (token) at {args.read_rate:g}/s"] = http(s, args, "open", spec, rate=args.read_rate)
         if "credits" not in args.skip:
             spec = ("post_purchase", {"members": args.members, "prefix": f"hot{int(time.time())}"})
             print("[credit] saturation, then open loop ...", flush=True)
@@ -302,7 +330,7 @@ def print_report(args, report):
             x = p[name]["p99_ms"]
             print(f"{name}: p99 {fmt(x)} ms (target <= {target}: {'meets' if x is not None and x <= target else 'MISSES'})")
 
-    for kind in args.reads:
+    for kind in [*args.reads, "points (token)"]:
         ratio(f"read {kind} saturation", "noop GET saturation", 0.25)
         p99(f"read {kind} at {args.read_rate:g}/s", 10)
     ratio("credit saturation", "noop POST saturation", 0.12)

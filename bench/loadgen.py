@@ -40,6 +40,19 @@ def get_paths(params, seed):
     return next_request
 
 
+def get_as_members(params, seed):
+    """GET `params["path"]` (a template with {member}) as a member app does: with the member token of
+    the member read (`params["tokens"]`: [member id, token] pairs, one picked uniformly)."""
+    rng = random.Random(seed)
+    path, tokens = params["path"], params["tokens"]
+
+    def next_request(i):
+        member, token = rng.choice(tokens)
+        return "GET", path.format(member=member), None, f"Authorization: Bearer {token}\r\n"
+
+    return next_request
+
+
 def post_purchase(params, seed):
     """POST /api/v1/purchases: a unique receipt, a random member, 123.45."""
     rng = random.Random(seed)
@@ -60,7 +73,8 @@ def post_noop(params, seed):
     return next_request
 
 
-FACTORIES = {"get_paths": get_paths, "post_purchase": post_purchase, "post_noop": post_noop}
+FACTORIES = {"get_paths": get_paths, "get_as_members": get_as_members, "post_purchase": post_purchase,
+             "post_noop": post_noop}
 
 
 # --- one keep-alive connection --------------------------------------------------------------------
@@ -79,11 +93,12 @@ class Connection:
             self.writer.close()
             self.writer = None
 
-    async def request(self, method, path, body):
-        """Send one request, read the whole answer; its status (0 on a connection error)."""
+    async def request(self, method, path, body, head_extra=""):
+        """Send one request (with the connection's headers and `head_extra`, whole header lines),
+        read the whole answer; its status (0 on a connection error)."""
         if self.writer is None:
             await self.open()
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.head_extra}"
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.head_extra}{head_extra}"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + (body or b""))
