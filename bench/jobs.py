@@ -9,14 +9,17 @@ Run by hand (never a timed test); see bench/README.md, "Jobs benchmark". For eac
      have left them after the nightly jobs ran `--backlog-days` (1) days earlier: ledger entries with
      their running balances, lots (pending, available, expired), accounts equal to their lots, tier
      states with upgrades and downgrades due, birthdays spread over the year, pending referrals; then
-     the lifecycle, value segment and reminder jobs run for the previous night (their first run ever
-     on this data, reported as such), so that the bench day finds what a normal night finds;
-  2. `loyalty.points.verify.broken_accounts` must find nothing;
+     the report figures' running sums started from that data (migration 0020's initial fill: the load
+     runs with the triggers off); then the lifecycle, value segment and reminder jobs run for the
+     previous night (their first run ever on this data, reported as such), so that the bench day finds
+     what a normal night finds;
+  2. `loyalty.points.verify.broken_accounts` must find nothing, nor `figures.disagreements`;
   3. every job of loyalty/jobs/registry.py in cron order, the way `loyalty jobs run` does it
      (runner.run: the job's lock, a job_runs row, its registry function) inside an app context, for the
      day the data was generated for (the clock frozen at that instant), each timed;
-  4. checks: the ledger still verifies, every member is in the tier the rules give (computed here in
-     SQL, independently of the service), and a second run of every job for the same day changes nothing.
+  4. checks: the ledger and the report figures still verify, every member is in the tier the rules
+     give (computed here in SQL, independently of the service), and a second run of every job for
+     the same day changes nothing.
 
 PostgreSQL: its own database bench_jobs_<N> (dropped and recreated; `test`/`test_*` are refused).
 SQLite: /tmp/bench_jobs_<N>.sqlite (recreated). Target: every job <= 60 s at 1 000 000 members.
@@ -46,7 +49,7 @@ TARGET_MEMBERS, TARGET_SECONDS = 1_000_000, 60.0
 # Jobs whose state the generator does not write itself: it runs them for the previous night.
 PREVIOUS_NIGHT = ("members.lifecycle", "members.value_segments", "points.expiry_reminders")
 DAY = 86_400
-GENERATOR_VERSION = "4"  # bump when the generated data changes: --reuse then regenerates
+GENERATOR_VERSION = "5"  # bump when the generated data changes: --reuse then regenerates
 BENCH_TABLE = "bench_initial_tiers"  # each member's generated tier state, for the tier check
 META_TABLE = "bench_meta"
 
@@ -727,6 +730,10 @@ def generate(args, kind, n, world):
     for _, ddl in indexes:
         x(ddl)
     timings["indexes"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    for statement in report_figures_fill(kind):
+        x(statement)
+    timings["report figures"] = round(time.perf_counter() - t0, 1)
     x(f"CREATE TABLE {META_TABLE} (key VARCHAR(40) PRIMARY KEY, value TEXT)")
     meta = {"version": GENERATOR_VERSION, "members": n, "now_epoch": world.now_epoch,
             "backlog_days": args.backlog_days, "schema": schema_head()}
@@ -745,6 +752,22 @@ def generate(args, kind, n, world):
         x("PRAGMA journal_mode = WAL")  # what the service's engine uses
     conn.close()
     return timings
+
+
+def report_figures_fill(kind):
+    """The report figures' running sums of the loaded data, as migration 0020 starts them: its
+    triggers did not see the load (PostgreSQL loads with session_replication_role = replica), so the
+    sums would miss every generated member, account, lot and entry, and `loyalty ledger verify`
+    would disagree. What the triggers did add (SQLite's fire per row) is replaced."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "migration_0020", os.path.join(ROOT, "migrations", "versions", "0020_report_figures.py"))
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    dialect = "postgresql" if kind == "postgres" else "sqlite"
+    return [f"DELETE FROM {table}" for table, *_ in migration.SPECS] + \
+        [migration.initial_fill(table_spec, dialect) for table_spec in migration.SPECS]
 
 
 LOADED_TABLES = ("members", "accounts", "ledger_entries", "lots", "purchases", "refunds", "activities",
@@ -806,15 +829,19 @@ def due_counts(args, kind, n, world):
 # --- checks ---------------------------------------------------------------------------------------------
 
 def broken(url):
+    """What `loyalty ledger verify` would report: broken accounts, then report figures that disagree
+    with the rows they sum."""
     from loyalty.extensions import db
     from loyalty.points.verify import broken_accounts
+    from loyalty.segments import figures
 
     app = make_app(url)
     with app.app_context():
-        found = broken_accounts(limit=20)
+        found = [f"{b.member_id}: {b.problem}" for b in broken_accounts(limit=20)]
+        found += [f"report figures: {problem}" for problem in figures.disagreements()]
         db.session.remove()
     dispose(app)
-    return [f"{b.member_id}: {b.problem}" for b in found]
+    return found
 
 
 def expected_sql(world, kind):
