@@ -265,7 +265,8 @@ _ROLES_SEEN = _RoleCache()
 
 
 class _KeyCache:
-    """Credential -> (when checked, the settings version read with it, Principal, valid until): what
+    """Credential -> (when checked, the settings version read with it, Principal, a token's expiry as
+    a Unix time or None for a key): what
     a read (roles(..., read=True)) may trust for SECONDS without reading the credential again. API
     keys by their hash; member tokens by themselves (until their expiry). A key revoked in this
     process is forgotten at once; any other change that must refuse a cached credential (a key
@@ -273,13 +274,12 @@ class _KeyCache:
     version, which the read sees with its data (_confirm)."""
 
     SECONDS = 5.0
-    FOREVER = float("inf")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.keys: dict[str, tuple[float, int, Principal, float]] = {}
+        self.keys: dict[str, tuple[float, int, Principal, int | None]] = {}
 
-    def remember(self, name, version, principal, until=FOREVER):
+    def remember(self, name, version, principal, until=None):
         with self.lock:
             if len(self.keys) > 10_000:
                 self.keys.clear()
@@ -297,7 +297,7 @@ class _KeyCache:
             return None
         if tokens.looks_like_token(credential):
             hit = self.keys.get(_TOKEN + credential)
-            if hit is not None and hit[3] <= time.time():
+            if hit is not None and hit[3] is not None and hit[3] <= time.time():
                 return None  # expired since: checked again, it gets its 401
         else:
             hit = self.keys.get(hash_key(credential))

@@ -215,7 +215,3 @@ class _OncePerMinute:
             self.last[bucket] = now
             return True
 
-
-def storage_of(app: Flask) -> Any:
-    """The limiter's storage (tests reset it)."""
-    return app.extensions["loyalty.limiter"].storage
