@@ -325,6 +325,11 @@ def rate_limit_identity(header):
     if credential is None:
         return None
     if tokens.looks_like_token(credential):
+        # A token this app checked in full (signature, expiry, revocation) in the last few seconds is
+        # known by that check: verifying its signature again was 34 µs of a 0.5 ms member read.
+        hit = _keys().get(header)
+        if hit is not None:
+            return f"member:{hit[1].member_id}", MEMBER
         signed = tokens.signed_member(credential)
         return None if signed is None else (f"member:{signed[0]}", MEMBER)
     key_hash = hash_key(credential)

@@ -206,3 +206,27 @@ def test_a_refused_address_and_a_limited_key_cost_no_database_query(make_app, ke
         sa_event.remove(engine, "before_cursor_execute", count)
     assert [r.status_code for r in flood] == [429] * 10
     assert statements == []
+
+
+def test_a_member_token_checked_lately_is_counted_without_verifying_its_signature_again(
+        make_app, member_token, monkeypatch):
+    """The limiter knows a token the app checked in full (signature, expiry, revocation) seconds ago by
+    that check (issue 20: the signature was 34 µs of a member read); it is still counted per member."""
+    from loyalty.members import tokens
+
+    client = make_app().test_client()
+    member, token = member_token
+    path = f"/api/v1/members/{member}"
+    verified = []
+    real = tokens.signed_member
+    monkeypatch.setattr(tokens, "signed_member", lambda t: verified.append(t) or real(t))
+
+    first = client.get(path, headers=bearer(token))
+    assert first.status_code == 200 and verified  # the first request verifies it
+    verified.clear()
+    answers = [client.get(path, headers=bearer(token)) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert verified == []
+    remaining = [int(a.headers["X-RateLimit-Remaining"]) for a in (first, *answers)]
+    assert remaining == [2, 1, 0]
+    assert_rate_limited(client.get(path, headers=bearer(token)))
