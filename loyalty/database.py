@@ -13,6 +13,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import visitors
 from sqlalchemy.types import TypeDecorator
 
 from loyalty.extensions import db
@@ -188,7 +189,7 @@ class _Plan:
     """One statement compiled for one dialect, with its parameters' and columns' conversions."""
 
     def __init__(self, statement: sa.Select[Any] | sa.CompoundSelect[Any], dialect: sa.Dialect):
-        compiled = statement.compile(dialect=dialect)
+        compiled = _with_constants_inline(statement, dialect).compile(dialect=dialect)
         if compiled.escaped_bind_names:
             raise ValueError("PreparedSelect: a bind parameter's name needs escaping; rename it")
         if compiled.post_compile_params or compiled.literal_execute_params:
@@ -205,8 +206,8 @@ class _Plan:
             processors.setdefault(name, bind.type.dialect_impl(dialect).bind_processor(dialect))
         self.to_database = [(name, processor) for name, processor in processors.items() if processor is not None]
         columns = statement.selected_columns
-        self.from_database = [column.type.dialect_impl(dialect).result_processor(dialect, None)
-                              for column in columns]
+        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
+        self.from_database = [(index, processor) for index, processor in enumerate(processors) if processor is not None]
         self.row: Any = namedtuple("Row", list(columns.keys()))  # type: ignore[misc]
 
     def run(self, engine: sa.Engine, driver: Any, values: dict[str, Any]) -> list[Any]:
@@ -227,10 +228,37 @@ class _Plan:
                     listener(None, cursor, self.sql, bound, None, False)
         finally:
             cursor.close()
-        convert, row = self.from_database, self.row
-        return [row(*[value if processor is None else processor(value)
-                      for processor, value in zip(convert, raw)])
-                for raw in fetched]
+        rows = []
+        for raw in fetched:
+            values = list(raw)
+            for index, processor in self.from_database:
+                if values[index] is not None:  # NULL is None in every type (most of a UNION's filler)
+                    values[index] = processor(values[index])
+            rows.append(self.row._make(values))
+        return rows
+
+
+def _with_constants_inline(statement: Any, dialect: sa.Dialect) -> Any:
+    """The statement with its constants (the 'pending' of `Lot.status == "pending"`, a LIMIT, a 0)
+    written into its text instead of sent as parameters: SQLAlchemy makes each an anonymous bound
+    parameter, and the points read had 18 of them, every one converted and sent on every run
+    (about 15 µs of CPU and 12 µs of the database's time per read). Only parameters that came from a
+    literal value are inlined, each by its type's own literal rendering (a type without one stays a
+    parameter); named parameters (`sa.bindparam("member_id")`) stay parameters."""
+
+    def inline(element: Any) -> Any:
+        if not isinstance(element, sa.BindParameter) or element.required or not element.unique \
+                or element.callable is not None or element.value is None or element.expanding:
+            return None
+        try:
+            render = element.type.literal_processor(dialect)
+        except NotImplementedError:
+            return None
+        if render is None:
+            return None
+        return sa.literal_column(render(element.value), type_=element.type)
+
+    return visitors.replacement_traverse(statement, {}, inline)
 
 
 # An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).

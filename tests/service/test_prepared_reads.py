@@ -43,6 +43,27 @@ def test_rows_have_the_values_and_types_sqlalchemy_gives():
         assert got and list(got[0]._fields) == list(statement.selected_columns.keys())
 
 
+def test_constants_are_written_into_the_statement_and_answer_as_sqlalchemy_does():
+    """Constants (a string with a quote, a Points value in hundredths, a date, a LIMIT) are inlined by
+    their types' own rendering; named parameters stay parameters (issue 20: fewer values sent)."""
+    someone = member(name="O'Brien")
+    purchase(someone.id, "12.50")
+    purchase(someone.id, "3.00")
+    statement = (sa.select(Member.name, Lot.points, sa.literal(D("12.50"), Lot.points.type).label("fixed"))
+                 .join(Lot, Lot.member_id == Member.id)
+                 .where(Member.id == sa.bindparam("member_id"), Member.name == "O'Brien",
+                        Lot.points >= D("12.50"), Lot.created_at > datetime(2000, 1, 1, tzinfo=timezone.utc))
+                 .order_by(Lot.id).limit(5))
+    expected = [tuple(row) for row in db.session.execute(statement, {"member_id": someone.id})]
+    db.session.rollback()
+    assert expected == [("O'Brien", D("12.50"), D("12.50"))]
+    prepared = PreparedSelect(statement)
+    assert [tuple(row) for row in prepared.rows(member_id=someone.id)] == expected
+    plan = next(iter(prepared._plans.values()))
+    assert set(plan.compiled.bind_names.values()) <= {"member_id", "param_1"}  # SQLite keeps LIMIT's
+    assert "O''Brien" in plan.sql and "1250" in plan.sql
+
+
 def test_inside_a_write_transaction_it_sees_what_the_transaction_wrote():
     someone = member()
     with transaction():
