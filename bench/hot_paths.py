@@ -14,12 +14,16 @@ gunicorn (`-w 2 -k gthread --threads 8`) and the load generator of bench/loadgen
 It creates and drops its own database (default bench_hot; refuses `test`/`test_*`).
 """
 import argparse
+import collections
 import cProfile
 import json
 import os
 import pstats
 import random
+import re
+import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -90,11 +94,26 @@ def seed_lots(args, url, key):
     print(f"  seeded about {done} purchases ({time.perf_counter() - started:.0f} s)")
 
 
+def connections_per_worker(port):
+    """How the load generator's open connections are spread over the gunicorn workers (ss, by the
+    process that holds each), most first: gthread workers race to accept, and one worker may hold
+    nearly all of them; its GIL then caps the server at about one core. [] if ss is missing."""
+    try:
+        out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted(collections.Counter(re.findall(r"pid=(\d+)", out)).values(), reverse=True)
+
+
 def http(server, args, mode, spec, key=None, rate=None):
     host, port = "127.0.0.1", server.port
     headers = {"Authorization": "Bearer " + key} if key else {}
     meter = pc.CpuMeter(args.db_name, server_pid=server.proc.pid, client_pids={os.getpid()})
     meter.start()
+    spread = []
+    probe = threading.Timer(args.warmup + args.seconds / 2, lambda: spread.extend(connections_per_worker(port)))
+    probe.start()
     if mode == "open":
         r = loadgen.open_loop(host, port, spec, rate, args.seconds, warmup=args.warmup,
                               connections=args.clients, processes=1, headers=headers)
@@ -102,6 +121,8 @@ def http(server, args, mode, spec, key=None, rate=None):
         r = loadgen.saturate(host, port, spec, args.seconds, warmup=args.warmup, connections=args.clients,
                              processes=args.gen_processes, headers=headers)
     r["cpu"] = meter.stop()
+    probe.join()
+    r["connections_per_worker"] = spread
     server_cores = r["cpu"]["cores"].get("server", 0)
     r["server_cpu_ms_per_request"] = server_cores * 1000 / r["per_s"] if r["per_s"] else None
     # The generator's own cost per request: its ceiling per process is 1 / this.
@@ -259,6 +280,11 @@ def main(argv=None):
 
     with pc.Server(args, "wsgi:app", pc.service_ready) as s:
         key = state["api_key"]
+        # As for the no-op above: the first burst of connections after a start went all to one worker
+        # (seen with ss: 32 of 32), and the first phase measured half of the later ones.
+        loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": [READ_PATHS["member"]], "members": args.members}),
+                         2, warmup=0, connections=args.clients, processes=args.gen_processes,
+                         headers={"Authorization": "Bearer " + key})
         if not args.reuse_db and args.lots_per_member and ("reads" not in args.skip):
             print("[seed] purchases so that members have lots ...", flush=True)
             seed_lots(args, s.url, key)
@@ -305,7 +331,7 @@ def print_report(args, report):
           f"{args.gen_processes} generator processes; {args.seconds:g} s measured after {args.warmup:g} s")
     print("\n=== Results ===")
     head = (f"{'phase':<40}{'per s':>9}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'err':>5}"
-            f"{'srv ms/req':>11}{'gen ms/req':>11}   cores: server/gen/pg/other")
+            f"{'srv ms/req':>11}{'gen ms/req':>11}   cores: server/gen/pg/other  conns/worker")
     print(head)
     print("-" * len(head))
     for name, r in report["phases"].items():
@@ -314,7 +340,8 @@ def print_report(args, report):
         print(f"{name:<40}{fmt(r['per_s']):>9}{fmt(r['p50_ms']):>8}{fmt(r['p99_ms']):>8}{fmt(r['max_ms']):>8}"
               f"{r['errors']:>5}{fmt(r['server_cpu_ms_per_request'], 2):>11}"
               f"{fmt(r['generator_cpu_ms_per_request'], 3):>11}   "
-              f"{c.get('server', 0):.2f}/{c.get('client', 0):.2f}/{pg:.2f}/{c.get('other', 0):.2f}")
+              f"{c.get('server', 0):.2f}/{c.get('client', 0):.2f}/{pg:.2f}/{c.get('other', 0):.2f}"
+              f"  {'/'.join(map(str, r.get('connections_per_worker') or [])) or '-'}")
         if r["errors"]:
             print(f"{'':<40}statuses {r['statuses']}")
     p = report["phases"]
