@@ -21,7 +21,7 @@ from flask import current_app, g, request
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty import audit, clock, settings_cache
-from loyalty.database import BigId, UTCDateTime, transaction
+from loyalty.database import BigId, PreparedSelect, UTCDateTime, transaction
 from loyalty.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from loyalty.extensions import Model, db
 from loyalty.members import tokens
@@ -124,8 +124,10 @@ def describe(key):
 # Built once: every request runs it (see ledger._LOCK_ACCOUNT). It reads the settings version too, so
 # a request learns of a settings change made by any process without another round trip
 # (loyalty/settings_cache.py).
-_ACTIVE_KEY = (sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id, settings_cache.VERSION)
-               .where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
+# On the driver's connection (database.PreparedSelect): outside a transaction it is one round trip with
+# no BEGIN, and a third of the CPU of the session's execute (about 0.1 ms against 0.3).
+_ACTIVE_KEY = PreparedSelect(sa.select(ApiKey.id, ApiKey.name, ApiKey.role, ApiKey.store_id, settings_cache.VERSION)
+                             .where(ApiKey.key_hash == sa.bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
 
 
 # A key's revocation bumps the settings version (loyalty/settings_cache.py), as a change of the rules
@@ -153,7 +155,8 @@ def authenticate(header):
         _keys().remember(_TOKEN + token, settings_cache.seen() or 0, principal, until=expiry)
         return principal
     key_hash = hash_key(token)
-    row = db.session.execute(_ACTIVE_KEY, {"key_hash": key_hash}).first()
+    found = _ACTIVE_KEY.rows(key_hash=key_hash)
+    row = found[0] if found else None
     if row is None:
         raise Unauthorized("This API key is unknown or has been revoked; ask an admin for a valid key.")
     settings_cache.observe(row.settings_version)

@@ -208,7 +208,7 @@ class _Plan:
         columns = statement.selected_columns
         processors = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
         self.from_database = [(index, processor) for index, processor in enumerate(processors) if processor is not None]
-        self.row: Any = namedtuple("Row", list(columns.keys()))  # type: ignore[misc]
+        self.row: Any = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]  # an unlabelled column: _0
 
     def run(self, engine: sa.Engine, driver: Any, values: dict[str, Any]) -> list[Any]:
         params = self.compiled.construct_params(values)

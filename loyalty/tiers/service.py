@@ -136,12 +136,13 @@ def qualifying(member_id: int, now: datetime) -> tuple[Decimal, int, datetime]:
     before it recorded, even if their clocks read a little later than its own."""
     tz = settings().timezone
     start = window_start(clock.local_date(now, tz))
-    row = db.session.execute(_QUALIFYING, {"member_id": member_id, "start": start}).one()
+    db.session.flush()  # what the transaction changed counts (the session's execute would flush too)
+    row = _QUALIFYING.rows(member_id=member_id, start=start)[0]
     return row[0], row[1], start
 
 
 # Built once (every purchase and activity runs it): see ledger._LOCK_ACCOUNT.
-_QUALIFYING = sa.select(
+_QUALIFYING = PreparedSelect(sa.select(
     sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0),
                              Money()))
     .where(Purchase.member_id == sa.bindparam("member_id"), Purchase.occurred_at >= sa.bindparam("start"))
@@ -150,7 +151,7 @@ _QUALIFYING = sa.select(
     .where(Activity.member_id == sa.bindparam("member_id"), Activity.occurred_at >= sa.bindparam("start"),
            Activity.capped.is_(False))
     .scalar_subquery(),
-)
+))
 
 
 def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | None = None) -> TierChange | None:
@@ -422,7 +423,7 @@ def _member_tier_statement() -> sa.Select[Any]:
     (database.PreparedSelect: a hot read, issue 20)."""
     member_id: sa.BindParameter[int] = sa.bindparam("member_id")
     latest = orm.aliased(TierChange)
-    spend, activities = (column.label(name) for column, name in zip(_QUALIFYING.selected_columns,
+    spend, activities = (column.label(name) for column, name in zip(_QUALIFYING.statement.selected_columns,
                                                                      ("spend", "activities")))
     return (sa.select(Member.tier_code, Member.tier_since, Member.tier_held_until, Member.tier_guaranteed_code,
                       Member.tier_guaranteed_until, spend, activities, settings_cache.VERSION,
