@@ -206,8 +206,8 @@ class _Plan:
             processors.setdefault(name, bind.type.dialect_impl(dialect).bind_processor(dialect))
         self.to_database = [(name, processor) for name, processor in processors.items() if processor is not None]
         columns = statement.selected_columns
-        processors = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
-        self.from_database = [(index, processor) for index, processor in enumerate(processors) if processor is not None]
+        converters = [column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns]
+        self.from_database = [(index, convert) for index, convert in enumerate(converters) if convert is not None]
         self.row: Any = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]  # an unlabelled column: _0
 
     def run(self, engine: sa.Engine, driver: Any, values: dict[str, Any]) -> list[Any]:
@@ -230,11 +230,11 @@ class _Plan:
             cursor.close()
         rows = []
         for raw in fetched:
-            values = list(raw)
-            for index, processor in self.from_database:
-                if values[index] is not None:  # NULL is None in every type (most of a UNION's filler)
-                    values[index] = processor(values[index])
-            rows.append(self.row._make(values))
+            row = list(raw)
+            for index, convert in self.from_database:
+                if row[index] is not None:  # NULL is None in every type (most of a UNION's filler)
+                    row[index] = convert(row[index])
+            rows.append(self.row._make(row))
         return rows
 
 
@@ -258,7 +258,7 @@ def _with_constants_inline(statement: Any, dialect: sa.Dialect) -> Any:
             return None
         return sa.literal_column(render(element.value), type_=element.type)
 
-    return visitors.replacement_traverse(statement, {}, inline)
+    return visitors.replacement_traverse(statement, {}, inline)  # type: ignore[call-overload]
 
 
 # An auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
