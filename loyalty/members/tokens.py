@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from loyalty import audit, clock, settings_cache
 from loyalty.config import MAX_MEMBER_TOKEN_SECONDS, settings
-from loyalty.database import transaction
+from loyalty.database import PreparedSelect, transaction
 from loyalty.errors import Conflict, Unauthorized, ValidationFailed
 from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
@@ -118,7 +118,8 @@ def checked_token(token, now=None):
     if expiry <= now.timestamp():
         expired_at = datetime.fromtimestamp(expiry, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         raise Unauthorized(f"This member token expired at {expired_at}; ask the app for a new one.")
-    row = db.session.execute(_CURRENT_EPOCH, {"member_id": member_id}).first()
+    found = _CURRENT_EPOCH.rows(member_id=member_id)
+    row = found[0] if found else None
     if row is None or row.status != "active":
         raise Unauthorized("This member token's member is closed or no longer exists; sign in again.")
     if row.token_epoch != epoch:
@@ -129,8 +130,12 @@ def checked_token(token, now=None):
 
 # Built once: every request with a member token runs it (see auth._ACTIVE_KEY); like the API key's,
 # it reads the settings version too (loyalty/settings_cache.py).
-_CURRENT_EPOCH = (sa.select(Member.token_epoch, Member.status, settings_cache.VERSION)
-                  .where(Member.id == sa.bindparam("member_id")))
+# On the driver's connection in autocommit (database.PreparedSelect), not in a session transaction:
+# that one ended in a ROLLBACK, and psycopg forgets every statement it prepared on a connection at a
+# ROLLBACK (and sends DEALLOCATE ALL), so each token check cost the next reads on that connection their
+# prepared plans (measured: 0.45 ms of PostgreSQL CPU per token read against 0.25 with a key).
+_CURRENT_EPOCH = PreparedSelect(sa.select(Member.token_epoch, Member.status, settings_cache.VERSION)
+                                .where(Member.id == sa.bindparam("member_id")))
 
 
 def signing_secret(make=True):

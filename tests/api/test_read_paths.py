@@ -12,6 +12,7 @@ from sqlalchemy import event
 
 from loyalty import auth, create_app
 from loyalty.extensions import db
+from loyalty.members import tokens
 
 READS = ["/members/{id}", "/members/{id}/points", "/members/{id}/tier"]
 
@@ -223,3 +224,32 @@ def test_a_token_kept_by_one_app_is_not_trusted_by_another_with_another_secret(a
     finally:
         with other.app_context():
             db.engine.dispose()
+
+
+@pytest.mark.parametrize("credential", ["key", "token"])
+def test_checking_a_credential_opens_no_transaction(api, keys, member_id, other_process, credential):
+    """A process checking a key or a member token for the first time reads it outside any transaction
+    (autocommit on PostgreSQL): a read-only transaction would end in a ROLLBACK, at which psycopg forgets
+    the statements it prepared on that connection (issue 20: token reads cost PostgreSQL twice a key's). Cached settings loaded by a first request still
+    read in a transaction: once per process and settings change, as the stored token secret is read once."""
+    header = {"Authorization": f"Bearer {keys['app']}"} if credential == "key" else token_for(api, member_id)
+    began = []
+
+    def begin(connection):
+        began.append(connection)
+
+    with other_process.app_context():
+        engine = db.engine
+        tokens.signing_secret(make=False)  # read once per process
+    for path in READS:  # its cached settings (the tier ladder) loaded, by another credential
+        warm = other_process.test_client().get("/api/v1" + path.format(id=member_id),
+                                               headers={"Authorization": f"Bearer {keys['admin']}"})
+        assert warm.status_code == 200
+    event.listen(engine, "begin", begin)
+    try:
+        for path in READS:
+            answer = other_process.test_client().get("/api/v1" + path.format(id=member_id), headers=header)
+            assert answer.status_code == 200, answer.get_json()
+    finally:
+        event.remove(engine, "begin", begin)
+    assert began == []
