@@ -11,7 +11,7 @@ import loyalty.models  # noqa: F401  every table, so Alembic and the app see one
 from loyalty import api, console, ratelimits
 from loyalty import config as config_module
 from loyalty.api import docs_assets
-from loyalty.database import configure_engine, render_migration_type
+from loyalty.database import configure_engine, end_read_only, render_migration_type
 from loyalty.errors import register_error_handlers
 from loyalty.extensions import db, migrate
 from loyalty.json import DecimalJSONProvider
@@ -43,6 +43,9 @@ def register_logging(app):
 
 def register_extensions(app):
     db.init_app(app)
+    # Registered after Flask-SQLAlchemy's removal of the session, so it runs before it (Flask runs
+    # teardown functions last registered first).
+    app.teardown_appcontext(end_read_only)
     ratelimits.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, compare_type=True, render_as_batch=True,
                      render_item=render_migration_type)

@@ -4,6 +4,7 @@ Points and money are stored as integers of their smallest unit (hundredths), so 
 exact on SQLite and PostgreSQL alike and no binary float ever touches them.
 """
 import contextvars
+import logging
 from collections import namedtuple
 from contextlib import contextmanager
 from datetime import timezone
@@ -19,6 +20,7 @@ from sqlalchemy.types import TypeDecorator
 from loyalty.extensions import db
 
 CENT = Decimal("0.01")
+log = logging.getLogger(__name__)
 
 
 class ScaledDecimal(TypeDecorator):
@@ -87,7 +89,13 @@ def configure_engine(engine):
 
     pysqlite's own transaction handling is switched off and we emit BEGIN ourselves: BEGIN
     IMMEDIATE inside `transaction()`, a plain deferred BEGIN for reads.
+
+    PostgreSQL: each transaction notes whether it sent anything but a SELECT (`end_read_only`).
     """
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "begin", _began)
+        event.listen(engine, "before_cursor_execute", _note_writes)
+        return
     if engine.dialect.name != "sqlite":
         return
 
@@ -105,6 +113,40 @@ def configure_engine(engine):
     @event.listens_for(engine, "begin")
     def _begin(connection):
         connection.exec_driver_sql("BEGIN IMMEDIATE" if _write_transaction.get() else "BEGIN")
+
+
+_WROTE = "loyalty.wrote"  # Connection.info: this transaction sent something other than a SELECT
+
+
+def _began(connection):
+    connection.info[_WROTE] = False
+
+
+def _note_writes(connection, cursor, statement, parameters, context, executemany):
+    if connection is not None and statement.lstrip()[:6].upper() != "SELECT":
+        connection.info[_WROTE] = True
+
+
+def end_read_only(exc: BaseException | None = None) -> None:
+    """At the end of a request or job (teardown), COMMIT the session's transaction rather than let it
+    be rolled back, on PostgreSQL, when it only read: the same for the database (nothing to undo, its
+    locks released either way), but psycopg forgets every statement it prepared on a connection at a
+    ROLLBACK and sends DEALLOCATE ALL, so each read through the session (a history page, a cached
+    setting loaded) cost the hot statements on that connection their prepared plans (issue 20). A
+    transaction that wrote, or has ORM changes not flushed, is left to the rollback as before."""
+    registry = db.session.registry
+    if not registry.has():
+        return
+    session = registry()
+    if not session.in_transaction() or session.new or session.dirty or session.deleted:
+        return
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    try:
+        if not session.connection().info.get(_WROTE, True):
+            session.commit()
+    except Exception:  # noqa: BLE001 - the connection is broken: the session's removal rolls back, as before
+        log.warning("ending a read-only transaction failed; it is rolled back", exc_info=True)
 
 
 @contextmanager

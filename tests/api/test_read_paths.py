@@ -253,3 +253,34 @@ def test_checking_a_credential_opens_no_transaction(api, keys, member_id, other_
     finally:
         event.remove(engine, "begin", begin)
     assert began == []
+
+
+@pytest.mark.postgres_only
+def test_a_read_through_the_session_ends_in_commit_so_prepared_statements_survive(app, api, member_id):
+    """database.end_read_only: a request that only read through the session commits its transaction;
+    a ROLLBACK would make psycopg forget the connection's prepared statements (issue 20). One that
+    wrote, or failed, still rolls back."""
+    ended = []
+
+    def commit(connection):
+        ended.append("commit")
+
+    def rollback(connection):
+        ended.append("rollback")
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "commit", commit)
+    event.listen(engine, "rollback", rollback)
+    try:
+        assert api.get("app", f"/members/{member_id}/points/history").status_code == 200
+        read = list(ended)
+        ended.clear()
+        refused = api.post("pos", "/purchases", json={"member_id": member_id, "receipt_no": "R1",
+                                                      "amount": "999.00"})  # R1 was recorded with 100.00
+        assert refused.status_code == 409
+    finally:
+        event.remove(engine, "commit", commit)
+        event.remove(engine, "rollback", rollback)
+    assert read == ["commit"]
+    assert "rollback" in ended and "commit" not in ended
