@@ -40,7 +40,7 @@ from loyalty.errors import error_response
 log = logging.getLogger(__name__)
 
 EXEMPT_PATHS = frozenset({"/healthz"})
-_NO_CREDENTIAL = ("", "")
+_NO_CREDENTIAL = ("", "")  # (bucket, role) of a credential not known without the database
 CREDENTIAL, AUTH_FAILURES = "credential", "auth-failures"
 
 
@@ -75,12 +75,14 @@ class RateLimiter:
         self.storage = cast(Storage, storage_from_string(_without_expiry_threads(storage_uri)))
         self.prefix = prefix
         self.breaches = _OncePerMinute()
+        self.keys: dict[tuple[int, str, str], str] = {}
 
     def before_request(self) -> Response | None:
-        endpoint = request.endpoint
-        if endpoint is None or endpoint.rpartition(".")[2] == "static" or request.path in EXEMPT_PATHS:
+        current = request._get_current_object()  # type: ignore[attr-defined]  # the proxy looked up once
+        endpoint = current.endpoint
+        if endpoint is None or endpoint.rpartition(".")[2] == "static" or current.path in EXEMPT_PATHS:
             return None  # no such route (a 404, counted nowhere), a static file, the health check
-        bucket, role = _identity()
+        bucket, role = auth.rate_limit_identity(current.headers.get("Authorization")) or _NO_CREDENTIAL
         try:
             if bucket:
                 return self._count(self.role_limits[role], bucket, CREDENTIAL)
@@ -92,7 +94,7 @@ class RateLimiter:
     def _count(self, limits: list[RateLimitItem], bucket: str, scope: str) -> Response | None:
         header = None
         for limit in limits:
-            key = limit.key_for(self.prefix, bucket, scope)
+            key = self._key(limit, bucket, scope)
             count = self.storage.incr(key, limit.get_expiry())  # the fixed window: a counter that expires
             if count > limit.amount:
                 return self._refuse(limit, key, bucket, scope)
@@ -100,11 +102,21 @@ class RateLimiter:
         g.rate_limit = header
         return None
 
+    def _key(self, limit: RateLimitItem, bucket: str, scope: str) -> str:
+        """The storage key of a bucket's counter (limits' key_for, kept: it joins six strings per call)."""
+        name = (id(limit), bucket, scope)
+        key = self.keys.get(name)
+        if key is None:
+            if len(self.keys) > 100_000:
+                self.keys.clear()
+            key = self.keys[name] = limit.key_for(self.prefix, bucket, scope)
+        return key
+
     def _test_failures(self) -> Response | None:
         address = _client_address()
         header = None
         for limit in self.failure_limits:
-            key = limit.key_for(self.prefix, address, AUTH_FAILURES)
+            key = self._key(limit, address, AUTH_FAILURES)
             count = self.storage.get(key)
             if count >= limit.amount:
                 return self._refuse(limit, key, address, AUTH_FAILURES)
@@ -129,15 +141,16 @@ class RateLimiter:
         return error_response(429, "rate_limited", message)
 
     def after_request(self, response: Response) -> Response:
-        applied = g.get("rate_limit")
+        state = g._get_current_object()  # the proxy looked up once
+        applied = state.get("rate_limit")
         if applied is None:
             return response
         limit, key, count = applied
         try:
-            address = g.get("rate_limit_failures")
+            address = state.get("rate_limit_failures")
             if address is not None and response.status_code == 401:
                 for each in self.failure_limits:
-                    counted = self.storage.incr(each.key_for(self.prefix, address, AUTH_FAILURES), each.get_expiry())
+                    counted = self.storage.incr(self._key(each, address, AUTH_FAILURES), each.get_expiry())
                     count = counted if each is limit else count
             reset = int(self.storage.get_expiry(key))
         except Exception:  # noqa: BLE001 - as in before_request
@@ -146,7 +159,7 @@ class RateLimiter:
         response.headers["X-RateLimit-Limit"] = str(limit.amount)
         response.headers["X-RateLimit-Remaining"] = str(max(0, limit.amount - count))
         response.headers["X-RateLimit-Reset"] = str(reset)
-        if g.get("rate_limit_refused"):
+        if state.get("rate_limit_refused"):
             response.headers["Retry-After"] = str(max(1, reset - int(time.time())))
         return response
 
@@ -181,14 +194,6 @@ class _InlineExpiryMemoryStorage(MemoryStorage):
 def _without_expiry_threads(storage_uri: str) -> str:
     return "loyalty-memory://" + storage_uri[len("memory://"):] if storage_uri.startswith("memory://") \
         else storage_uri
-
-
-def _identity() -> tuple[str, str]:
-    """(bucket, role) of this request's credential, worked out once per request; ("", "") when the
-    credential is not one we know without the database (none, a guess, a key not seen lately)."""
-    if "rate_identity" not in g:
-        g.rate_identity = auth.rate_limit_identity(request.headers.get("Authorization")) or _NO_CREDENTIAL
-    return g.rate_identity
 
 
 def _client_address() -> str:
