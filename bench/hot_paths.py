@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
     p.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"))
+    p.add_argument("--no-reuse-port", dest="reuse_port", action="store_false",
+                   help="one listening socket shared by the workers (gunicorn's default): gthread workers race "
+                        "to accept, and a phase often had all 32 connections on one worker (see bench/README.md)")
     p.add_argument("--read-rate", type=float, default=200)
     p.add_argument("--credit-rates", default="50,100")
     p.add_argument("--profile-requests", type=int, default=300)

@@ -337,6 +337,8 @@ def gunicorn_command(args, port, app_spec, extra=()):
            "--keep-alive", "30"]
     if args.worker_class == "gthread":
         cmd += ["--threads", str(args.threads)]
+    if getattr(args, "reuse_port", False):
+        cmd += ["--reuse-port"]
     return cmd + list(extra) + [app_spec]
 
 
@@ -344,7 +346,8 @@ def gunicorn_settings(args):
     text = f"gunicorn -w {args.workers} -k {args.worker_class}"
     if args.worker_class == "gthread":
         text += f" --threads {args.threads}"
-    return text + " --keep-alive 30 --backlog 2048 --log-level warning"
+    return text + " --keep-alive 30 --backlog 2048 --log-level warning" + (
+        " --reuse-port" if getattr(args, "reuse_port", False) else "")
 
 
 class Server:
