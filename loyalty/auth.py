@@ -155,8 +155,7 @@ def authenticate(header):
         _keys().remember(_TOKEN + token, settings_cache.seen() or 0, principal, until=expiry)
         return principal
     key_hash = hash_key(token)
-    found = _ACTIVE_KEY.rows(key_hash=key_hash)
-    row = found[0] if found else None
+    row = _ACTIVE_KEY.first(key_hash=key_hash)
     if row is None:
         raise Unauthorized("This API key is unknown or has been revoked; ask an admin for a valid key.")
     settings_cache.observe(row.settings_version)

@@ -123,7 +123,7 @@ def _began(connection):
 
 
 def _note_writes(connection, cursor, statement, parameters, context, executemany):
-    if connection is not None and statement.lstrip()[:6].upper() != "SELECT":
+    if connection is not None and statement[:40].lstrip()[:6].upper() != "SELECT":
         connection.info[_WROTE] = True
 
 
@@ -225,6 +225,12 @@ class PreparedSelect:
                 driver.autocommit = False
         finally:
             pooled.close()  # back to the pool
+
+
+    def first(self, **values: Any) -> Any:
+        """The first row `rows` answers, or None."""
+        found = self.rows(**values)
+        return found[0] if found else None
 
 
 class _Plan:

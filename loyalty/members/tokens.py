@@ -118,8 +118,7 @@ def checked_token(token, now=None):
     if expiry <= now.timestamp():
         expired_at = datetime.fromtimestamp(expiry, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         raise Unauthorized(f"This member token expired at {expired_at}; ask the app for a new one.")
-    found = _CURRENT_EPOCH.rows(member_id=member_id)
-    row = found[0] if found else None
+    row = _CURRENT_EPOCH.first(member_id=member_id)
     if row is None or row.status != "active":
         raise Unauthorized("This member token's member is closed or no longer exists; sign in again.")
     if row.token_epoch != epoch:

@@ -137,7 +137,7 @@ def qualifying(member_id: int, now: datetime) -> tuple[Decimal, int, datetime]:
     tz = settings().timezone
     start = window_start(clock.local_date(now, tz))
     db.session.flush()  # what the transaction changed counts (the session's execute would flush too)
-    row = _QUALIFYING.rows(member_id=member_id, start=start)[0]
+    row = _QUALIFYING.first(member_id=member_id, start=start)
     return row[0], row[1], start
 
 
