@@ -2,7 +2,7 @@
 """Hot paths benchmark (issue 20): member reads and POS credits against PostgreSQL, in one run.
 
 Run by hand (never a timed test); see bench/README.md, "Hot paths". One run measures, under the same
-gunicorn (`-w 2 -k gthread --threads 8`) and the load generator of bench/loadgen.py:
+gunicorn (`-w 2 -k gthread --threads 8 --reuse-port`) and the load generator of bench/loadgen.py:
 
   * the framework's ceilings: bench/noop_app.py GET /noop and POST /noop at saturation;
   * member reads (GET /members/{id}/points, /members/{id}, /members/{id}/tier): saturation, and
