@@ -198,8 +198,9 @@ class PreparedSelect:
     in autocommit for the statement (one snapshot, no BEGIN or ROLLBACK round trip; psycopg keeps
     its prepared statements); SQLite runs a lone SELECT as its own transaction anyway. Inside a
     transaction (a write, or a read that began one), it runs on that transaction's connection and
-    sees what it sees. The engine's before/after_cursor_execute listeners are told of the
-    statement (with no Connection: there is none), so statement logs and counts still see it."""
+    sees what it sees (a SELECT whose CTEs write, points/plain_purchase.py, is run only there). The
+    engine's before/after_cursor_execute listeners are told of the statement (with the transaction's
+    Connection, or none outside one), so statement logs and counts still see it."""
 
     def __init__(self, statement: sa.Select[Any] | sa.CompoundSelect[Any]):
         self.statement = statement
@@ -212,7 +213,8 @@ class PreparedSelect:
         if plan is None:
             plan = self._plans[engine.dialect.name] = _Plan(self.statement, engine.dialect)
         if session.in_transaction():
-            return plan.run(engine, session.connection().connection.driver_connection, values)
+            connection = session.connection()
+            return plan.run(engine, connection.connection.driver_connection, values, connection)
         pooled = engine.raw_connection()
         try:
             driver: Any = pooled.driver_connection
@@ -258,7 +260,8 @@ class _Plan:
         self.from_database = [(index, convert) for index, convert in enumerate(converters) if convert is not None]
         self.row: Any = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]  # an unlabelled column: _0
 
-    def run(self, engine: sa.Engine, driver: Any, values: dict[str, Any]) -> list[Any]:
+    def run(self, engine: sa.Engine, driver: Any, values: dict[str, Any],
+            connection: sa.Connection | None = None) -> list[Any]:
         params = self.compiled.construct_params(values)
         for name, processor in self.to_database:
             params[name] = processor(params[name])
@@ -268,12 +271,12 @@ class _Plan:
             listening = engine.dispatch.before_cursor_execute or engine.dispatch.after_cursor_execute
             if listening:
                 for listener in engine.dispatch.before_cursor_execute:
-                    listener(None, cursor, self.sql, bound, None, False)
+                    listener(connection, cursor, self.sql, bound, None, False)
             cursor.execute(self.sql, bound)
             fetched = cursor.fetchall()
             if listening:
                 for listener in engine.dispatch.after_cursor_execute:
-                    listener(None, cursor, self.sql, bound, None, False)
+                    listener(connection, cursor, self.sql, bound, None, False)
         finally:
             cursor.close()
         rows = []

@@ -236,11 +236,8 @@ def _credit(awarded, accounts, store_id, now):
         lots.append(dict(member_id=account.member_id, points=points, remaining=points - paid,
                          status="pending" if pending else "available", available_at=earning.available_at,
                          expires_at=earning.expires_at, created_at=now))
-        events.append({
-            "member_id": account.member_id, "entry_type": type_, "points": points, "pending": pending,
-            "available_at": earning.available_at, "expires_at": earning.expires_at, "description": description,
-            "reference": {"type": reference[0], "id": str(reference[1])},
-            "balance": {"available": account.available, "pending": account.pending}})
+        events.append(ledger.credited_event(account, type_, points, pending, earning.available_at,
+                                            earning.expires_at, description, reference))
     if not entries:
         return []
     entry_ids = db.session.scalars(sa.insert(Entry).returning(Entry.id, sort_by_parameter_order=True), entries).all()

@@ -367,12 +367,18 @@ def credit(account, type_, points, description, reference, now, *, available_at=
     db.session.add(lot)
     if not pending:
         _pay_debt_from(account, lot)
-    webhooks.emit("points.credited", {
+    webhooks.emit("points.credited", credited_event(account, type_, points, pending, available_at, expires_at,
+                                                    description, reference), now)
+    return entry, lot
+
+
+def credited_event(account, type_, points, pending, available_at, expires_at, description, reference):
+    """The `points.credited` event's data for a credit just made to `account` (its balances after it)."""
+    return {
         "member_id": account.member_id, "entry_type": type_, "points": points, "pending": pending,
         "available_at": available_at, "expires_at": expires_at, "description": description,
         "reference": {"type": reference[0], "id": str(reference[1])} if reference else None,
-        "balance": {"available": account.available, "pending": account.pending}}, now)
-    return entry, lot
+        "balance": {"available": account.available, "pending": account.pending}}
 
 
 def credit_many(due_sql, params, type_, description, reference, now, *, expires_at=None, earned=True):

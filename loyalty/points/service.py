@@ -27,7 +27,7 @@ from loyalty.extensions import db
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member
 from loyalty.outcome import Outcome
-from loyalty.points import ledger
+from loyalty.points import ledger, plain_purchase
 from loyalty.points import rules as rules_mod
 from loyalty.points.models import (
     Account,
@@ -48,6 +48,7 @@ from loyalty.promotions import service as promotions
 from loyalty.promotions.rules import Award
 from loyalty.referrals import service as referrals
 from loyalty.tiers import service as tiers
+from loyalty.webhooks import service as webhooks
 
 ZERO = Decimal("0.00")
 ENTRY_TYPES = ("earn_purchase", "earn_activity", "bonus", "redeem", "payment", "reverse", "expire", "adjust",
@@ -117,25 +118,36 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         eligible, base, points = _earning(amount, items, rules, account.member)
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
             if rules.pending_days else now
-        purchase = _claim_receipt(dict(
+        expires_at = rules_mod.expires_at(available_at, occurred_at, rules, tz)
+        # The promotions are planned before the purchase is recorded: what they read (the member's
+        # tags, earlier purchases, grants, budgets) does not include it either way, and a plain
+        # purchase (none awarding anything) then goes in one statement.
+        basket = promotions.basket_for(account.member, store_id, channel, amount, items, occurred_at, tags=tags)
+        awards = promotions.plan(member_id, basket, rules, lock=True)
+        values = dict(
             member_id=member_id, store_id=store_id, receipt_no=receipt_no, amount=amount,
             eligible_amount=eligible, currency=currency, points_earned=points, available_at=available_at,
             items=_items_json(items), channel=channel, occurred_at=occurred_at, created_at=now,
-            api_key_id=api_key_id))
+            api_key_id=api_key_id)
+        description = f"Purchase {receipt_no} at store {store_id}"
+        if plain_purchase.applies(account, points, awards):
+            credited = plain_purchase.credit(
+                account, {**values, "breakdown": breakdown_json(breakdown(account.member, base, points, (), ZERO))},
+                description, expires_at, tiers.window_start(clock.local_date(now, tz)), now)
+            if credited is None:
+                return _replayed(member_id, store_id, receipt_no, amount, currency)
+            webhooks.emit("points.credited", ledger.credited_event(
+                account, "earn_purchase", points, available_at > now, available_at, expires_at, description,
+                ("purchase", credited.purchase.id)), now)
+            tiers.upgrade_if_qualified(account.member, now, purchase=credited.purchase, window=credited.window)
+            return Outcome(credited.purchase, account.member)
+        purchase = _claim_receipt(values)
         if purchase is None:  # the receipt was recorded before: a replay, or a mistake
-            existing = _purchase_by_receipt(store_id, receipt_no)
-            if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
-                raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
-                               "different member or amount; use a new receipt number.")
-            return Outcome(existing, member_or_404(existing.member_id), replayed=True)
-        expires_at = rules_mod.expires_at(available_at, occurred_at, rules, tz)
+            return _replayed(member_id, store_id, receipt_no, amount, currency)
         if points > 0:
             _, purchase.lot = ledger.credit(
-                account, "earn_purchase", points, f"Purchase {receipt_no} at store {store_id}",
-                ("purchase", purchase.id), now, available_at=available_at, expires_at=expires_at)
-        basket = promotions.basket_for(account.member, store_id, channel, amount, items, occurred_at,
-                                       exclude_purchase_id=purchase.id, tags=tags)
-        awards = promotions.plan(member_id, basket, rules, lock=True)
+                account, "earn_purchase", points, description, ("purchase", purchase.id), now,
+                available_at=available_at, expires_at=expires_at)
         promotions.grant(account, purchase, awards, now, available_at, expires_at)
         referral = referrals.on_purchase(account, purchase, now)
         welcome = referral.referee_points if referral is not None and referral.purchase_id == purchase.id \
@@ -143,6 +155,16 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         purchase.breakdown = breakdown_json(breakdown(account.member, base, points, awards, welcome))
         tiers.upgrade_if_qualified(account.member, now, purchase=purchase)
     return Outcome(purchase, account.member)
+
+
+def _replayed(member_id: int, store_id: str, receipt_no: str, amount: Decimal, currency: str) -> Outcome:
+    """A purchase whose store and receipt were recorded before: the first one's answer if it is the same
+    purchase (a till's retry), else a conflict."""
+    existing = _purchase_by_receipt(store_id, receipt_no)
+    if (existing.member_id, existing.amount, existing.currency) != (member_id, amount, currency):
+        raise Conflict(f"Receipt {receipt_no} of store {store_id} was already recorded with a "
+                       "different member or amount; use a new receipt number.")
+    return Outcome(existing, member_or_404(existing.member_id), replayed=True)
 
 
 def quote_purchase(member_id: int | None, store_id: str, amount: Decimal, items: Items | None = None,

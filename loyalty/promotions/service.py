@@ -302,9 +302,8 @@ def needs_tags(store_id: str, channel: str | None, occurred_at: datetime, includ
 
 def basket_for(member: Member | None, store_id: str, channel: str | None, amount: Decimal,
                items: Iterable[Mapping[str, Any]] | None, occurred_at: datetime,
-               exclude_purchase_id: int | None = None, include_drafts: bool = False,
-               tags: frozenset[str] | None = None) -> rules.Basket:
-    """The purchase as the promotions see it. The member's tags are `tags` when the caller read them
+               include_drafts: bool = False, tags: frozenset[str] | None = None) -> rules.Basket:
+    """The purchase as the promotions see it, before it is recorded. The member's tags are `tags` when the caller read them
     (with the account's lock, see `needs_tags`); whether this is their first purchase costs a query,
     asked only when a promotion in force for this store, channel and tier needs it (as do the tags
     when the caller has not read them)."""
@@ -314,8 +313,7 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
         return basket
     open_ = _needing_member_facts(basket, include_drafts)
     first = True
-    # These reads need none of the purchase's pending changes: without autoflush, the purchase's
-    # row is written once at the end (an autoflush here wrote it early and then UPDATEd it twice).
+    # These reads need none of the transaction's pending changes (settling the account's lots).
     with db.session.no_autoflush:
         if tags is None:
             tags = frozenset(db.session.scalars(sa.select(MemberTag.tag).where(MemberTag.member_id == member.id))) \
@@ -323,8 +321,7 @@ def basket_for(member: Member | None, store_id: str, channel: str | None, amount
         if any(promotion.scope.first_purchase_only for promotion in open_):
             # Not read with the lock as the tags are: after waiting for the lock, that statement
             # would not see the purchase of a twin that held it, and both would be "first".
-            first = not db.session.scalar(sa.select(sa.exists().where(
-                Purchase.member_id == member.id, Purchase.id != (exclude_purchase_id or 0))))
+            first = not db.session.scalar(sa.select(sa.exists().where(Purchase.member_id == member.id)))
     return replace(basket, tags=tags, first_purchase=first)
 
 

@@ -141,28 +141,35 @@ def qualifying(member_id: int, now: datetime) -> tuple[Decimal, int, datetime]:
     return row[0], row[1], start
 
 
+def window_sums(member_id: Any, start: Any) -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
+    """`qualifying`'s two figures as SQL (scalar subqueries) for the member `member_id` and the
+    window from `start` (each a column or a bind parameter): the spend net of refunds, and the
+    activities not stopped by a cap. Also written into a purchase's own statement (points/
+    plain_purchase.py), where they count what was recorded before it."""
+    spend = (sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0),
+                                      Money()))
+             .where(Purchase.member_id == member_id, Purchase.occurred_at >= start).scalar_subquery())
+    activities = (sa.select(sa.func.count()).select_from(Activity)
+                  .where(Activity.member_id == member_id, Activity.occurred_at >= start, Activity.capped.is_(False))
+                  .scalar_subquery())
+    return spend, activities
+
+
 # Built once (every purchase and activity runs it): see ledger._LOCK_ACCOUNT.
-_QUALIFYING = PreparedSelect(sa.select(
-    sa.select(sa.type_coerce(sa.func.coalesce(sa.func.sum(Purchase.amount - Purchase.refunded_amount), 0),
-                             Money()))
-    .where(Purchase.member_id == sa.bindparam("member_id"), Purchase.occurred_at >= sa.bindparam("start"))
-    .scalar_subquery(),
-    sa.select(sa.func.count()).select_from(Activity)
-    .where(Activity.member_id == sa.bindparam("member_id"), Activity.occurred_at >= sa.bindparam("start"),
-           Activity.capped.is_(False))
-    .scalar_subquery(),
-))
+_QUALIFYING = PreparedSelect(sa.select(*window_sums(sa.bindparam("member_id"), sa.bindparam("start"))))
 
 
-def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | None = None) -> TierChange | None:
+def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | None = None,
+                         window: tuple[Decimal, int] | None = None) -> TierChange | None:
     """Inside a purchase's or activity's transaction (the account is locked): if the window now
     qualifies the member for a higher tier, move them up at once (skipping tiers if need be).
-    The history names the `purchase` that made the upgrade, so a refund of it can find it."""
+    The history names the `purchase` that made the upgrade, so a refund of it can find it.
+    `window`: the (spend, activities) of `qualifying`, when the caller has them already."""
     ladder_now = ladder()
     current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
     if current.rank == ladder_now[-1].rank:
         return None
-    spend, activities, _ = qualifying(member.id, now)
+    spend, activities = window if window is not None else qualifying(member.id, now)[:2]
     reached = rules.tier_for(spend, activities, ladder_now)
     if reached.rank <= current.rank:
         return None
