@@ -6,12 +6,25 @@ Run by hand (never a timed test); see bench/README.md. In one run it measures:
   1. the framework's ceiling: bench/noop_app.py (POST /noop) under the same gunicorn settings;
   2. the service: POST /api/v1/purchases, distinct receipts, random members out of 10 000;
   3. the database's ceiling: a bare psycopg client issuing the same SQL statements per purchase
-     that the service issues, from the same number of concurrent connections;
-  4. (unless --no-profile) a pyinstrument profile of N purchases in-process (app.test_client()).
+     that the service issues, from the same number of concurrent connections (and, if installed,
+     pgbench sending them from a C client);
+  4. (unless --skip profile) a pyinstrument profile of N purchases in-process (app.test_client()).
+
+The database's ceiling replays one of two statement sets (--statements):
+
+  cte (default): what the service sends now (a plain purchase in one statement with data-modifying
+       CTEs, loyalty/points/plain_purchase.py), 5 round trips: the API key's SELECT in autocommit,
+       BEGIN, the account's lock SELECT, the one WITH statement (purchase, entry, lot, account, and
+       the tier window's spend and activities), COMMIT;
+  orm: what the service sent before that, through the ORM, 10 round trips: BEGIN, the API key's
+       SELECT, the lock, INSERT purchase, INSERT entry, UPDATE account, INSERT lot, UPDATE
+       purchase.lot_id, the tier window's SELECT, COMMIT (the statements' text as it was then), to
+       reproduce the figures measured before.
 
 It creates and drops its own database (default bench_pos); it refuses to touch `test`/`test_*`.
 """
 import argparse
+import calendar
 import json
 import os
 import platform
@@ -28,10 +41,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from multiprocessing import get_context
+from zoneinfo import ZoneInfo
 
 import psycopg
+from psycopg.types.json import Json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,6 +80,9 @@ def parse_args(argv=None):
     p.add_argument("--reuse-db", action="store_true",
                    help="keep the existing bench database instead of recreating it (development)")
     p.add_argument("--skip", default="", help="comma list of phases to skip: noop,service,sql,pgbench,profile")
+    p.add_argument("--statements", choices=sorted(SQL_TRIPS), default="cte",
+                   help="the statement set the bare-SQL client and pgbench replay: cte (default), what the "
+                        "service sends now, 5 round trips; orm, what it sent before, 10 round trips")
     p.add_argument("--profile-requests", type=int, default=500, help="purchases in the profile (default 500)")
     p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     p.add_argument("--show-sql", action="store_true",
@@ -506,16 +524,72 @@ def http_phase(args, name, app_spec, ready, path, key="", extra=()):
 
 # --- the database's ceiling: the service's SQL without the service -----------------------------------
 
-# Captured from one POST /api/v1/purchases (SQLAlchemy's text, so the server plans the same thing).
-# `python bench/pos_credit.py --show-sql` prints what the service issues now, to keep this in step.
-SQL_API_KEY = ("SELECT api_keys.id, api_keys.name, api_keys.role, api_keys.store_id FROM api_keys "
-               "WHERE api_keys.key_hash = %s::VARCHAR AND api_keys.revoked_at IS NULL")
+# Two statement sets (--statements), captured from one POST /api/v1/purchases: SQLAlchemy's text,
+# so the server plans the same thing. `python bench/pos_credit.py --show-sql` prints what the
+# service issues now, and says whether the cte set is still it word for word.
+
+# The cte set: what the service sends now for a plain purchase (loyalty/points/plain_purchase.py),
+# named placeholders and all, so psycopg sends the same text with the same parameters.
+SQL_API_KEY = (
+    "SELECT api_keys.id, api_keys.name, api_keys.role, api_keys.store_id, (SELECT settings_version.version "
+    "FROM settings_version WHERE settings_version.id = 1) AS settings_version FROM api_keys "
+    "WHERE api_keys.key_hash = %(key_hash)s::VARCHAR AND api_keys.revoked_at IS NULL")
+SQL_LOCK_ACCOUNT_WITH_MEMBER = (
+    "SELECT members.id, members.member_no, members.name, members.phone, members.email, members.birthday, "
+    "members.channel, members.card_token, members.referral_code, members.referred_by_id, members.tier_code, "
+    "members.tier_since, members.tier_held_until, members.tier_guaranteed_code, members.tier_guaranteed_until, "
+    "members.lifecycle_stage, members.value_segment, members.ambassador_since, members.status, "
+    "members.merged_into_id, members.token_epoch, members.joined_at, members.updated_at, accounts.member_id, "
+    "accounts.available, accounts.pending, accounts.lifetime_earned, accounts.debt, accounts.held, "
+    "accounts.updated_at AS updated_at_1, EXISTS (SELECT * FROM lots WHERE lots.member_id = accounts.member_id "
+    "AND (lots.status = %(status_1)s::VARCHAR AND lots.available_at <= %(now)s::TIMESTAMP WITH TIME ZONE "
+    "OR lots.status = %(status_2)s::VARCHAR AND lots.remaining > %(remaining_1)s::BIGINT "
+    "AND lots.expires_at <= %(now)s::TIMESTAMP WITH TIME ZONE)) AS anon_1, member_identities_1.id AS id_1, "
+    "member_identities_1.member_id AS member_id_1, member_identities_1.channel AS channel_1, "
+    "member_identities_1.external_id FROM accounts JOIN members ON members.id = accounts.member_id "
+    "LEFT OUTER JOIN member_identities AS member_identities_1 ON members.id = member_identities_1.member_id "
+    "WHERE accounts.member_id = %(member_id)s::BIGINT ORDER BY member_identities_1.id "
+    "FOR NO KEY UPDATE OF accounts, members")
+LOCK_AVAILABLE, LOCK_PENDING, LOCK_LIFETIME_EARNED, LOCK_HELD = 24, 25, 26, 28  # their columns in a row
+SQL_CREDIT_PURCHASE = (
+    "WITH p AS (INSERT INTO purchases (member_id, store_id, receipt_no, amount, eligible_amount, currency, "
+    "points_earned, available_at, items, channel, breakdown, lot_id, api_key_id, occurred_at, created_at) "
+    "VALUES (%(member_id)s::BIGINT, %(store_id)s::VARCHAR, %(receipt_no)s::VARCHAR, %(amount)s::BIGINT, "
+    "%(eligible_amount)s::BIGINT, %(currency)s::VARCHAR, %(points_earned)s::BIGINT, "
+    "%(available_at)s::TIMESTAMP WITH TIME ZONE, %(items)s::JSON, %(channel)s::VARCHAR, %(breakdown)s::JSON, "
+    "nextval('lots_id_seq'), %(api_key_id)s::BIGINT, %(occurred_at)s::TIMESTAMP WITH TIME ZONE, "
+    "%(now)s::TIMESTAMP WITH TIME ZONE) ON CONFLICT (store_id, receipt_no) DO NOTHING "
+    "RETURNING purchases.id, purchases.lot_id), "
+    "e AS (INSERT INTO ledger_entries (member_id, type, points, balance_after, description, reference_type, "
+    "reference_id, expires_at, created_at) SELECT %(member_id)s::BIGINT AS anon_1, 'earn_purchase', "
+    "%(points)s::BIGINT AS anon_8, %(balance_after)s::BIGINT AS anon_9, %(description)s::VARCHAR AS anon_10, "
+    "'purchase', CAST(p.id AS VARCHAR(64)) AS id, %(expires_at)s::TIMESTAMP WITH TIME ZONE AS anon_11, "
+    "%(now)s::TIMESTAMP WITH TIME ZONE AS anon_12 FROM p RETURNING ledger_entries.id), "
+    "l AS (INSERT INTO lots (id, member_id, entry_id, points, remaining, status, available_at, expires_at, "
+    "created_at) SELECT p.lot_id AS lot_id, %(member_id)s::BIGINT AS anon_1, e.id AS id, "
+    "%(points)s::BIGINT AS anon_2, %(points)s::BIGINT AS anon_3, %(status)s::VARCHAR AS anon_4, "
+    "%(available_at)s::TIMESTAMP WITH TIME ZONE AS anon_5, %(expires_at)s::TIMESTAMP WITH TIME ZONE AS anon_6, "
+    "%(now)s::TIMESTAMP WITH TIME ZONE AS anon_7 FROM p JOIN e ON true RETURNING lots.id), "
+    "a AS (UPDATE accounts SET available=%(available)s::BIGINT, pending=%(pending)s::BIGINT, "
+    "lifetime_earned=%(lifetime_earned)s::BIGINT, updated_at=%(now)s::TIMESTAMP WITH TIME ZONE "
+    "WHERE accounts.member_id = %(member_id)s::BIGINT AND (EXISTS (SELECT p.id FROM p)) "
+    "RETURNING accounts.member_id) "
+    "SELECT p.id, p.lot_id, e.id AS entry_id, (SELECT coalesce(sum(purchases.amount - purchases.refunded_amount), "
+    "0) AS coalesce_1 FROM purchases WHERE purchases.member_id = %(member_id)s::BIGINT AND purchases.occurred_at "
+    ">= %(window_start)s::TIMESTAMP WITH TIME ZONE) AS spend, (SELECT count(*) AS count_1 FROM activities "
+    "WHERE activities.member_id = %(member_id)s::BIGINT AND activities.occurred_at >= "
+    "%(window_start)s::TIMESTAMP WITH TIME ZONE AND activities.capped IS false) AS activities FROM p JOIN e ON true")
+
+# The orm set: what the service sent before the one-statement credit (as it then was, for the figures
+# measured with it). The key's SELECT and the lock are the texts of that time.
+SQL_API_KEY_ORM = ("SELECT api_keys.id, api_keys.name, api_keys.role, api_keys.store_id FROM api_keys "
+                   "WHERE api_keys.key_hash = %s::VARCHAR AND api_keys.revoked_at IS NULL")
 PURCHASE_COLUMNS = ("purchases.id, purchases.member_id, purchases.store_id, purchases.receipt_no, "
                     "purchases.amount, purchases.eligible_amount, purchases.currency, "
                     "purchases.refunded_amount, purchases.points_earned, purchases.points_reversed, "
                     "purchases.available_at, purchases.items, purchases.lot_id, purchases.occurred_at, "
                     "purchases.created_at")
-SQL_LOCK_ACCOUNT_WITH_MEMBER = (
+SQL_LOCK_ACCOUNT_WITH_MEMBER_ORM = (
     "SELECT members.id, members.member_no, members.name, members.phone, members.email, members.birthday, "
     "members.channel, members.card_token, members.referral_code, members.referred_by_id, members.tier_code, "
     "members.tier_since, members.tier_held_until, members.tier_guaranteed_code, members.tier_guaranteed_until, "
@@ -554,22 +628,88 @@ SQL_INSERT_LOT = (
     "VALUES (%s::BIGINT, %s::BIGINT, %s::BIGINT, %s::BIGINT, %s::VARCHAR, %s::TIMESTAMP WITH TIME ZONE, "
     "%s::TIMESTAMP WITH TIME ZONE, %s::TIMESTAMP WITH TIME ZONE) RETURNING lots.id")
 SQL_SET_PURCHASE_LOT = "UPDATE purchases SET lot_id=%s::BIGINT WHERE purchases.id = %s::BIGINT"
-# What the bare-SQL client sends per purchase (BEGIN is sent by psycopg before the first statement).
-SQL_TRIPS = ("what the service sends: BEGIN, api key, account + member + identities FOR UPDATE (with whether "
-             "a lot is due), INSERT purchase ON CONFLICT DO NOTHING, INSERT entry, UPDATE account, INSERT lot, "
-             "UPDATE purchase.lot_id, the member's tier window, COMMIT: 10 round trips")
+
+# What the bare-SQL client and pgbench send per purchase, by statement set (psycopg sends BEGIN
+# before a transaction's first statement, a round trip of its own).
+SQL_TRIPS = {
+    "cte": "what the service sends now (statement set cte): the API key's SELECT in autocommit, BEGIN, "
+           "account + member + identities FOR UPDATE (with whether a lot is due), one WITH statement "
+           "(INSERT purchase ON CONFLICT DO NOTHING with the lot's id from its sequence, INSERT entry, "
+           "INSERT lot, UPDATE account, the member's tier window), COMMIT: 5 round trips",
+    "orm": "what the service sent before the one-statement credit (statement set orm): BEGIN, API key, "
+           "account + member + identities FOR UPDATE (with whether a lot is due), INSERT purchase ON CONFLICT "
+           "DO NOTHING, INSERT entry, UPDATE account, INSERT lot, UPDATE purchase.lot_id, the member's tier "
+           "window, COMMIT: 10 round trips",
+}
+
+# The service's values for a purchase of 123.45 (hundredths), as purchase_body's, under the default
+# earning rules: points at once, expiring at the end of the 365th local day after, and the tier window
+# of LOYALTY_TIER_WINDOW_MONTHS ending today (local days, the deployment's LOYALTY_TIMEZONE).
+AMOUNT = 12345
+CURRENCY = "CNY"
+TIMEZONE = os.environ.get("LOYALTY_TIMEZONE", "Asia/Shanghai")
+TIER_WINDOW_MONTHS = int(os.environ.get("LOYALTY_TIER_WINDOW_MONTHS", "12"))
+EXPIRY_DAYS = 365
+BREAKDOWN = [{"source": "base", "name": "Base points", "points": f"{AMOUNT / 100:.2f}"}]
+
+
+def _start_of_local_day(day):
+    return datetime.combine(day, datetime.min.time(), ZoneInfo(TIMEZONE)).astimezone(timezone.utc)
+
+
+def expiry_and_window(now):
+    """(expires_at, window_start) of a purchase credited at `now`, as the service works them out
+    (points/rules.py expires_at, days_after_available; tiers/service.py window_start)."""
+    today = now.astimezone(ZoneInfo(TIMEZONE)).date()
+    expires_at = _start_of_local_day(today + timedelta(days=EXPIRY_DAYS + 1))
+    month_index = today.year * 12 + today.month - 1 - TIER_WINDOW_MONTHS
+    year, month = divmod(month_index, 12)
+    day = min(today.day, calendar.monthrange(year, month + 1)[1])
+    return expires_at, _start_of_local_day(date(year, month + 1, day) + timedelta(days=1))
 
 
 def one_purchase(conn, key_hash, member_id, receipt):
-    """The statements of one credit, in the service's order, with the service's values."""
+    """The statements of one credit as the service sends them now (statement set cte), in its order,
+    with its values. The key's SELECT runs in autocommit on the connection the transaction then
+    uses, as the service's does (database.PreparedSelect: a pooled connection switched to autocommit
+    for the statement; psycopg sends nothing for the switch); then BEGIN, the lock, the one WITH
+    statement, COMMIT."""
+    now = datetime.now(timezone.utc)
+    expires_at, window_start = expiry_and_window(now)
+    x = conn.execute
+    conn.autocommit = True
+    try:
+        key = x(SQL_API_KEY, {"key_hash": key_hash}).fetchone()
+    finally:
+        conn.autocommit = False
+    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER, {"status_1": "pending", "now": now, "status_2": "available",
+                                                "remaining_1": 0, "member_id": member_id}).fetchall()[0]
+    available, pending = account[LOCK_AVAILABLE] + AMOUNT, account[LOCK_PENDING]
+    row = x(SQL_CREDIT_PURCHASE, {
+        "member_id": member_id, "points": AMOUNT, "status": "available", "available_at": now,
+        "expires_at": expires_at, "now": now, "store_id": STORE, "receipt_no": receipt, "amount": AMOUNT,
+        "eligible_amount": AMOUNT, "currency": CURRENCY, "points_earned": AMOUNT, "items": Json(None),
+        "channel": None, "breakdown": Json(BREAKDOWN), "api_key_id": key[0], "occurred_at": now,
+        "balance_after": available + pending + account[LOCK_HELD],
+        "description": f"Purchase {receipt} at store {STORE}",
+        "available": available, "pending": pending, "lifetime_earned": account[LOCK_LIFETIME_EARNED] + AMOUNT,
+        "window_start": window_start}).fetchone()
+    if row is None:
+        raise psycopg.DataError(f"receipt {receipt} was recorded before: nothing written")
+    conn.commit()
+
+
+def one_purchase_orm(conn, key_hash, member_id, receipt):
+    """The statements of one credit as the service sent them before the one-statement credit
+    (statement set orm), in its order, with its values; the key's SELECT inside the transaction."""
     now = datetime.now(timezone.utc)
     expires = (now + timedelta(days=366)).replace(hour=16, minute=0, second=0, microsecond=0)
-    amount = 12345
+    amount = AMOUNT
     x = conn.execute
-    x(SQL_API_KEY, (key_hash,)).fetchone()
-    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER, ("pending", now, "available", 0, now, member_id)).fetchall()[0]
+    x(SQL_API_KEY_ORM, (key_hash,)).fetchone()
+    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER_ORM, ("pending", now, "available", 0, now, member_id)).fetchall()[0]
     available, pending, lifetime = account[23] + amount, account[24], account[25] + amount
-    purchase_id = x(SQL_INSERT_PURCHASE, (member_id, STORE, receipt, amount, amount, "CNY", amount, now,
+    purchase_id = x(SQL_INSERT_PURCHASE, (member_id, STORE, receipt, amount, amount, CURRENCY, amount, now,
                                           "null", now, now)).fetchone()[0]
     entry_id = x(SQL_INSERT_ENTRY, (member_id, "earn_purchase", amount, available + pending,
                                     f"Purchase {receipt} at store {STORE}", "purchase", str(purchase_id),
@@ -583,7 +723,11 @@ def one_purchase(conn, key_hash, member_id, receipt):
     conn.commit()
 
 
-def _sql_thread(dsn, key_hash, members, prefix, start_at, measure_at, end_at, out):
+ONE_PURCHASE = {"cte": one_purchase, "orm": one_purchase_orm}
+
+
+def _sql_thread(dsn, statements, key_hash, members, prefix, start_at, measure_at, end_at, out):
+    purchase = ONE_PURCHASE[statements]
     rng = random.Random(prefix)
     latencies, errors, first_error, n = [], 0, None, 0
     with psycopg.connect(dsn) as conn:
@@ -595,7 +739,7 @@ def _sql_thread(dsn, key_hash, members, prefix, start_at, measure_at, end_at, ou
                 break
             n += 1
             try:
-                one_purchase(conn, key_hash, rng.randint(1, members), f"{prefix}-{n}")
+                purchase(conn, key_hash, rng.randint(1, members), f"{prefix}-{n}")
             except psycopg.Error as error:
                 conn.rollback()
                 errors += 1
@@ -607,9 +751,9 @@ def _sql_thread(dsn, key_hash, members, prefix, start_at, measure_at, end_at, ou
     out.append((latencies, errors, first_error))
 
 
-def _sql_process(dsn, key_hash, members, prefix, threads, start_at, measure_at, end_at):
+def _sql_process(dsn, statements, key_hash, members, prefix, threads, start_at, measure_at, end_at):
     out = []
-    workers = [threading.Thread(target=_sql_thread, args=(dsn, key_hash, members, f"{prefix}t{i}",
+    workers = [threading.Thread(target=_sql_thread, args=(dsn, statements, key_hash, members, f"{prefix}t{i}",
                                                           start_at, measure_at, end_at, out))
                for i in range(threads)]
     for w in workers:
@@ -620,6 +764,8 @@ def _sql_process(dsn, key_hash, members, prefix, threads, start_at, measure_at, 
 
 
 def sql_phase(args, state):
+    """The statement set `args.statements` from `args.clients` psycopg connections: purchases per
+    second, latencies, errors (0 expected: every receipt is new) and the CPU used."""
     import hashlib
 
     key_hash = hashlib.sha256(state["api_key"].encode()).hexdigest()
@@ -631,7 +777,7 @@ def sql_phase(args, state):
     prefix = f"sql{int(time.time())}"
     meter = CpuMeter(args.db_name, client_pids={os.getpid()})
     with get_context("fork").Pool(processes) as pool:
-        pending = [pool.apply_async(_sql_process, (bench_dsn(args), key_hash, args.members,
+        pending = [pool.apply_async(_sql_process, (bench_dsn(args), args.statements, key_hash, args.members,
                                                    f"{prefix}p{i}", n, start_at, measure_at, end_at))
                    for i, n in enumerate(split)]
         while time.time() < measure_at:
@@ -645,7 +791,8 @@ def sql_phase(args, state):
     return {"requests": len(latencies), "seconds": args.seconds,
             "per_s": len(latencies) / args.seconds, **percentiles(latencies), "errors": errors,
             "first_error": first, "cpu": cpu,
-            "client": f"{processes} processes x {split} threads, one psycopg connection each"}
+            "client": f"{processes} processes x {split} threads, one psycopg connection each",
+            "statements": args.statements}
 
 
 def percentiles(sorted_seconds):
@@ -663,18 +810,63 @@ def percentiles(sorted_seconds):
 
 # --- the same statements from pgbench (a C client: the database's ceiling without Python) ------------
 
-def pgbench_script(state, members):
+def pgbench_script(state, members, statements="cte"):
+    """pgbench's script of one credit in statement set `statements` (cte: what the service sends now;
+    orm: what it sent before), the service's statements with its values: pgbench sends each
+    :variable as a parameter under -M prepared, and a value it cannot make (a text, a timestamp) is
+    written in the statement (now() for the service's `now`; a fixed instant as to_timestamp(epoch),
+    since pgbench would take the colons of a timestamp's text, even quoted, for variables)."""
     import hashlib
 
     key_hash = hashlib.sha256(state["api_key"].encode()).hexdigest()
+    if statements == "orm":
+        return _pgbench_orm_script(key_hash, members)
+    # Receipts: the run's prefix, the client and a random number (distinct within a run and across runs).
+    receipt = f"('pgb{int(time.time())}-' || CAST(:rr AS text))"
+    expires_at, window_start = expiry_and_window(datetime.now(timezone.utc))
+    values = {
+        "key_hash": f"'{key_hash}'",
+        "status_1": "'pending'", "status_2": "'available'", "remaining_1": "0",
+        "member_id": ":member", "store_id": f"'{STORE}'", "receipt_no": receipt, "amount": str(AMOUNT),
+        "eligible_amount": str(AMOUNT), "currency": f"'{CURRENCY}'", "points_earned": str(AMOUNT),
+        "points": str(AMOUNT), "available_at": "now()", "occurred_at": "now()", "now": "now()",
+        "items": "'null'", "channel": "NULL", "breakdown": "'" + json.dumps(BREAKDOWN) + "'",
+        "api_key_id": ":k_id", "balance_after": ":balance",
+        "description": f"('Purchase ' || {receipt} || ' at store {STORE}')", "status": "'available'",
+        "expires_at": f"to_timestamp({expires_at.timestamp():.0f})", "available": ":available",
+        "pending": ":a_pending", "lifetime_earned": ":lifetime_earned",
+        "window_start": f"to_timestamp({window_start.timestamp():.0f})",
+    }
+
+    def pgbench_sql(sql):
+        return re.sub(r"%\((\w+)\)s", lambda m: values[m.group(1)], sql)
+
+    lines = [
+        f"\\set member random(1, {members})",
+        "\\set rr :client_id * 1000000000000 + random(1, 999999999999)",
+        pgbench_sql(SQL_API_KEY) + " \\gset k_",  # no BEGIN yet: in autocommit, as the service
+        "BEGIN;",
+        pgbench_sql(SQL_LOCK_ACCOUNT_WITH_MEMBER) + " \\aset a_",  # a row per identity: any will do
+        # The balances after the purchase, from the locked row, as the service works them out.
+        f"\\set available :a_available + {AMOUNT}",
+        f"\\set lifetime_earned :a_lifetime_earned + {AMOUNT}",
+        "\\set balance :available + :a_pending + :a_held",
+        pgbench_sql(SQL_CREDIT_PURCHASE) + ";",
+        "END;",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _pgbench_orm_script(key_hash, members):
     receipt = "'pgb-' || CAST(:rr AS text)"
     expires = "date_trunc('day', now() + interval '366 days') + interval '16 hours'"
     lines = [
         f"\\set member random(1, {members})",
         "\\set rr :client_id * 1000000000000 + random(1, 999999999999)",
         "BEGIN;",
-        SQL_API_KEY.replace("%s", f"'{key_hash}'") + ";",
-        SQL_LOCK_ACCOUNT_WITH_MEMBER.replace("%s::VARCHAR", "'pending'", 1).replace("%s::VARCHAR", "'available'", 1)
+        SQL_API_KEY_ORM.replace("%s", f"'{key_hash}'") + ";",
+        SQL_LOCK_ACCOUNT_WITH_MEMBER_ORM.replace("%s::VARCHAR", "'pending'", 1)
+        .replace("%s::VARCHAR", "'available'", 1)
         .replace("%s::TIMESTAMP WITH TIME ZONE", "now()").replace("%s::BIGINT", "0", 1)
         .replace("%s::BIGINT", ":member") + ";",
         "INSERT INTO purchases (member_id, store_id, receipt_no, amount, eligible_amount, currency, "
@@ -709,7 +901,7 @@ def pgbench_phase(args, state):
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "purchase.sql")
         with open(script, "w") as f:
-            f.write(pgbench_script(state, args.members))
+            f.write(pgbench_script(state, args.members, args.statements))
         base = ["-h", args.db_host, "-p", str(args.db_port), "-U", args.db_user, "-n", "-M", "prepared",
                 "-c", str(args.clients), "-j", str(args.wrk_threads), "-f", script]
         warm = subprocess.run([pgbench, *base, "-T", str(max(1, int(min(args.warmup, 2)))), args.db_name],
@@ -740,7 +932,8 @@ def pgbench_phase(args, state):
         failed = max(failed, int(failed_match.group(1)) if failed_match else 0)
         return {"requests": len(latencies), "seconds": args.seconds, "per_s": len(latencies) / args.seconds,
                 **percentiles(latencies), "errors": failed, "cpu": cpu,
-                "client": f"pgbench -M prepared -c {args.clients} -j {args.wrk_threads}"}
+                "client": f"pgbench -M prepared -c {args.clients} -j {args.wrk_threads}",
+                "statements": args.statements}
 
 
 # --- in-process: statements per purchase, and a profile of the request path ---------------------------
@@ -913,17 +1106,35 @@ def profile_phase(args, state):
 
 # --- the run --------------------------------------------------------------------------------------
 
-EXPECTED_SERVICE_TRIPS = [
-    "BEGIN", "SELECT api_keys WHERE api_keys.key_hash",
-    "SELECT lots+accounts WHERE lots.member_id, lots.status, lots.available_at, lots.remaining, "
-    "lots.expires_at, members.id, accounts.member_id",
-    "INSERT INTO purchases", "INSERT INTO ledger_entries",
-    "UPDATE accounts SET available, lifetime_earned, updated_at", "INSERT INTO lots",
-    "UPDATE purchases SET lot_id",
-    "SELECT purchases+activities WHERE purchases.member_id, purchases.occurred_at, activities.member_id, "
-    "activities.occurred_at",
-    "COMMIT",
-]
+# The round trips of one purchase through the app that each statement set mirrors: the cte set word
+# for word (its statements are the service's text), the orm set as short_statement put them then.
+EXPECTED_SERVICE_TRIPS = {
+    "cte": [" ".join(sql.split()) for sql in (SQL_API_KEY, "BEGIN", SQL_LOCK_ACCOUNT_WITH_MEMBER,
+                                              SQL_CREDIT_PURCHASE, "COMMIT")],
+    "orm": [
+        "BEGIN", "SELECT api_keys WHERE api_keys.key_hash",
+        "SELECT lots+accounts WHERE lots.member_id, lots.status, lots.available_at, lots.remaining, "
+        "lots.expires_at, members.id, accounts.member_id",
+        "INSERT INTO purchases", "INSERT INTO ledger_entries",
+        "UPDATE accounts SET available, lifetime_earned, updated_at", "INSERT INTO lots",
+        "UPDATE purchases SET lot_id",
+        "SELECT purchases+activities WHERE purchases.member_id, purchases.occurred_at, activities.member_id, "
+        "activities.occurred_at",
+        "COMMIT",
+    ],
+}
+
+
+def mirrors_service(items, statements):
+    """Do the round trips `items` (StatementLog's) match what statement set `statements` sends?"""
+    if statements == "orm":
+        return [short_statement(i) for i in items] == EXPECTED_SERVICE_TRIPS["orm"]
+    return [" ".join(i.split()) for i in items] == EXPECTED_SERVICE_TRIPS["cte"]
+
+
+def _trip_line(sql, width=160):
+    short = short_statement(sql)
+    return short if len(short) <= width else short[:width - 3] + "..."
 
 
 def fmt(value, digits=1):
@@ -956,9 +1167,10 @@ def print_report(args, report):
     head = f"{'phase':<44}{'per s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}   CPU cores used"
     print(head)
     print("-" * len(head))
+    statements = report["settings_raw"]["statements"]
     labels = {"noop": "no-op POST /noop (framework ceiling)", "service": "service POST /api/v1/purchases",
-              "sql_service": "bare SQL, psycopg: service's statements",
-              "pgbench": "pgbench (C client): service's statements"}
+              "sql_service": f"bare SQL, psycopg: statements {statements}",
+              "pgbench": f"pgbench (C client): statements {statements}"}
     for key, label in labels.items():
         r = report["phases"].get(key)
         if not r:
@@ -979,6 +1191,8 @@ def print_report(args, report):
             print(f"  {key}: first error {r['first_error']}")
     print("  (CPU cores used: server = gunicorn, client = wrk / the bare-SQL client / this script, "
           "pg = PostgreSQL, other = the rest of the machine)")
+    if report["phases"].get("sql_service") or report["phases"].get("pgbench"):
+        print(f"  (bare SQL and pgbench send statement set {statements}, see --statements)")
     ratios = report.get("ratios", {})
     if ratios:
         print("\n=== Against the targets (2 cores, 32 clients) ===")
@@ -1005,15 +1219,17 @@ def print_report(args, report):
     trips = report.get("service_round_trips")
     if trips:
         status, items = trips
-        shorts = [short_statement(i) for i in items]
         print(f"\n=== Round trips of one purchase through the app (status {status}) ===")
-        for i, line in enumerate(shorts, 1):
-            print(f"  {i:2}. {line}")
-        if shorts != EXPECTED_SERVICE_TRIPS:
-            print("  WARNING: the service no longer sends what the bare-SQL client mirrors "
-                  "(EXPECTED_SERVICE_TRIPS / one_purchase in bench/pos_credit.py): update them.")
+        for i, sql in enumerate(items, 1):
+            print(f"  {i:2}. {_trip_line(sql)}")
+        if mirrors_service(items, statements):
+            print(f"  (the bare-SQL client and pgbench send exactly these: statement set {statements})")
+        elif statements == "orm":
+            print("  (statement set orm: the bare-SQL client and pgbench send what the service sent before "
+                  "the one-statement credit, not these)")
         else:
-            print("  (the bare-SQL client and pgbench send exactly these)")
+            print("  WARNING: the service no longer sends what the bare-SQL client mirrors "
+                  "(EXPECTED_SERVICE_TRIPS / one_purchase / pgbench_script in bench/pos_credit.py): update them.")
 
 
 def ratio_lines(report):
@@ -1058,9 +1274,12 @@ def main(argv=None):
         print(f"One POST /api/v1/purchases (status {status}): {len(items)} round trips")
         for i, sql in enumerate(items, 1):
             print(f"{i:3}. {sql}")
-        same = [short_statement(i) for i in items] == EXPECTED_SERVICE_TRIPS
-        print("The bare-SQL client mirrors these." if same else
-              "DIFFERENT from what the bare-SQL client mirrors: update one_purchase / EXPECTED_SERVICE_TRIPS.")
+        if mirrors_service(items, args.statements):
+            print(f"The bare-SQL client and pgbench mirror these (statement set {args.statements}).")
+        else:
+            print(f"DIFFERENT from what statement set {args.statements} mirrors"
+                  + (" (it is the service before the one-statement credit)." if args.statements == "orm" else
+                     ": update one_purchase / pgbench_script / EXPECTED_SERVICE_TRIPS."))
         return
     wants = lambda phase: phase not in args.skip  # noqa: E731
     if (wants("noop") or wants("service")) and not shutil.which("wrk"):
@@ -1070,13 +1289,14 @@ def main(argv=None):
     report = {"machine": machine_info(args), "phases": {}}
     report["settings_raw"] = {"clients": args.clients, "seconds": args.seconds, "warmup": args.warmup,
                               "members": args.members, "workers": args.workers, "threads": args.threads,
-                              "worker_class": args.worker_class}
+                              "worker_class": args.worker_class, "statements": args.statements}
     report["settings"] = {
         "gunicorn": gunicorn_settings(args) + " (same for the no-op app and the service)",
         "load": f"wrk -t{args.wrk_threads} -c{args.clients} --timeout 10s, keep-alive, "
                 f"{args.warmup:g} s warm-up then {args.seconds:g} s measured; "
                 "unique receipt per request, member uniform in 1..N",
-        "bare SQL": f"{args.clients} psycopg connections in {args.sql_processes} processes; autocommit off",
+        "bare SQL": f"{args.clients} psycopg connections in {args.sql_processes} processes; pgbench -M prepared "
+                    f"-c {args.clients}; --statements {args.statements}: {SQL_TRIPS[args.statements]}",
         "database": f"{args.db_name} on {args.db_host}:{args.db_port}, {args.members} members with accounts",
     }
     print("[setup]")
@@ -1091,11 +1311,11 @@ def main(argv=None):
         report["phases"]["service"] = http_phase(args, "svc", "wsgi:app", service_ready,
                                                  "/api/v1/purchases", key=state["api_key"])
     if wants("sql"):
-        print(f"[bare SQL] {SQL_TRIPS} ...", flush=True)
+        print(f"[bare SQL] {SQL_TRIPS[args.statements]} ...", flush=True)
         report["phases"]["sql_service"] = sql_phase(args, state)
     if wants("pgbench"):
         if shutil.which("pgbench"):
-            print("[pgbench] the service's statements from a C client ...", flush=True)
+            print(f"[pgbench] statement set {args.statements} from a C client ...", flush=True)
             report["phases"]["pgbench"] = pgbench_phase(args, state)
         else:
             print("[pgbench] not installed; skipped")
