@@ -198,12 +198,14 @@ class PreparedSelect:
     in autocommit for the statement (one snapshot, no BEGIN or ROLLBACK round trip; psycopg keeps
     its prepared statements); SQLite runs a lone SELECT as its own transaction anyway. Inside a
     transaction (a write, or a read that began one), it runs on that transaction's connection and
-    sees what it sees (a SELECT whose CTEs write, points/plain_purchase.py, is run only there). The
+    sees what it sees (a SELECT whose CTEs write, points/plain_purchase.py, is made with `writes=True`
+    and refuses to run anywhere else). A database error is raised as SQLAlchemy raises it. The
     engine's before/after_cursor_execute listeners are told of the statement (with the transaction's
     Connection, or none outside one), so statement logs and counts still see it."""
 
-    def __init__(self, statement: sa.Select[Any] | sa.CompoundSelect[Any]):
+    def __init__(self, statement: sa.Select[Any] | sa.CompoundSelect[Any], writes: bool = False):
         self.statement = statement
+        self.writes = writes  # its CTEs write: it runs only inside the caller's transaction
         self._plans: dict[str, _Plan] = {}
 
     def rows(self, **values: Any) -> list[Any]:
@@ -214,7 +216,14 @@ class PreparedSelect:
             plan = self._plans[engine.dialect.name] = _Plan(self.statement, engine.dialect)
         if session.in_transaction():
             connection = session.connection()
-            return plan.run(engine, connection.connection.driver_connection, values, connection)
+            try:
+                return plan.run(engine, connection.connection.driver_connection, values, connection)
+            except sa.exc.DBAPIError as error:
+                if error.connection_invalidated:
+                    connection.invalidate(error)
+                raise
+        if self.writes:
+            raise RuntimeError("A writing PreparedSelect runs only inside a transaction (database.transaction()).")
         pooled = engine.raw_connection()
         try:
             driver: Any = pooled.driver_connection
@@ -225,6 +234,10 @@ class PreparedSelect:
                 return plan.run(engine, driver, values)
             finally:
                 driver.autocommit = False
+        except sa.exc.DBAPIError as error:
+            if error.connection_invalidated:
+                pooled.invalidate(error)
+            raise
         finally:
             pooled.close()  # back to the pool
 
@@ -272,8 +285,15 @@ class _Plan:
             if listening:
                 for listener in engine.dispatch.before_cursor_execute:
                     listener(connection, cursor, self.sql, bound, None, False)
-            cursor.execute(self.sql, bound)
-            fetched = cursor.fetchall()
+            try:
+                cursor.execute(self.sql, bound)
+                fetched = cursor.fetchall()
+            except engine.dialect.loaded_dbapi.Error as error:
+                # As SQLAlchemy's own execution raises it (an OperationalError is a 503 to the client,
+                # errors.py; an IntegrityError what the callers catch), with whether the connection died.
+                raise sa.exc.DBAPIError.instance(
+                    self.sql, bound, error, engine.dialect.loaded_dbapi.Error,
+                    connection_invalidated=engine.dialect.is_disconnect(error, driver, cursor)) from error
             if listening:
                 for listener in engine.dispatch.after_cursor_execute:
                     listener(connection, cursor, self.sql, bound, None, False)

@@ -1,5 +1,7 @@
 """The ledger's mechanics on one locked account. Every balance change in the system goes through
-these functions, inside the caller's transaction; they keep the invariants of DESIGN.md:
+these functions, inside the caller's transaction (or their set-based forms: an offline batch's
+credits, points/batch.py, and a plain purchase's one statement, points/plain_purchase.py, each
+tested to write what these would); they keep the invariants of DESIGN.md:
 
     available == sum(remaining of available lots) - debt
     pending   == sum(remaining of pending lots)

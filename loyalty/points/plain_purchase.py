@@ -11,16 +11,17 @@ one statement here, with data-modifying CTEs:
          e AS (INSERT INTO ledger_entries ... reference_id = p.id FROM p RETURNING id),
          l AS (INSERT INTO lots (id = p.lot_id, entry_id = e.id ...) FROM p, e),
          a AS (UPDATE accounts SET ... WHERE member_id = :member_id AND EXISTS (SELECT FROM p))
-    SELECT p.id, p.lot_id, <the tier window's spend>, <its activities> FROM p
+    SELECT p.id, p.lot_id, e.id, <the tier window's spend>, <its activities> FROM p JOIN e ON true
 
 No row back: the store and receipt were recorded before (a replay, or a mistake), and nothing was
-written. The lot's id is drawn before the lot is written so the purchase names it at once (the
-foreign key is checked at the statement's end, when both rows exist). The window's sums see the
-database as the statement started, without this purchase: the caller adds it.
+written but the lot id drawn (sequences have gaps anyway). The lot's id is drawn before the lot is
+written so the purchase names it at once (the foreign key is checked at the statement's end, when
+both rows exist). The window's sums see the database as the statement started, without this
+purchase: the caller adds it.
 
 Plain means: on PostgreSQL, points to credit, no debt to pay from them, no promotion awarding
-anything, no referral that the purchase could settle (a member who joined with one) and the account
-well below its ceiling. Anything else goes the ORM way, which does it all; the two write the same
+anything, a member who did not join through a referral (whose first purchase may settle it) and the
+account not taken past its ceiling. Anything else goes the ORM way, which does it all; the two write the same
 rows (tests/service/test_plain_purchase.py compares them column by column). Webhooks and a tier
 upgrade are the callers' as ever: they cost statements only when there is a subscriber or a move.
 """
@@ -37,10 +38,10 @@ from loyalty.database import PreparedSelect
 from loyalty.extensions import db
 from loyalty.points import ledger
 from loyalty.points.models import Account, Entry, Lot, Purchase
-from loyalty.promotions.rules import Award
 from loyalty.tiers import service as tiers
 
 ENTRY_TYPE = "earn_purchase"
+ZERO = Decimal("0.00")
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,10 @@ class Credited:
     window: tuple[Decimal, int]
 
 
-def applies(account: Account, points: Decimal, awards: tuple[Award, ...]) -> bool:
-    """Can this purchase go the one-statement way? See the module's docstring for what plain means."""
-    return (points > 0 and not awards and account.debt == 0 and account.member.referred_by_id is None
+def applies(account: Account, points: Decimal) -> bool:
+    """Could this purchase go the one-statement way, if no promotion awards it anything (the caller
+    asks that last, as it costs reads)? See the module's docstring for what plain means."""
+    return (points > 0 and account.debt == 0 and account.member.referred_by_id is None
             and max(account.balance, account.lifetime_earned) + points <= ledger.MAX_ACCOUNT_POINTS
             and db.session.get_bind().dialect.name == "postgresql")
 
@@ -83,9 +85,9 @@ def credit(account: Account, purchase: dict[str, Any], description: str, expires
     lot = Lot(id=row.lot_id, member_id=account.member_id, entry_id=row.entry_id, points=points, remaining=points,
               status="pending" if pending else "available", available_at=purchase["available_at"],
               expires_at=expires_at, created_at=now)
-    recorded = Purchase(id=row.id, refunded_amount=Decimal("0.00"), points_reversed=Decimal("0.00"), lot=lot,
+    recorded = Purchase(id=row.id, lot_id=row.lot_id, refunded_amount=ZERO, points_reversed=ZERO, lot=lot,
                         **purchase)
-    counted = purchase["amount"] if purchase["occurred_at"] >= window_start else 0
+    counted = purchase["amount"] if purchase["occurred_at"] >= window_start else ZERO
     return Credited(recorded, (row.spend + counted, row.activities))
 
 
@@ -125,7 +127,7 @@ def _statement() -> PreparedSelect:
     spend, activities = tiers.window_sums(member_id, sa.bindparam("window_start", type_=P.c.occurred_at.type))
     return PreparedSelect(
         sa.select(p.c.id, p.c.lot_id, e.c.id.label("entry_id"), spend.label("spend"), activities.label("activities"))
-        .select_from(p).join(e, sa.true()).add_cte(lot, account))
+        .select_from(p).join(e, sa.true()).add_cte(lot, account), writes=True)
 
 
 _STATEMENT = _statement()

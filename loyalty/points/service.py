@@ -119,18 +119,20 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
             if rules.pending_days else now
         expires_at = rules_mod.expires_at(available_at, occurred_at, rules, tz)
-        # The promotions are planned before the purchase is recorded: what they read (the member's
-        # tags, earlier purchases, grants, budgets) does not include it either way, and a plain
-        # purchase (none awarding anything) then goes in one statement.
+        # The basket is read before the purchase is recorded (what it reads, the member's tags and
+        # earlier purchases, excludes this one either way).
         basket = promotions.basket_for(account.member, store_id, channel, amount, items, occurred_at, tags=tags)
-        awards = promotions.plan(member_id, basket, rules, lock=True)
         values = dict(
             member_id=member_id, store_id=store_id, receipt_no=receipt_no, amount=amount,
             eligible_amount=eligible, currency=currency, points_earned=points, available_at=available_at,
             items=_items_json(items), channel=channel, occurred_at=occurred_at, created_at=now,
             api_key_id=api_key_id)
         description = f"Purchase {receipt_no} at store {store_id}"
-        if plain_purchase.applies(account, points, awards):
+        # A plain purchase goes in one statement. Whether a promotion awards anything is asked without
+        # locking its budget: with no award nothing of a promotion is written (a budget raised meanwhile
+        # is as if raised after this purchase), and the ORM way below locks budgets after the receipt,
+        # in the order every writer takes (accounts, receipts, budgets: points/batch.py too).
+        if plain_purchase.applies(account, points) and not promotions.plan(member_id, basket, rules):
             credited = plain_purchase.credit(
                 account, {**values, "breakdown": breakdown_json(breakdown(account.member, base, points, (), ZERO))},
                 description, expires_at, tiers.window_start(clock.local_date(now, tz)), now)
@@ -148,6 +150,7 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
             _, purchase.lot = ledger.credit(
                 account, "earn_purchase", points, description, ("purchase", purchase.id), now,
                 available_at=available_at, expires_at=expires_at)
+        awards = promotions.plan(member_id, basket, rules, lock=True)
         promotions.grant(account, purchase, awards, now, available_at, expires_at)
         referral = referrals.on_purchase(account, purchase, now)
         welcome = referral.referee_points if referral is not None and referral.purchase_id == purchase.id \

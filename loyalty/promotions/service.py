@@ -7,8 +7,8 @@ promotions/rules.py over the promotions this process keeps in the settings cache
 one `bonus` entry per promotion, referencing it, and `on_refund` takes them back pro rata.
 
 Budgets: a promotion's `budget_used` is a counter. A purchase locks the rows of the budgeted
-promotions it may get (in id order, after the member's account: no other order is ever taken, so
-no deadlock), reads what is left, gets at most that, and adds it with a conditional UPDATE that
+promotions it may get (in id order, after the member's account and the purchase's receipt, as an
+offline batch does too: no other order is ever taken, so no deadlock), reads what is left, gets at most that, and adds it with a conditional UPDATE that
 can never take the counter past the budget (the table's check constraint says so too). The last
 purchase gets what is left; later ones nothing. Points a refund takes back do not return to the
 budget: the budget counts what was given.
@@ -350,7 +350,8 @@ def plan(member_id: int | None, basket: rules.Basket, earning_rules: earning.Ear
          include_drafts: bool = False) -> tuple[rules.Award, ...]:
     """The awards of `basket` for the member (None: a guest), limits and budgets applied. With `lock`
     (a real purchase, in its transaction, the member's account locked) the budgeted promotions' rows
-    stay locked until the purchase commits; without, nothing is locked or written (simulate)."""
+    stay locked until the purchase commits; without, nothing is locked or written (a quote, or a
+    purchase asking whether it gets anything before it is recorded)."""
     tz = settings().timezone
     matched = rules.matching(active_rules(), basket, earning_rules, tz, include_drafts)
     if not matched:

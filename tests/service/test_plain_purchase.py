@@ -3,13 +3,18 @@ writes: each scenario runs twice from a fresh programme, once as it would (one s
 purchase is plain) and once with the one-statement way turned off, and every row it touched is the
 same, ids included."""
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
 from loyalty.extensions import db
 from loyalty.points import holds, plain_purchase
+from loyalty.points import service as points
+from loyalty.promotions import service as promotions
+from loyalty.referrals import service as referrals
+from loyalty.segments import figures
+from loyalty.tiers import service as tiers
 from loyalty.webhooks import service as webhooks
 from tests import factories
 from tests.conftest import fresh_programme
@@ -75,6 +80,7 @@ def run_both_ways(scenario, monkeypatch):
         answers = scenario()
         db.session.remove()
         assert_ledger_ok()
+        assert figures.disagreements() == []  # the report triggers' running sums, fired by each statement
         results.append((answers, everything_written()))
         db.session.remove()  # its reads' transaction ends: the next TRUNCATE would wait for it
     return results, len(taken)
@@ -125,16 +131,48 @@ def test_a_pending_purchase_with_points_held_and_a_webhook_subscriber(monkeypatc
 
 def test_a_purchase_that_reaches_a_higher_tier(monkeypatch):
     def scenario():
-        member = factories.member(now=T0)
-        return [answer(factories.purchase(member.id, amount, receipt_no=f"R{i}", now=T0 + timedelta(days=i)))
-                for i, amount in enumerate(["2999.99", "0.01", "20000.00"])]
+        member = factories.member(now=T0 - timedelta(days=800))
+        # Recorded now, made before the tier window (12 months): it counts for nothing.
+        old = [answer(factories.purchase(member.id, "9000.00", receipt_no="OLD", now=T0,
+                                         occurred_at=T0 - timedelta(days=400)))]
+        points.record_activity(member.id, "sign_in", "E1", now=T0)
+        return old + [answer(factories.purchase(member.id, amount, receipt_no=f"R{i}", now=T0 + timedelta(days=i)))
+                      for i, amount in enumerate(["2999.99", "0.01", "20000.00"])]
 
     (plain, orm), taken = run_both_ways(scenario, monkeypatch)
-    assert taken == 3
+    assert taken == 4
     assert_same(plain, orm)
-    assert [a[5] for a in plain[0]] == ["ordinary", "silver", "gold"]
+    assert [a[5] for a in plain[0]] == ["ordinary", "ordinary", "silver", "gold"]
     assert [(c["from_code"], c["to_code"]) for c in plain[1]["tier_changes"]] == [
         ("ordinary", "silver"), ("silver", "gold")]
+
+
+def test_promotions_in_force_and_a_referred_member(monkeypatch):
+    """A promotion that awards nothing to a purchase leaves it plain; one that awards sends it the ORM
+    way (budget and all), as does every purchase of a member who joined through a referral."""
+    def scenario():
+        long_ago = datetime(2020, 1, 1, tzinfo=timezone.utc)
+        promotions.create_promotion({"name": "Big baskets", "status": "active", "starts_at": long_ago,
+                                     "scope": {"min_amount": D("500.00")}, "budget_points": D("1000"),
+                                     "effect": {"type": "bonus", "points": D("30")}}, actor="test")
+        referrals.create_campaign({"name": "Bring a friend", "starts_at": T0 - timedelta(days=10), "ends_at": None,
+                                   "referrer_points": D(100), "referee_points": D(50),
+                                   "min_first_purchase": D("100.00"), "qualify_within_days": 30,
+                                   "link_template": "https://shop.example/join?ref={code}"},
+                                  actor="test", now=T0 - timedelta(days=10))
+        member = factories.member(now=T0)
+        referrer = factories.member(now=T0)
+        referee = factories.member(referral_code=referrer.referral_code, now=T0)
+        return [answer(factories.purchase(member_id, amount, receipt_no=receipt, now=T0))
+                for member_id, amount, receipt in [(member.id, "499.99", "R1"), (member.id, "500.00", "R2"),
+                                                   (referee.id, "120.00", "R3"), (referee.id, "10.00", "R4"),
+                                                   (referrer.id, "10.00", "R5")]]
+
+    (plain, orm), taken = run_both_ways(scenario, monkeypatch)
+    assert taken == 2  # R1 and R5
+    assert_same(plain, orm)
+    assert [line["source"] for line in plain[0][1][2]] == ["base", "promotion"]
+    assert [line["source"] for line in plain[0][2][2]] == ["base", "referral"]
 
 
 def test_a_purchase_with_a_debt_to_pay_goes_the_orm_way(monkeypatch):
@@ -152,3 +190,22 @@ def test_a_purchase_with_a_debt_to_pay_goes_the_orm_way(monkeypatch):
     assert taken == 1  # the first purchase only
     assert_same(plain, orm)
     assert plain[1]["accounts"][0]["debt"] == 3000  # 80 - 50 points still owed, in hundredths
+
+
+def test_a_failure_after_the_statement_leaves_nothing_written(monkeypatch):
+    member = factories.member(now=T0)
+    factories.purchase(member.id, "10.00", receipt_no="R1", now=T0)
+    before = everything_written()
+    db.session.remove()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the tier check failed")
+
+    monkeypatch.setattr(tiers, "upgrade_if_qualified", broken)
+    with pytest.raises(RuntimeError):
+        factories.purchase(member.id, "20.00", receipt_no="R2", now=T0)
+    db.session.remove()
+    assert everything_written() == before
+    monkeypatch.undo()
+    assert answer(factories.purchase(member.id, "20.00", receipt_no="R2", now=T0))[6] == D("30.00")
+    assert_ledger_ok()

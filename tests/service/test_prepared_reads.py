@@ -110,3 +110,23 @@ def test_a_statement_it_cannot_compile_once_is_refused_when_first_run():
     expanding = PreparedSelect(sa.select(Lot.id).where(Lot.status.in_(["available", "pending"])))
     with pytest.raises(ValueError, match="IN list"):
         expanding.rows(member_id=someone.id)
+
+
+def test_a_database_error_is_raised_as_sqlalchemy_raises_it():
+    """An OperationalError is a 503 to the client (errors.py), whichever way the statement ran."""
+    missing = sa.table("no_such_table", sa.column("id"))
+    statement = PreparedSelect(sa.select(missing.c.id).where(missing.c.id == sa.bindparam("member_id")))
+    with pytest.raises(sa.exc.DBAPIError):
+        statement.rows(member_id=1)
+    with pytest.raises(sa.exc.DBAPIError):
+        with transaction():
+            statement.rows(member_id=1)
+
+
+def test_a_writing_statement_runs_only_inside_a_transaction():
+    someone = member()
+    writing = PreparedSelect(sa.select(Member.id).where(Member.id == sa.bindparam("member_id")), writes=True)
+    with pytest.raises(RuntimeError, match="only inside a transaction"):
+        writing.rows(member_id=someone.id)
+    with transaction():
+        assert [row.id for row in writing.rows(member_id=someone.id)] == [someone.id]
