@@ -69,13 +69,14 @@ def credit(account: Account, purchase: dict[str, Any], description: str, expires
     receipt were recorded before. `account` (and its member) carry the balances after it, as loaded."""
     points = purchase["points_earned"]
     pending = purchase["available_at"] > now
-    available = account.available + (0 if pending else points)
-    pending_points = account.pending + (points if pending else 0)
+    status = "pending" if pending else "available"
+    available = account.available + (ZERO if pending else points)
+    pending_points = account.pending + (points if pending else ZERO)
     lifetime = account.lifetime_earned + points
     db.session.flush()  # what settling the account changed (rarely anything) goes first
     row = _STATEMENT.first(
         **purchase, points=points, description=description[:200], expires_at=expires_at,
-        status="pending" if pending else "available", balance_after=available + pending_points + account.held,
+        status=status, balance_after=available + pending_points + account.held,
         available=available, pending=pending_points, lifetime_earned=lifetime, now=now, window_start=window_start)
     if row is None:
         return None
@@ -83,8 +84,7 @@ def credit(account: Account, purchase: dict[str, Any], description: str, expires
                        ("updated_at", now)):
         orm.attributes.set_committed_value(account, key, value)  # as written: nothing left to flush
     lot = Lot(id=row.lot_id, member_id=account.member_id, entry_id=row.entry_id, points=points, remaining=points,
-              status="pending" if pending else "available", available_at=purchase["available_at"],
-              expires_at=expires_at, created_at=now)
+              status=status, available_at=purchase["available_at"], expires_at=expires_at, created_at=now)
     recorded = Purchase(id=row.id, lot_id=row.lot_id, refunded_amount=ZERO, points_reversed=ZERO, lot=lot,
                         **purchase)
     counted = purchase["amount"] if purchase["occurred_at"] >= window_start else ZERO
