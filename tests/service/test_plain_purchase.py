@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.usefixtures("ctx"), pytest.mark.postgres_only]
 
 TABLES = {  # what a purchase writes, and how a table's rows are ordered
     "purchases": "id", "ledger_entries": "id", "lots": "id", "accounts": "member_id", "tier_changes": "id",
-    "points_holds": "id", "hold_allocations": "id",
+    "points_holds": "id", "hold_allocations": "id", "promotions": "id", "promotion_grants": "id", "referrals": "id",
 }
 
 
@@ -153,8 +153,8 @@ def test_promotions_in_force_and_a_referred_member(monkeypatch):
     def scenario():
         long_ago = datetime(2020, 1, 1, tzinfo=timezone.utc)
         promotions.create_promotion({"name": "Big baskets", "status": "active", "starts_at": long_ago,
-                                     "scope": {"min_amount": D("500.00")}, "budget_points": D("1000"),
-                                     "effect": {"type": "bonus", "points": D("30")}}, actor="test")
+                                     "scope": {"min_amount": D("500.00")}, "limits": {"budget_points": D("1000")},
+                                     "effect": {"type": "bonus", "points": D("30")}}, actor="test", now=T0)
         referrals.create_campaign({"name": "Bring a friend", "starts_at": T0 - timedelta(days=10), "ends_at": None,
                                    "referrer_points": D(100), "referee_points": D(50),
                                    "min_first_purchase": D("100.00"), "qualify_within_days": 30,
@@ -172,6 +172,7 @@ def test_promotions_in_force_and_a_referred_member(monkeypatch):
     assert taken == 2  # R1 and R5
     assert_same(plain, orm)
     assert [line["source"] for line in plain[0][1][2]] == ["base", "promotion"]
+    assert [row["budget_used"] for row in plain[1]["promotions"]] == [3000]  # hundredths
     assert [line["source"] for line in plain[0][2][2]] == ["base", "referral"]
 
 
