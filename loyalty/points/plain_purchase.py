@@ -20,8 +20,8 @@ both rows exist). The window's sums see the database as the statement started, w
 purchase: the caller adds it.
 
 Plain means: on PostgreSQL, points to credit, no debt to pay from them, no promotion awarding
-anything, a member who did not join through a referral (whose first purchase may settle it) and the
-account not taken past its ceiling. Anything else goes the ORM way, which does it all; the two write the same
+anything, no referral pending that the purchase could settle (a member's first purchase after joining
+with one) and the account not taken past its ceiling. Anything else goes the ORM way, which does it all; the two write the same
 rows (tests/service/test_plain_purchase.py compares them column by column). Webhooks and a tier
 upgrade are the callers' as ever: they cost statements only when there is a subscriber or a move.
 """
@@ -54,9 +54,9 @@ class Credited:
 
 
 def applies(account: Account, points: Decimal) -> bool:
-    """Could this purchase go the one-statement way, if no promotion awards it anything (the caller
-    asks that last, as it costs reads)? See the module's docstring for what plain means."""
-    return (points > 0 and account.debt == 0 and account.member.referred_by_id is None
+    """Could this purchase go the one-statement way, if no referral is pending and no promotion awards
+    it anything (the caller asks those after, as they may cost reads)? See the module's docstring."""
+    return (points > 0 and account.debt == 0
             and max(account.balance, account.lifetime_earned) + points <= ledger.MAX_ACCOUNT_POINTS
             and db.session.get_bind().dialect.name == "postgresql")
 

@@ -132,7 +132,8 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         # locking its budget: with no award nothing of a promotion is written (a budget raised meanwhile
         # is as if raised after this purchase), and the ORM way below locks budgets after the receipt,
         # in the order every writer takes (accounts, receipts, budgets: points/batch.py too).
-        if plain_purchase.applies(account, points) and not promotions.plan(member_id, basket, rules):
+        if plain_purchase.applies(account, points) and not referrals.may_settle(account) \
+                and not promotions.plan(member_id, basket, rules):
             credited = plain_purchase.credit(
                 account, {**values, "breakdown": breakdown_json(breakdown(account.member, base, points, (), ZERO))},
                 description, expires_at, tiers.window_start(clock.local_date(now, tz)), now)

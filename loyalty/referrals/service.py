@@ -236,6 +236,17 @@ def apply_code(member_id: int, code: str, now: datetime | None = None) -> Member
     return member
 
 
+def may_settle(account: Account) -> bool:
+    """Could a purchase by this member settle a referral (one pending names them)? A read without a
+    lock, for the one-statement purchase (points/plain_purchase.py): nothing makes a referral pending
+    again once settled, so a member for whom none is pending now cannot have one settled by this
+    purchase, and `on_purchase` would do nothing."""
+    if account.member.referred_by_id is None:
+        return False
+    return bool(db.session.scalar(sa.select(sa.exists().where(
+        Referral.referee_id == account.member_id, Referral.status == "pending"))))
+
+
 def on_purchase(account: Account, purchase: Purchase, now: datetime) -> Referral | None:
     """Inside a purchase's transaction, with the referee's account locked: if this is their first
     purchase and a referral is pending, it qualifies (both rewarded) or misses."""

@@ -149,7 +149,8 @@ def test_a_purchase_that_reaches_a_higher_tier(monkeypatch):
 
 def test_promotions_in_force_and_a_referred_member(monkeypatch):
     """A promotion that awards nothing to a purchase leaves it plain; one that awards sends it the ORM
-    way (budget and all), as does every purchase of a member who joined through a referral."""
+    way (budget and all), as does the first purchase of a member who joined through a referral (it
+    settles the referral); their next one is plain again."""
     def scenario():
         long_ago = datetime(2020, 1, 1, tzinfo=timezone.utc)
         promotions.create_promotion({"name": "Big baskets", "status": "active", "starts_at": long_ago,
@@ -169,7 +170,7 @@ def test_promotions_in_force_and_a_referred_member(monkeypatch):
                                                    (referrer.id, "10.00", "R5")]]
 
     (plain, orm), taken = run_both_ways(scenario, monkeypatch)
-    assert taken == 2  # R1 and R5
+    assert taken == 3  # R1, R4 and R5
     assert_same(plain, orm)
     assert [line["source"] for line in plain[0][1][2]] == ["base", "promotion"]
     assert [row["budget_used"] for row in plain[1]["promotions"]] == [3000]  # hundredths
