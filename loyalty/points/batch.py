@@ -215,11 +215,8 @@ def _credit(awarded, accounts, store_id, now):
         points = earning.points if award is None else award.points
         account = accounts[item["member_id"]]
         pending = earning.available_at > now
-        if pending:
-            account.pending += points
-        else:
-            account.available += points
-        account.lifetime_earned += points
+        account.available, account.pending, account.lifetime_earned = ledger.balances_after_credit(
+            account, points, pending)
         paid = ZERO if pending else min(points, account.debt)
         account.debt -= paid
         account.updated_at = now

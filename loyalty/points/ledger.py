@@ -349,19 +349,15 @@ def add_entry(account, type_, points, description, reference, now, expires_at=No
 def credit(account, type_, points, description, reference, now, *, available_at=None,
            expires_at=None, earned=True):
     """Add points as a new lot. Pending until `available_at`; debt is paid from it first."""
-    if max(account.balance, account.lifetime_earned) + points > MAX_ACCOUNT_POINTS:
+    if not fits(account, points):
         raise ValidationFailed(
             f"This credit of {points} points would take the member's points past "
             f"{MAX_ACCOUNT_POINTS:,.0f}, the most an account holds; check the amount.",
             errors={"points": [f"The account would exceed {MAX_ACCOUNT_POINTS:,.0f} points."]})
     available_at = available_at or now
     pending = available_at > now
-    if pending:
-        account.pending += points
-    else:
-        account.available += points
-    if earned:
-        account.lifetime_earned += points
+    account.available, account.pending, account.lifetime_earned = balances_after_credit(
+        account, points, pending, earned)
     entry = add_entry(account, type_, points, description, reference, now, expires_at=expires_at)
     lot = Lot(member_id=account.member_id, entry=entry, points=points, remaining=points,
               status="pending" if pending else "available", available_at=available_at,
@@ -372,6 +368,18 @@ def credit(account, type_, points, description, reference, now, *, available_at=
     webhooks.emit("points.credited", credited_event(account, type_, points, pending, available_at, expires_at,
                                                     description, reference), now)
     return entry, lot
+
+
+def fits(account, points):
+    """Does the account stay within MAX_ACCOUNT_POINTS after crediting `points`?"""
+    return max(account.balance, account.lifetime_earned) + points <= MAX_ACCOUNT_POINTS
+
+
+def balances_after_credit(account, points, pending, earned=True):
+    """(available, pending, lifetime_earned) of the account once `points` are credited: a pending
+    lot's points are pending, the rest available (before any debt is paid from them)."""
+    return (account.available + (ZERO if pending else points), account.pending + (points if pending else ZERO),
+            account.lifetime_earned + (points if earned else ZERO))
 
 
 def credited_event(account, type_, points, pending, available_at, expires_at, description, reference):

@@ -56,8 +56,7 @@ class Credited:
 def applies(account: Account, points: Decimal) -> bool:
     """Could this purchase go the one-statement way, if no referral is pending and no promotion awards
     it anything (the caller asks those after, as they may cost reads)? See the module's docstring."""
-    return (points > 0 and account.debt == 0
-            and max(account.balance, account.lifetime_earned) + points <= ledger.MAX_ACCOUNT_POINTS
+    return (points > 0 and account.debt == 0 and ledger.fits(account, points)
             and db.session.get_bind().dialect.name == "postgresql")
 
 
@@ -70,9 +69,7 @@ def credit(account: Account, purchase: dict[str, Any], description: str, expires
     points = purchase["points_earned"]
     pending = purchase["available_at"] > now
     status = "pending" if pending else "available"
-    available = account.available + (ZERO if pending else points)
-    pending_points = account.pending + (points if pending else ZERO)
-    lifetime = account.lifetime_earned + points
+    available, pending_points, lifetime = ledger.balances_after_credit(account, points, pending)
     db.session.flush()  # what settling the account changed (rarely anything) goes first
     row = _STATEMENT.first(
         **purchase, points=points, description=description[:200], expires_at=expires_at,

@@ -8,10 +8,10 @@ one `bonus` entry per promotion, referencing it, and `on_refund` takes them back
 
 Budgets: a promotion's `budget_used` is a counter. A purchase locks the rows of the budgeted
 promotions it may get (in id order, after the member's account and the purchase's receipt, as an
-offline batch does too: no other order is ever taken, so no deadlock), reads what is left, gets at most that, and adds it with a conditional UPDATE that
-can never take the counter past the budget (the table's check constraint says so too). The last
-purchase gets what is left; later ones nothing. Points a refund takes back do not return to the
-budget: the budget counts what was given.
+offline batch does too: no other order is ever taken, so no deadlock), reads what is left, gets at
+most that, and adds it with a conditional UPDATE that can never take the counter past the budget
+(the table's check constraint says so too). The last purchase gets what is left; later ones
+nothing. Points a refund takes back do not return to the budget: the budget counts what was given.
 """
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -303,8 +303,8 @@ def needs_tags(store_id: str, channel: str | None, occurred_at: datetime, includ
 def basket_for(member: Member | None, store_id: str, channel: str | None, amount: Decimal,
                items: Iterable[Mapping[str, Any]] | None, occurred_at: datetime,
                include_drafts: bool = False, tags: frozenset[str] | None = None) -> rules.Basket:
-    """The purchase as the promotions see it, before it is recorded. The member's tags are `tags` when the caller read them
-    (with the account's lock, see `needs_tags`); whether this is their first purchase costs a query,
+    """The purchase as the promotions see it, before it is recorded. The member's tags are `tags`
+    when the caller read them (with the account's lock, see `needs_tags`); whether this is their first purchase costs a query,
     asked only when a promotion in force for this store, channel and tier needs it (as do the tags
     when the caller has not read them)."""
     basket = _basket(store_id, channel, amount, items, occurred_at,

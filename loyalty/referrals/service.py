@@ -243,8 +243,12 @@ def may_settle(account: Account) -> bool:
     purchase, and `on_purchase` would do nothing."""
     if account.member.referred_by_id is None:
         return False
-    return bool(db.session.scalar(sa.select(sa.exists().where(
-        Referral.referee_id == account.member_id, Referral.status == "pending"))))
+    return bool(db.session.scalar(sa.select(sa.exists().where(*_pending_for(account.member_id)))))
+
+
+def _pending_for(referee_id: int) -> tuple[Any, ...]:
+    """The conditions of the referral still pending for this referee (at most one)."""
+    return Referral.referee_id == referee_id, Referral.status == "pending"
 
 
 def on_purchase(account: Account, purchase: Purchase, now: datetime) -> Referral | None:
@@ -252,8 +256,7 @@ def on_purchase(account: Account, purchase: Purchase, now: datetime) -> Referral
     purchase and a referral is pending, it qualifies (both rewarded) or misses."""
     if account.member.referred_by_id is None:
         return None  # never referred: no referral names them (a referral is made with the referrer)
-    referral = db.session.scalar(sa.select(Referral).where(
-        Referral.referee_id == account.member_id, Referral.status == "pending").with_for_update())
+    referral = db.session.scalar(sa.select(Referral).where(*_pending_for(account.member_id)).with_for_update())
     if referral is None:
         return None
     earlier = db.session.scalar(sa.select(sa.func.count()).select_from(Purchase).where(
