@@ -17,8 +17,12 @@ from loyalty.extensions import db, migrate
 from loyalty.json import DecimalJSONProvider
 
 
+class LoyaltyApp(Flask):
+    config_class = config_module.CountingConfig
+
+
 def create_app(config=None):
-    app = Flask(__name__, instance_relative_config=True)
+    app = LoyaltyApp(__name__, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
     app.json = DecimalJSONProvider(app)
     app.config.from_mapping(config_module.API_SETTINGS)

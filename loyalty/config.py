@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any, Callable
 
-from flask import current_app
+from flask import Config, current_app
 from limits import parse_many
 
 from loyalty.members.phones import is_region
@@ -224,15 +224,55 @@ _FIELDS: list[tuple[str, str, Callable[[Any], Any]]] = [
     (f.name, "LOYALTY_" + f.name.upper(), _CONVERT.get(f.type, _as_is)) for f in fields(Settings)]
 
 
+class CountingConfig(Config):
+    """Flask's config, counting its changes: `settings()` runs on every write many times (17 per
+    credit) and, with this, knows it is unchanged without comparing every value (issue 20)."""
+
+    changes = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.changes += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.changes += 1
+        super().__delitem__(key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.changes += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.changes += 1
+        return super().setdefault(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.changes += 1
+        return super().pop(key, *default)
+
+    def popitem(self) -> Any:
+        self.changes += 1
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.changes += 1
+        super().clear()
+
+
 def settings() -> Settings:
     """The settings of the app in use, built again only when its config changed (a test may change
-    it; a deployment does not)."""
+    it; a deployment does not). A CountingConfig (the app's) says so by its count of changes; another
+    config by comparing every value."""
     config = current_app.config
-    values = [config[key] for _, key, _ in _FIELDS]
+    changes = getattr(config, "changes", None)
     cached = current_app.extensions.get("loyalty.settings")
-    if cached is None or cached[0] != values:
-        cached = current_app.extensions["loyalty.settings"] = (values, Settings.from_config(config))
-    return cached[1]
+    if cached is not None and changes is not None and cached[0] == changes:
+        return cached[2]
+    values = [config[key] for _, key, _ in _FIELDS]
+    if cached is None or cached[1] != values:
+        cached = (changes, values, Settings.from_config(config))
+    current_app.extensions["loyalty.settings"] = (changes, cached[1], cached[2])
+    return cached[2]
 
 
 def _number(name, default):

@@ -25,6 +25,7 @@ with one) and the account not taken past its ceiling. Anything else goes the ORM
 rows (tests/service/test_plain_purchase.py compares them column by column). Webhooks and a tier
 upgrade are the callers' as ever: they cost statements only when there is a subscriber or a move.
 """
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,58 +35,167 @@ import sqlalchemy as sa
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql
 
-from loyalty.database import PreparedSelect
+from loyalty import settings_cache
+from loyalty.database import PreparedSelect, json_array_text
+from loyalty.errors import NotFound
 from loyalty.extensions import db
+from loyalty.members import service as members
+from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger
 from loyalty.points.models import Account, Entry, Lot, Purchase
+from loyalty.segments.models import MemberTag
 from loyalty.tiers import service as tiers
 
 ENTRY_TYPE = "earn_purchase"
 ZERO = Decimal("0.00")
 
 
+@dataclass
+class LockedAccount:
+    """A member's account as `lock` read it, locked: its balances, and `member`, what the purchase and
+    its answer need of the member (MemberSchema's attributes and `referred_by_id`). Plain values:
+    loading the ORM's Account, Member and identities cost about as much CPU as the rest of a plain
+    purchase's statements together."""
+
+    member_id: int
+    available: Decimal
+    pending: Decimal
+    held: Decimal
+    debt: Decimal
+    lifetime_earned: Decimal
+    member: Any = None
+
+    balance = Account.balance  # the same rule as the mapped account's
+
+
+@dataclass(frozen=True)
+class RecordedPurchase:
+    """A purchase as the one statement recorded it: what its answer (PurchaseResultSchema), its event
+    and a tier upgrade read of it."""
+
+    id: int
+    lot_id: int
+    receipt_no: str
+    store_id: str
+    amount: Decimal
+    currency: str
+    channel: str | None
+    available_at: datetime
+    lines: list[dict[str, Any]]  # its points line by line (service.breakdown)
+    lot: Any  # `.status` of its lot: "pending" or "available"
+
+    @property
+    def total_points(self) -> Decimal:
+        return sum((line["points"] for line in self.lines), ZERO)
+
+
 @dataclass(frozen=True)
 class Credited:
-    """The purchase as recorded (a transient object, for the answer) and the tier window's figures
-    after it: (spend, activities) for `tiers.upgrade_if_qualified`."""
+    """The purchase as recorded, and the tier window's figures after it: (spend, activities) for
+    `tiers.upgrade_if_qualified`."""
 
-    purchase: Purchase
+    purchase: RecordedPurchase
     window: tuple[Decimal, int]
 
 
-def applies(account: Account, points: Decimal) -> bool:
+def lock(member_id: int, now: datetime, with_tags: bool) -> tuple[LockedAccount, frozenset[str] | None] | None:
+    """Lock the member's account (and member) row as `ledger.lock_account` does, in one statement run on
+    the driver's connection that also reads what the answer shows of the member, whether lots fall due,
+    the settings version (settings_cache) and, `with_tags`, the member's tags: (account, tags or None).
+
+    None on SQLite, or when the session holds the ORM's objects of the member (`_holds_objects`), or
+    (the lock taken all the same) when something is due to be settled first (lots falling due, open
+    points holds): that is the ORM's work, `ledger.lock_account` then does it.
+    NotFound for an unknown member."""
+    session = db.session()
+    if session.get_bind().dialect.name != "postgresql" or _holds_objects(session, member_id):
+        return None
+    session.flush()  # the statement runs on the driver's connection: it sees what is flushed only
+    rows = (_LOCK_WITH_TAGS if with_tags else _LOCK).rows(member_id=member_id, now=now)
+    if not rows:
+        raise NotFound(f"No member with id {member_id}.")
+    first = rows[0]
+    settings_cache.observe(first.settings_version)  # read in this transaction: cached settings answer to it
+    if first.has_due or first.held > 0:
+        return None
+    account = LockedAccount(member_id=member_id, available=first.available, pending=first.pending,
+                            held=first.held, debt=first.debt, lifetime_earned=first.lifetime_earned)
+    account.member = members.member_view(rows, account)
+    account.member.referred_by_id = first.referred_by_id
+    tags = None if not with_tags else frozenset(json.loads(first.tags)) if first.tags else frozenset()
+    return account, tags
+
+
+def _holds_objects(session: orm.Session, member_id: int) -> bool:
+    """Does the session hold the ORM's Account or Member of this member? A request's session does not;
+    a job's or a test's may, and then the ORM's lock refreshes them (`ledger.lock_account`) as before."""
+    return any(session.identity_map.get(orm.util.identity_key(mapped, member_id)) is not None
+               for mapped in (Account, Member))
+
+
+def applies(account: Account | LockedAccount, points: Decimal) -> bool:
     """Could this purchase go the one-statement way, if no referral is pending and no promotion awards
     it anything (the caller asks those after, as they may cost reads)? See the module's docstring."""
     return (points > 0 and account.debt == 0 and ledger.fits(account, points)
             and db.session.get_bind().dialect.name == "postgresql")
 
 
-def credit(account: Account, purchase: dict[str, Any], description: str, expires_at: datetime | None,
-           window_start: datetime, now: datetime) -> Credited | None:
-    """Record `purchase` (the purchases row's values, breakdown included) and credit its
-    `points_earned` to the locked `account` as `ledger.credit` would: one lot, pending until its
-    `available_at`, an `earn_purchase` entry, the balances. None, writing nothing, when its store and
-    receipt were recorded before. `account` (and its member) carry the balances after it, as loaded."""
+def credit(account: Account | LockedAccount, purchase: dict[str, Any], lines: list[dict[str, Any]],
+           description: str, expires_at: datetime | None, window_start: datetime, now: datetime) -> Credited | None:
+    """Record `purchase` (the purchases row's values, its breakdown `lines` with Decimal points) and
+    credit its `points_earned` to the locked `account` as `ledger.credit` would: one lot, pending until
+    its `available_at`, an `earn_purchase` entry, the balances. None, writing nothing, when its store and
+    receipt were recorded before. `account` carries the balances after it."""
     points = purchase["points_earned"]
     pending = purchase["available_at"] > now
     status = "pending" if pending else "available"
     available, pending_points, lifetime = ledger.balances_after_credit(account, points, pending)
-    db.session.flush()  # what settling the account changed (rarely anything) goes first
+    if isinstance(account, Account):
+        db.session.flush()  # what settling the account changed goes first
     row = _STATEMENT.first(
-        **purchase, points=points, description=description[:200], expires_at=expires_at,
-        status=status, balance_after=available + pending_points + account.held,
-        available=available, pending=pending_points, lifetime_earned=lifetime, now=now, window_start=window_start)
+        **purchase, breakdown=[{**line, "points": str(line["points"])} for line in lines], points=points,
+        description=description[:200], expires_at=expires_at, status=status,
+        balance_after=available + pending_points + account.held, available=available, pending=pending_points,
+        lifetime_earned=lifetime, now=now, window_start=window_start)
     if row is None:
         return None
-    for key, value in (("available", available), ("pending", pending_points), ("lifetime_earned", lifetime),
-                       ("updated_at", now)):
-        orm.attributes.set_committed_value(account, key, value)  # as written: nothing left to flush
-    lot = Lot(id=row.lot_id, member_id=account.member_id, entry_id=row.entry_id, points=points, remaining=points,
-              status=status, available_at=purchase["available_at"], expires_at=expires_at, created_at=now)
-    recorded = Purchase(id=row.id, lot_id=row.lot_id, refunded_amount=ZERO, points_reversed=ZERO, lot=lot,
-                        **purchase)
+    for key, value in (("available", available), ("pending", pending_points), ("lifetime_earned", lifetime)):
+        if isinstance(account, Account):
+            orm.attributes.set_committed_value(account, key, value)  # as written: nothing left to flush
+        else:
+            setattr(account, key, value)
+    if isinstance(account, Account):
+        orm.attributes.set_committed_value(account, "updated_at", now)
+    recorded = RecordedPurchase(
+        id=row.id, lot_id=row.lot_id, receipt_no=purchase["receipt_no"], store_id=purchase["store_id"],
+        amount=purchase["amount"], currency=purchase["currency"], channel=purchase["channel"],
+        available_at=purchase["available_at"], lines=lines, lot=_LotStatus(status))
     counted = purchase["amount"] if purchase["occurred_at"] >= window_start else ZERO
     return Credited(recorded, (row.spend + counted, row.activities))
+
+
+@dataclass(frozen=True)
+class _LotStatus:
+    status: str
+
+
+def _lock_statement(with_tags: bool) -> PreparedSelect:
+    has_due = sa.exists().where(Lot.member_id == Account.member_id, ledger.falls_due(sa.bindparam("now")))
+    tags = [sa.select(json_array_text(MemberTag.tag)).where(MemberTag.member_id == Member.id)
+            .scalar_subquery().label("tags")] if with_tags else []
+    return PreparedSelect(
+        sa.select(*(getattr(Member, name) for name in members.READ_MEMBER_COLUMNS), Member.referred_by_id,
+                  Account.available, Account.pending, Account.held, Account.debt, Account.lifetime_earned,
+                  *members.IDENTITY_COLUMNS, has_due.label("has_due"), settings_cache.VERSION, *tags)
+        .join(Account, Account.member_id == Member.id)
+        .outerjoin(MemberIdentity, MemberIdentity.member_id == Member.id)
+        .where(Member.id == sa.bindparam("member_id")).order_by(MemberIdentity.id)
+        # As ledger._LOCK_ACCOUNT: the account and the member, FOR NO KEY UPDATE.
+        .with_for_update(key_share=True, of=[Account.__table__, Member.__table__]), writes=True)
+
+
+_LOCK = _lock_statement(with_tags=False)
+_LOCK_WITH_TAGS = _lock_statement(with_tags=True)
 
 
 def _statement() -> PreparedSelect:

@@ -109,11 +109,16 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
     _check_items(amount, items)
     with transaction():
         # A retry racing its first attempt waits here for the account's lock, then finds the receipt.
-        tags = None
-        if promotions.needs_tags(store_id, channel, occurred_at):
-            account, tags = ledger.lock_account_and_tags(member_id, now)
-        else:
-            account = ledger.lock_account(member_id, now)
+        # On PostgreSQL the lock reads the account and member as plain values (plain_purchase.lock);
+        # should the purchase not be plain, or something be due on the account, the ORM's objects
+        # are loaded after it (the row locked already).
+        need_tags = promotions.needs_tags(store_id, channel, occurred_at)
+        account, tags = plain_purchase.lock(member_id, now, need_tags) or (None, None)
+        if account is None:
+            if need_tags:
+                account, tags = ledger.lock_account_and_tags(member_id, now)
+            else:
+                account = ledger.lock_account(member_id, now)
         rules = current_rules()
         eligible, base, points = _earning(amount, items, rules, account.member)
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \
@@ -135,15 +140,21 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         if plain_purchase.applies(account, points) and not referrals.may_settle(account) \
                 and not promotions.plan(member_id, basket, rules):
             credited = plain_purchase.credit(
-                account, {**values, "breakdown": breakdown_json(breakdown(account.member, base, points, (), ZERO))},
-                description, expires_at, tiers.window_start(clock.local_date(now, tz)), now)
+                account, values, breakdown(account.member, base, points, (), ZERO), description, expires_at,
+                tiers.window_start(clock.local_date(now, tz)), now)
             if credited is None:
                 return _replayed(member_id, store_id, receipt_no, amount, currency)
             webhooks.emit("points.credited", ledger.credited_event(
                 account, "earn_purchase", points, available_at > now, available_at, expires_at, description,
                 ("purchase", credited.purchase.id)), now)
-            tiers.upgrade_if_qualified(account.member, now, purchase=credited.purchase, window=credited.window)
-            return Outcome(credited.purchase, account.member)
+            member = account.member
+            if tiers.upgrade_due(member.tier_code, credited.window):
+                if isinstance(account, plain_purchase.LockedAccount):
+                    member = member_or_404(member_id)  # the ORM's, to move (its row is locked already)
+                tiers.upgrade_if_qualified(member, now, purchase=credited.purchase, window=credited.window)
+            return Outcome(credited.purchase, member)
+        if isinstance(account, plain_purchase.LockedAccount):
+            account = ledger.lock_account(member_id, now)  # the ORM way works on the ORM's objects
         purchase = _claim_receipt(values)
         if purchase is None:  # the receipt was recorded before: a replay, or a mistake
             return _replayed(member_id, store_id, receipt_no, amount, currency)

@@ -165,18 +165,36 @@ def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | Non
     qualifies the member for a higher tier, move them up at once (skipping tiers if need be).
     The history names the `purchase` that made the upgrade, so a refund of it can find it.
     `window`: the (spend, activities) of `qualifying`, when the caller has them already."""
-    ladder_now = ladder()
-    current = next((rule for rule in ladder_now if rule.code == member.tier_code), ladder_now[0])
-    if current.rank == ladder_now[-1].rank:
+    if _at_top(member.tier_code):
         return None
     spend, activities = window if window is not None else qualifying(member.id, now)[:2]
-    reached = rules.tier_for(spend, activities, ladder_now)
-    if reached.rank <= current.rank:
+    reached = _reached(member.tier_code, spend, activities)
+    if reached is None:
         return None
     tz = settings().timezone
     return move_tier(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
                  note=f"Qualifying spend {spend}, {activities} activities",
                  purchase_id=None if purchase is None else purchase.id)
+
+
+def upgrade_due(tier_code: str, window: tuple[Decimal, int]) -> bool:
+    """Would `upgrade_if_qualified` move a member of this tier, the window's (spend, activities) being
+    these? Nothing read, nothing written."""
+    return not _at_top(tier_code) and _reached(tier_code, *window) is not None
+
+
+def _at_top(tier_code: str) -> bool:
+    ladder_now = ladder()
+    current = next((rule for rule in ladder_now if rule.code == tier_code), ladder_now[0])
+    return current.rank == ladder_now[-1].rank
+
+
+def _reached(tier_code: str, spend: Decimal, activities: int) -> rules.TierRule | None:
+    """The higher tier this window's figures earn a member of `tier_code`, or None."""
+    ladder_now = ladder()
+    current = next((rule for rule in ladder_now if rule.code == tier_code), ladder_now[0])
+    reached = rules.tier_for(spend, activities, ladder_now)
+    return reached if reached.rank > current.rank else None
 
 
 def upgrade_after_purchases(members: Mapping[int, Member], purchases: Sequence[Purchase],

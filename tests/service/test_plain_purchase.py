@@ -42,6 +42,13 @@ def everything_written():
     return rows
 
 
+def purchase(*args, **kwargs):
+    """factories.purchase in a session of its own, as a request's is: one holding the member's ORM
+    objects takes the ORM's lock (plain_purchase.lock)."""
+    db.session.remove()
+    return factories.purchase(*args, **kwargs)
+
+
 def answer(outcome):
     purchase = outcome.record
     return (purchase.id, purchase.total_points, purchase.lines, purchase.lot.status if purchase.lot else None,
@@ -89,7 +96,7 @@ def run_both_ways(scenario, monkeypatch):
 def test_purchases_available_at_once_and_a_replay(monkeypatch):
     def scenario():
         member = factories.member(now=T0)
-        return [answer(factories.purchase(member.id, amount, receipt_no=receipt, now=T0 + timedelta(minutes=i),
+        return [answer(purchase(member.id, amount, receipt_no=receipt, now=T0 + timedelta(minutes=i),
                                           items=items, channel=channel))
                 for i, (amount, receipt, items, channel) in enumerate([
                     ("199.00", "R1", None, None),
@@ -116,7 +123,7 @@ def test_a_pending_purchase_with_points_held_and_a_webhook_subscriber(monkeypatc
         use_rules(pending_days=7)
         # The hold is open at the first purchase; by the second it has lapsed, and taking the account's
         # lock lets it go (written before the one statement, its balances counted).
-        return [answer(factories.purchase(member.id, amount, receipt_no=receipt, now=T0 + after))
+        return [answer(purchase(member.id, amount, receipt_no=receipt, now=T0 + after))
                 for amount, receipt, after in [("55.55", "R1", timedelta(minutes=5)), ("1.00", "R2", timedelta(hours=1))]]
 
     (plain, orm), taken = run_both_ways(scenario, monkeypatch)
@@ -133,10 +140,10 @@ def test_a_purchase_that_reaches_a_higher_tier(monkeypatch):
     def scenario():
         member = factories.member(now=T0 - timedelta(days=800))
         # Recorded now, made before the tier window (12 months): it counts for nothing.
-        old = [answer(factories.purchase(member.id, "9000.00", receipt_no="OLD", now=T0,
+        old = [answer(purchase(member.id, "9000.00", receipt_no="OLD", now=T0,
                                          occurred_at=T0 - timedelta(days=400)))]
         points.record_activity(member.id, "sign_in", "E1", now=T0)
-        return old + [answer(factories.purchase(member.id, amount, receipt_no=f"R{i}", now=T0 + timedelta(days=i)))
+        return old + [answer(purchase(member.id, amount, receipt_no=f"R{i}", now=T0 + timedelta(days=i)))
                       for i, amount in enumerate(["2999.99", "0.01", "20000.00"])]
 
     (plain, orm), taken = run_both_ways(scenario, monkeypatch)
@@ -164,7 +171,7 @@ def test_promotions_in_force_and_a_referred_member(monkeypatch):
         member = factories.member(now=T0)
         referrer = factories.member(now=T0)
         referee = factories.member(referral_code=referrer.referral_code, now=T0)
-        return [answer(factories.purchase(member_id, amount, receipt_no=receipt, now=T0))
+        return [answer(purchase(member_id, amount, receipt_no=receipt, now=T0))
                 for member_id, amount, receipt in [(member.id, "499.99", "R1"), (member.id, "500.00", "R2"),
                                                    (referee.id, "120.00", "R3"), (referee.id, "10.00", "R4"),
                                                    (referrer.id, "10.00", "R5")]]
@@ -186,7 +193,7 @@ def test_a_purchase_with_a_debt_to_pay_goes_the_orm_way(monkeypatch):
         bought = factories.purchase(member.id, "100.00", receipt_no="R1", now=T0).record
         service.pay_with_points(member.id, "S1", "P1", D("80.00"), now=T0)
         service.refund_purchase(bought.id, "S1", "F1", D("100.00"), now=T0)
-        return [answer(factories.purchase(member.id, "50.00", receipt_no="R2", now=T0))]
+        return [answer(purchase(member.id, "50.00", receipt_no="R2", now=T0))]
 
     (plain, orm), taken = run_both_ways(scenario, monkeypatch)
     assert taken == 1  # the first purchase only
@@ -196,18 +203,47 @@ def test_a_purchase_with_a_debt_to_pay_goes_the_orm_way(monkeypatch):
 
 def test_a_failure_after_the_statement_leaves_nothing_written(monkeypatch):
     member = factories.member(now=T0)
-    factories.purchase(member.id, "10.00", receipt_no="R1", now=T0)
+    purchase(member.id, "10.00", receipt_no="R1", now=T0)
     before = everything_written()
     db.session.remove()
 
     def broken(*args, **kwargs):
         raise RuntimeError("the tier check failed")
 
-    monkeypatch.setattr(tiers, "upgrade_if_qualified", broken)
+    monkeypatch.setattr(tiers, "upgrade_due", broken)
     with pytest.raises(RuntimeError):
-        factories.purchase(member.id, "20.00", receipt_no="R2", now=T0)
+        purchase(member.id, "20.00", receipt_no="R2", now=T0)
     db.session.remove()
     assert everything_written() == before
     monkeypatch.undo()
-    assert answer(factories.purchase(member.id, "20.00", receipt_no="R2", now=T0))[6] == D("30.00")
+    assert answer(purchase(member.id, "20.00", receipt_no="R2", now=T0))[6] == D("30.00")
+    assert_ledger_ok()
+
+
+def test_the_lock_reads_plain_values_unless_the_orm_has_work_to_do(monkeypatch):
+    """A request's purchase locks the account as plain values; a session holding the member's ORM
+    objects, or an account with lots falling due (settling is the ORM's), takes the ORM's lock."""
+    from loyalty.members.models import Member
+    from loyalty.points.models import Account, Lot
+
+    locked = []
+    real_credit = plain_purchase.credit
+
+    def noted(account, *args, **kwargs):
+        locked.append(type(account))
+        return real_credit(account, *args, **kwargs)
+
+    monkeypatch.setattr(plain_purchase, "credit", noted)
+    use_rules(pending_days=7)
+    member = factories.member(now=T0)
+    first = purchase(member.id, "10.00", receipt_no="R1", now=T0)
+    held = db.session.get(Member, member.id)  # the session now holds the member (while referred to)
+    second = factories.purchase(member.id, "20.00", receipt_no="R2", now=T0)
+    assert held.account.pending == D("30.00")
+    third = purchase(member.id, "5.00", receipt_no="R3", now=T0 + timedelta(days=8))  # R1 and R2 fall due
+    assert locked == [plain_purchase.LockedAccount, Account, Account]
+    assert [(a.member.account.available, a.member.account.pending) for a in (first, second, third)] == [
+        (D("0.00"), D("10.00")), (D("0.00"), D("30.00")), (D("30.00"), D("5.00"))]
+    assert [lot.status for lot in db.session.scalars(sa.select(Lot).order_by(Lot.id))] == \
+        ["available", "available", "pending"]
     assert_ledger_ok()
