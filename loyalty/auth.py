@@ -21,7 +21,7 @@ from flask import current_app, g, request
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loyalty import audit, clock, settings_cache
-from loyalty.database import BigId, PreparedSelect, UTCDateTime, transaction
+from loyalty.database import BEFORE_COMMIT, BigId, PreparedSelect, UTCDateTime, transaction
 from loyalty.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 from loyalty.extensions import Model, db
 from loyalty.members import tokens
@@ -169,11 +169,18 @@ def roles(*allowed, member=False, read=False):
     """Let only these roles (and admin, who may do everything) call the view; with `member`, also
     a member token, for its own member: a `member_id` in the path must be the token's.
 
-    With `read`, the view only reads, and reads the settings version with its data (it calls
-    settings_cache.observe, as the member, points and tier reads do): an API key this process checked
-    less than _KeyCache.SECONDS ago is trusted without its own round trip, and confirmed by that
-    version once the view has run. A version that moved (a key revoked anywhere bumps it) means the
-    key is read again before anything is answered: a revoked key gets its 401 at once."""
+    A credential this process checked less than _KeyCache.SECONDS ago is trusted without a round
+    trip of its own, and confirmed by the settings version (a key revoked or a member's tokens revoked
+    anywhere moves it, settings_cache) that the view reads with its data: a version that moved means
+    the credential is read again, and a revoked one gets its 401 before anything is answered or
+    written.
+    - With `read`, the view only reads: it is confirmed once the view has run (the member, points and
+      tier reads read the version with their data).
+    - Otherwise it is confirmed inside each write transaction, just before it commits (database.
+      BEFORE_COMMIT), by the version that transaction read (a purchase's lock reads it) or, if it read
+      none, by reading the credential there; and after the view if nothing was committed (a refusal,
+      a replay). A revocation committed before the write's statements began refuses it; one committed
+      while it runs is as if it came after, as when the key was read before the transaction."""
     allowed = set(allowed) | {"admin"} | ({MEMBER} if member else set())
 
     def check(principal, kwargs):
@@ -190,7 +197,7 @@ def roles(*allowed, member=False, read=False):
         @wraps(view)
         def wrapper(*args, **kwargs):
             header = request.headers.get("Authorization")
-            hit = _keys().get(header) if read else None
+            hit = _keys().get(header)
             if hit is None or hit[1].role not in allowed:
                 principal = authenticate(header)
                 check(principal, kwargs)
@@ -200,22 +207,50 @@ def roles(*allowed, member=False, read=False):
             check(principal, kwargs)
             g.principal = principal
             settings_cache.renew()
-            try:
-                answer = view(*args, **kwargs)
-            except Exception:
-                _confirm(header, version)  # a revoked key's 401 comes first, even before a 404
-                raise
-            _confirm(header, version)
-            return answer
+            if read:
+                return _confirmed_read(view, args, kwargs, header, version)
+            return _confirmed_write(view, args, kwargs, header, version)
 
         return wrapper
 
     return decorator
 
 
+def _confirmed_read(view, args, kwargs, header, version):
+    try:
+        answer = view(*args, **kwargs)
+    except Exception:
+        _confirm(header, version)  # a revoked key's 401 comes first, even before a 404
+        raise
+    _confirm(header, version)
+    return answer
+
+
+def _confirmed_write(view, args, kwargs, header, version):
+    session = db.session()
+    confirmed = []
+
+    def before_commit():
+        _confirm(header, version)
+        confirmed.append(True)
+
+    session.info[BEFORE_COMMIT] = before_commit
+    try:
+        answer = view(*args, **kwargs)
+    except Exception:
+        if not confirmed:
+            _confirm(header, version)
+        raise
+    finally:
+        session.info.pop(BEFORE_COMMIT, None)
+    if not confirmed:
+        _confirm(header, version)
+    return answer
+
+
 def _confirm(header, version):
-    """The cached key of this read still stands if the settings version the read saw is the one it
-    was checked under; otherwise read the key again (Unauthorized if it is revoked)."""
+    """The cached credential still stands if the settings version this session read is the one it
+    was checked under; otherwise read it again (Unauthorized if it is revoked)."""
     if settings_cache.seen() != version:
         authenticate(header)
 

@@ -149,6 +149,11 @@ def end_read_only(exc: BaseException | None = None) -> None:
         log.warning("ending a read-only transaction failed; it is rolled back", exc_info=True)
 
 
+# session.info: a check a write transaction runs last, before it commits, inside it (auth.roles: a
+# credential checked a few seconds ago is confirmed against the settings version this transaction read).
+BEFORE_COMMIT = "before_commit"
+
+
 @contextmanager
 def transaction():
     """Run a use case as one write transaction: commit at the end, roll back on any error.
@@ -176,6 +181,9 @@ def transaction():
             session.begin()
             session.connection()  # BEGIN now, under the write flag
         yield session
+        before_commit = session.info.get(BEFORE_COMMIT)
+        if before_commit is not None:
+            before_commit()  # may refuse: then nothing is written
         session.commit()
     except BaseException:
         session.rollback()

@@ -98,10 +98,11 @@ class Credited:
     window: tuple[Decimal, int]
 
 
-def lock(member_id: int, now: datetime, with_tags: bool) -> tuple[LockedAccount, frozenset[str] | None] | None:
+def lock(member_id: int, now: datetime) -> tuple[LockedAccount, frozenset[str]] | None:
     """Lock the member's account (and member) row as `ledger.lock_account` does, in one statement run on
     the driver's connection that also reads what the answer shows of the member, whether lots fall due,
-    the settings version (settings_cache) and, `with_tags`, the member's tags: (account, tags or None).
+    the member's tags (for promotions scoped by them: a subquery costs less than asking first whether
+    any is in force) and the settings version (settings_cache): (account, tags).
 
     None on SQLite, or when the session holds the ORM's objects of the member (`_holds_objects`), or
     (the lock taken all the same) when something is due to be settled first (lots falling due, open
@@ -111,7 +112,7 @@ def lock(member_id: int, now: datetime, with_tags: bool) -> tuple[LockedAccount,
     if session.get_bind().dialect.name != "postgresql" or _holds_objects(session, member_id):
         return None
     session.flush()  # the statement runs on the driver's connection: it sees what is flushed only
-    rows = (_LOCK_WITH_TAGS if with_tags else _LOCK).rows(member_id=member_id, now=now)
+    rows = _LOCK.rows(member_id=member_id, now=now)
     if not rows:
         raise NotFound(f"No member with id {member_id}.")
     first = rows[0]
@@ -122,8 +123,7 @@ def lock(member_id: int, now: datetime, with_tags: bool) -> tuple[LockedAccount,
                             held=first.held, debt=first.debt, lifetime_earned=first.lifetime_earned)
     account.member = members.member_view(rows, account)
     account.member.referred_by_id = first.referred_by_id
-    tags = None if not with_tags else frozenset(json.loads(first.tags)) if first.tags else frozenset()
-    return account, tags
+    return account, frozenset(json.loads(first.tags)) if first.tags else frozenset()
 
 
 def _holds_objects(session: orm.Session, member_id: int) -> bool:
@@ -179,14 +179,14 @@ class _LotStatus:
     status: str
 
 
-def _lock_statement(with_tags: bool) -> PreparedSelect:
+def _lock_statement() -> PreparedSelect:
     has_due = sa.exists().where(Lot.member_id == Account.member_id, ledger.falls_due(sa.bindparam("now")))
-    tags = [sa.select(json_array_text(MemberTag.tag)).where(MemberTag.member_id == Member.id)
-            .scalar_subquery().label("tags")] if with_tags else []
+    # The tags as of the statement's start, as ledger._LOCK_ACCOUNT_AND_TAGS reads them.
+    tags = sa.select(json_array_text(MemberTag.tag)).where(MemberTag.member_id == Member.id).scalar_subquery()
     return PreparedSelect(
         sa.select(*(getattr(Member, name) for name in members.READ_MEMBER_COLUMNS), Member.referred_by_id,
                   Account.available, Account.pending, Account.held, Account.debt, Account.lifetime_earned,
-                  *members.IDENTITY_COLUMNS, has_due.label("has_due"), settings_cache.VERSION, *tags)
+                  *members.IDENTITY_COLUMNS, has_due.label("has_due"), settings_cache.VERSION, tags.label("tags"))
         .join(Account, Account.member_id == Member.id)
         .outerjoin(MemberIdentity, MemberIdentity.member_id == Member.id)
         .where(Member.id == sa.bindparam("member_id")).order_by(MemberIdentity.id)
@@ -194,8 +194,7 @@ def _lock_statement(with_tags: bool) -> PreparedSelect:
         .with_for_update(key_share=True, of=[Account.__table__, Member.__table__]), writes=True)
 
 
-_LOCK = _lock_statement(with_tags=False)
-_LOCK_WITH_TAGS = _lock_statement(with_tags=True)
+_LOCK = _lock_statement()
 
 
 def _statement() -> PreparedSelect:

@@ -112,10 +112,11 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         # On PostgreSQL the lock reads the account and member as plain values (plain_purchase.lock);
         # should the purchase not be plain, or something be due on the account, the ORM's objects
         # are loaded after it (the row locked already).
-        need_tags = promotions.needs_tags(store_id, channel, occurred_at)
-        account, tags = plain_purchase.lock(member_id, now, need_tags) or (None, None)
+        # Its first statement: it reads the settings version too, which the cached settings (and a
+        # cached API key, auth.roles) answer to.
+        account, tags = plain_purchase.lock(member_id, now) or (None, None)
         if account is None:
-            if need_tags:
+            if promotions.needs_tags(store_id, channel, occurred_at):
                 account, tags = ledger.lock_account_and_tags(member_id, now)
             else:
                 account = ledger.lock_account(member_id, now)

@@ -41,10 +41,14 @@ def non_applying(tomorrow):
 
 
 def statements_of(app, purchase):
+    """The statements `purchase` sends, without the API key's check: a key this process checked in
+    the last few seconds is not read again (auth.roles), and on SQLite the settings version is then
+    read on its own; whether it was depends on the test's pace."""
     seen = []
 
     def record(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
+        if "FROM api_keys" not in statement and not statement.startswith("SELECT (SELECT settings_version.version"):
+            seen.append(statement)
     with app.app_context():
         engine = db.engine
     sa.event.listen(engine, "before_cursor_execute", record)
@@ -72,7 +76,7 @@ def test_twenty_promotions_that_do_not_apply_cost_a_purchase_no_statement(app, a
 
     assert len(with_twenty) == len(without), "\n".join(with_twenty)
     reading_tags = [statement for statement in with_twenty if "member_tags" in statement]
-    assert len(reading_tags) == 1 and "FROM accounts" in reading_tags[0], reading_tags  # the lock
+    assert len(reading_tags) == 1 and "accounts" in reading_tags[0], reading_tags  # the lock (with the account)
     assert [line["source"] for line in answer["breakdown"]] == ["base"]
 
 
@@ -91,10 +95,12 @@ def test_a_tag_scoped_promotion_gets_the_tags_from_the_accounts_lock(app, api):
     tagged = {}
     seen = statements_of(app, lambda: tagged.update(buy(api, member_id, "R3")))
 
-    # The bonus costs writes (entry, lot, grant row) and no read of its own: the reads are the API
-    # key's, the account's lock (which brings the tags) and the tier window's.
+    # The bonus costs writes (entry, lot, grant row) and no read of its own: the reads are the
+    # account's lock (which brings the tags) and the tier window's; on PostgreSQL the lock reads plain
+    # values (plain_purchase.lock), and a purchase that is not plain then loads the ORM's objects.
     reads = [statement for statement in seen if statement.startswith("SELECT")]
-    assert len(reads) == 3, "\n".join(reads)
-    assert [statement for statement in reads if "member_tags" in statement] == [reads[1]]
-    assert "FROM accounts" in reads[1]
+    postgres = app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql")
+    assert len(reads) == (3 if postgres else 2), "\n".join(reads)
+    assert [statement for statement in reads if "member_tags" in statement] == [reads[0]]
+    assert "accounts" in reads[0]
     assert [(line["source"], line.get("points")) for line in tagged["breakdown"]][-1] == ("promotion", 7)
