@@ -3,6 +3,7 @@ once per session; every test starts from empty tables with the default earning r
 import os
 import socket
 
+import marshmallow
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskCliRunner
@@ -10,6 +11,7 @@ from flask_migrate import upgrade
 
 from loyalty import auth, create_app, settings_cache
 from loyalty import config as config_module
+from loyalty.api.schemas import common as schemas_common
 from loyalty.cli import main
 from loyalty.extensions import db
 from loyalty.members import tokens
@@ -90,6 +92,26 @@ def fresh_programme():
     seed_rules()
     seed_tiers()
     db.session.remove()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def dumps_checked_against_marshmallow():
+    """Every answer the suite's requests dump goes through both the API schemas' own dump
+    (schemas/common.Schema, a plan made once per schema) and marshmallow's, and they must agree, keys
+    in the same order: the whole suite is the test that the faster dump changes no answer."""
+    fast = schemas_common.Schema._serialize
+
+    def checked(self, obj, *, many=False):
+        ours = fast(self, obj, many=many)
+        theirs = marshmallow.Schema._serialize(self, obj, many=many)
+        assert ours == theirs, (type(self).__name__, ours, theirs)
+        assert [list(one) for one in (ours if many else [ours]) if isinstance(one, dict)] == \
+            [list(one) for one in (theirs if many else [theirs]) if isinstance(one, dict)], type(self).__name__
+        return ours
+
+    schemas_common.Schema._serialize = checked
+    yield
+    schemas_common.Schema._serialize = fast
 
 
 PUBLIC_TEST_ADDRESS = "93.184.215.14"  # public, so allowed; never contacted: no test connects to it

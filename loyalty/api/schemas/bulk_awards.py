@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import PointsField, Timestamp
+from loyalty.api.schemas.common import PointsField, Schema, Timestamp
 
 NOT_BLANK = validate.Regexp(r"\s*\S", error="Must not be blank.")
 

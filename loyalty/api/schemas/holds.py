@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import Identifier, PointsField, Timestamp
+from loyalty.api.schemas.common import Identifier, PointsField, Schema, Timestamp
 from loyalty.api.schemas.members import MemberSchema
 from loyalty.api.schemas.points import STORE, MemberReference
 from loyalty.points.holds import MAX_TTL_SECONDS

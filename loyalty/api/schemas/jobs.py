@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import Timestamp
+from loyalty.api.schemas.common import Schema, Timestamp
 
 
 class JobRunSchema(Schema):

@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate, validates_schema, ValidationError
+from marshmallow import fields, validate, validates_schema, ValidationError
 
-from loyalty.api.schemas.common import PointsField, RecordId, Timestamp
+from loyalty.api.schemas.common import PointsField, RecordId, Schema, Timestamp
 from loyalty.config import MAX_MEMBER_TOKEN_SECONDS
 from loyalty.errors import ValidationFailed
 from loyalty.members import service

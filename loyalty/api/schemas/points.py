@@ -1,7 +1,7 @@
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from loyalty.api.schemas.common import (Identifier, MoneyField, MoneyValueSchema, PointsField, RecordId,
-                                       Timestamp)
+from loyalty.api.schemas.common import (Identifier, MoneyField, MoneyValueSchema, PointsField, RecordId, Schema,
+                                        Timestamp)
 from loyalty.api.schemas.members import MemberSchema
 from loyalty.points.batch import MAX_BATCH
 from loyalty.points.rules import (CAP_PERIODS, EXPIRY_POLICIES, MAX_ACTIVITY_CAP, MAX_ACTIVITY_POINTS,

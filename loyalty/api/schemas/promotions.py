@@ -1,9 +1,8 @@
 """Promotions (API.md "Promotions"): every field checked with a sentence; the rules between fields
 (ends after it starts, known tiers...) are the service's."""
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from loyalty.api.schemas.common import (ListQuerySchema, MoneyField, PointsField, RecordId,
-                                       Timestamp)
+from loyalty.api.schemas.common import ListQuerySchema, MoneyField, PointsField, RecordId, Schema, Timestamp
 from loyalty.api.schemas.points import STORE, BreakdownLineSchema, ItemSchema
 from loyalty.promotions.rules import EFFECTS, MAX_MULTIPLIER, PERIODS, STACKING
 from loyalty.promotions.service import STATUSES, status_of

@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import MoneyField, PointsField, Timestamp
+from loyalty.api.schemas.common import MoneyField, PointsField, Schema, Timestamp
 
 COUNT = validate.Range(min=1, max=1_000_000)
 # A referral or ambassador reward of at most 100 000 points (1 000.00 at the default till rate).

@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import MAX_ID, MoneyField, PointsField, RecordId, Timestamp
+from loyalty.api.schemas.common import MAX_ID, MoneyField, PointsField, RecordId, Schema, Timestamp
 from loyalty.api.schemas.members import MemberSchema
 from loyalty.rewards.models import KINDS, LIMIT_PERIODS
 from loyalty import clock

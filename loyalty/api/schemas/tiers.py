@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import MoneyField, PointsField, Timestamp
+from loyalty.api.schemas.common import MoneyField, PointsField, Schema, Timestamp
 from loyalty.tiers.rules import MAX_BIRTHDAY_POINTS, MAX_EARN_MULTIPLIER, MODES
 
 

@@ -1,6 +1,6 @@
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 
-from loyalty.api.schemas.common import Timestamp
+from loyalty.api.schemas.common import Schema, Timestamp
 from loyalty.webhooks.models import EVENTS
 
 EVENT_LIST = fields.List(fields.String(validate=validate.OneOf(EVENTS)), validate=validate.Length(min=1),
