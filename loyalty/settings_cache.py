@@ -41,6 +41,7 @@ T = TypeVar("T")
 _WATCHED: dict[type, str] = {}  # mapped class -> the cache name its rows feed
 _CHANGED = "settings_cache_changed"  # session.info: names this session's flushes wrote
 _SEEN = "settings_version_seen"  # session.info: the version this session's request (or job) read
+_KEPT = "settings_cache_kept"  # session.info: (this app's _Cache, its safety net in seconds), for `cached`
 
 
 class SettingsVersion(Model):
@@ -107,10 +108,22 @@ def seed_version() -> None:
 def cached(name: str, load: Callable[[], T]) -> T:
     """The value `name`, from this process's cache if it was read under the version this session
     has seen (and not longer ago than the safety net), else from `load()`."""
-    cache = _cache()
     session = db.session()
-    if name in session.info.get(_CHANGED, ()) or _pending_writes(session, name):
+    info = session.info
+    if not info.get(_CHANGED) and not session.identity_map.check_modified() and not session.new \
+            and not session.deleted:
+        # Nothing written or about to be by this session (a request's usual case): the kept value,
+        # with nothing more asked than the version seen.
+        seen = info.get(_SEEN)
+        kept = info.get(_KEPT)
+        if seen is not None and kept is not None:
+            hit = kept[0].values.get(name)
+            if hit is not None and hit[1] == seen and time.monotonic() - hit[0] < kept[1]:
+                return hit[2]
+    cache = _cache()
+    if name in info.get(_CHANGED, ()) or _pending_writes(session, name):
         return load()  # this transaction changed it: its own view, never shared
+    info[_KEPT] = (cache, settings().settings_cache_seconds)
     seen = session.info.get(_SEEN)
     if seen is None:
         seen = session.info[_SEEN] = session.execute(_READ_VERSION).scalar() or 0

@@ -1,6 +1,6 @@
 """Members: registration, lookup by any identity, profile changes, the card token."""
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from types import SimpleNamespace
@@ -13,7 +13,7 @@ from loyalty import audit, clock, settings_cache
 from loyalty.database import PreparedSelect, transaction
 from loyalty.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from loyalty.extensions import db
-from loyalty.members import phones, privacy
+from loyalty.members import lookup, phones, privacy
 from loyalty.members.lookup import member_or_404
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points.models import Account
@@ -151,29 +151,13 @@ def read_member(member_id: int) -> SimpleNamespace:
     settings_cache.observe(first.settings_version)
     account = None if first.available is None else SimpleNamespace(
         available=first.available, pending=first.pending, held=first.held, lifetime_earned=first.lifetime_earned)
-    return member_view(rows, account)
+    return lookup.member_view(rows, account)
 
 
-def member_view(rows: Sequence[Any], account: Any) -> SimpleNamespace:
-    """What MemberSchema shows of a member, as attributes, from rows with READ_MEMBER_COLUMNS and
-    `identity_channel`, `identity_external_id` (one row per identity, in order; None for none), and
-    its `account` (an object with its balances, or None)."""
-    first = rows[0]
-    identities = [SimpleNamespace(channel=row.identity_channel, external_id=row.identity_external_id)
-                  for row in rows if row.identity_channel is not None]
-    return SimpleNamespace(**{name: getattr(first, name) for name in READ_MEMBER_COLUMNS},
-                           account=account, identities=identities)
-
-
-READ_MEMBER_COLUMNS = ("id", "member_no", "name", "phone", "email", "birthday", "channel", "tier_code",
-                       "lifecycle_stage", "referral_code", "ambassador_since", "joined_at", "status",
-                       "merged_into_id")
-IDENTITY_COLUMNS = (MemberIdentity.channel.label("identity_channel"),
-                    MemberIdentity.external_id.label("identity_external_id"))
 _READ_MEMBER = PreparedSelect(
-    sa.select(*(getattr(Member, name) for name in READ_MEMBER_COLUMNS),
+    sa.select(*(getattr(Member, name) for name in lookup.READ_MEMBER_COLUMNS),
               Account.available, Account.pending, Account.held, Account.lifetime_earned,
-              *IDENTITY_COLUMNS, settings_cache.VERSION)
+              *lookup.IDENTITY_COLUMNS, settings_cache.VERSION)
     .outerjoin(Account, Account.member_id == Member.id)
     .outerjoin(MemberIdentity, MemberIdentity.member_id == Member.id)
     .where(Member.id == sa.bindparam("member_id")).order_by(MemberIdentity.id))

@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -39,7 +40,7 @@ from loyalty import settings_cache
 from loyalty.database import PreparedSelect, json_array_text
 from loyalty.errors import NotFound
 from loyalty.extensions import db
-from loyalty.members import service as members
+from loyalty.members import lookup
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger
 from loyalty.points.models import Account, Entry, Lot, Purchase
@@ -68,21 +69,10 @@ class LockedAccount:
     balance = Account.balance  # the same rule as the mapped account's
 
 
-@dataclass(frozen=True)
-class RecordedPurchase:
-    """A purchase as the one statement recorded it: what its answer (PurchaseResultSchema), its event
-    and a tier upgrade read of it."""
-
-    id: int
-    lot_id: int
-    receipt_no: str
-    store_id: str
-    amount: Decimal
-    currency: str
-    channel: str | None
-    available_at: datetime
-    lines: list[dict[str, Any]]  # its points line by line (service.breakdown)
-    lot: Any  # `.status` of its lot: "pending" or "available"
+class RecordedPurchase(SimpleNamespace):
+    """A purchase as the one statement recorded it, for its answer (PurchaseResultSchema), its event
+    and a tier upgrade: every column of its row as written (`breakdown` as stored), and `lines` (the
+    breakdown with Decimal points, as Purchase.lines) and `lot` (its `.status`)."""
 
     @property
     def total_points(self) -> Decimal:
@@ -121,7 +111,7 @@ def lock(member_id: int, now: datetime) -> tuple[LockedAccount, frozenset[str]] 
         return None
     account = LockedAccount(member_id=member_id, available=first.available, pending=first.pending,
                             held=first.held, debt=first.debt, lifetime_earned=first.lifetime_earned)
-    account.member = members.member_view(rows, account)
+    account.member = lookup.member_view(rows, account)
     account.member.referred_by_id = first.referred_by_id
     return account, frozenset(json.loads(first.tags)) if first.tags else frozenset()
 
@@ -152,8 +142,9 @@ def credit(account: Account | LockedAccount, purchase: dict[str, Any], lines: li
     available, pending_points, lifetime = ledger.balances_after_credit(account, points, pending)
     if isinstance(account, Account):
         db.session.flush()  # what settling the account changed goes first
+    breakdown = [{**line, "points": str(line["points"])} for line in lines]
     row = _STATEMENT.first(
-        **purchase, breakdown=[{**line, "points": str(line["points"])} for line in lines], points=points,
+        **purchase, breakdown=breakdown, points=points,
         description=description[:200], expires_at=expires_at, status=status,
         balance_after=available + pending_points + account.held, available=available, pending=pending_points,
         lifetime_earned=lifetime, now=now, window_start=window_start)
@@ -166,17 +157,10 @@ def credit(account: Account | LockedAccount, purchase: dict[str, Any], lines: li
             setattr(account, key, value)
     if isinstance(account, Account):
         orm.attributes.set_committed_value(account, "updated_at", now)
-    recorded = RecordedPurchase(
-        id=row.id, lot_id=row.lot_id, receipt_no=purchase["receipt_no"], store_id=purchase["store_id"],
-        amount=purchase["amount"], currency=purchase["currency"], channel=purchase["channel"],
-        available_at=purchase["available_at"], lines=lines, lot=_LotStatus(status))
+    recorded = RecordedPurchase(**purchase, breakdown=breakdown, id=row.id, lot_id=row.lot_id, refunded_amount=ZERO,
+                                points_reversed=ZERO, lines=lines, lot=SimpleNamespace(status=status))
     counted = purchase["amount"] if purchase["occurred_at"] >= window_start else ZERO
     return Credited(recorded, (row.spend + counted, row.activities))
-
-
-@dataclass(frozen=True)
-class _LotStatus:
-    status: str
 
 
 def _lock_statement() -> PreparedSelect:
@@ -184,9 +168,9 @@ def _lock_statement() -> PreparedSelect:
     # The tags as of the statement's start, as ledger._LOCK_ACCOUNT_AND_TAGS reads them.
     tags = sa.select(json_array_text(MemberTag.tag)).where(MemberTag.member_id == Member.id).scalar_subquery()
     return PreparedSelect(
-        sa.select(*(getattr(Member, name) for name in members.READ_MEMBER_COLUMNS), Member.referred_by_id,
+        sa.select(*(getattr(Member, name) for name in lookup.READ_MEMBER_COLUMNS), Member.referred_by_id,
                   Account.available, Account.pending, Account.held, Account.debt, Account.lifetime_earned,
-                  *members.IDENTITY_COLUMNS, has_due.label("has_due"), settings_cache.VERSION, tags.label("tags"))
+                  *lookup.IDENTITY_COLUMNS, has_due.label("has_due"), settings_cache.VERSION, tags.label("tags"))
         .join(Account, Account.member_id == Member.id)
         .outerjoin(MemberIdentity, MemberIdentity.member_id == Member.id)
         .where(Member.id == sa.bindparam("member_id")).order_by(MemberIdentity.id)
