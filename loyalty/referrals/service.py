@@ -236,8 +236,9 @@ def apply_code(member_id: int, code: str, now: datetime | None = None) -> Member
     return member
 
 
-def may_settle(account: Account) -> bool:
-    """Could a purchase by this member settle a referral (one pending names them)? A read without a
+def may_settle(account: Any) -> bool:
+    """Could a purchase by this member settle a referral (one pending names them)? `account`: an
+    Account, or plain_purchase's LockedAccount (its `member` has `referred_by_id`). A read without a
     lock, for the one-statement purchase (points/plain_purchase.py): nothing makes a referral pending
     again once settled, so a member for whom none is pending now cannot have one settled by this
     purchase, and `on_purchase` would do nothing."""

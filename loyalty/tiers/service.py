@@ -9,7 +9,7 @@ of local day D.
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -159,7 +159,14 @@ def window_sums(member_id: Any, start: Any) -> tuple[sa.ScalarSelect[Any], sa.Sc
 _QUALIFYING = PreparedSelect(sa.select(*window_sums(sa.bindparam("member_id"), sa.bindparam("start"))))
 
 
-def upgrade_if_qualified(member: Member, now: datetime, purchase: Purchase | None = None,
+class _Recorded(Protocol):
+    """A recorded purchase as an upgrade names it: a Purchase, or plain_purchase's RecordedPurchase."""
+
+    @property
+    def id(self) -> int: ...
+
+
+def upgrade_if_qualified(member: Member, now: datetime, purchase: _Recorded | None = None,
                          window: tuple[Decimal, int] | None = None) -> TierChange | None:
     """Inside a purchase's or activity's transaction (the account is locked): if the window now
     qualifies the member for a higher tier, move them up at once (skipping tiers if need be).
