@@ -13,9 +13,13 @@ Run by hand (never a timed test); see bench/README.md. In one run it measures:
 The database's ceiling replays one of two statement sets (--statements):
 
   cte (default): what the service sends now (a plain purchase in one statement with data-modifying
-       CTEs, loyalty/points/plain_purchase.py), 5 round trips: the API key's SELECT in autocommit,
-       BEGIN, the account's lock SELECT, the one WITH statement (purchase, entry, lot, account, and
-       the tier window's spend and activities), COMMIT;
+       CTEs, loyalty/points/plain_purchase.py), 4 round trips: BEGIN, the account's lock SELECT
+       (plain_purchase._LOCK: member, account and identities, whether a lot falls due, the settings
+       version and the member's tags), the one WITH statement (purchase, entry, lot, account, and the
+       tier window's spend and activities), COMMIT. No API key statement per credit: the service
+       trusts a key it checked in the last 5 s (loyalty/auth.py, roles), so it reads its key at most
+       once per 5 s per process; the replay reads it once per connection before measuring and leaves
+       that read out;
   orm: what the service sent before that, through the ORM, 10 round trips: BEGIN, the API key's
        SELECT, the lock, INSERT purchase, INSERT entry, UPDATE account, INSERT lot, UPDATE
        purchase.lot_id, the tier window's SELECT, COMMIT (the statements' text as it was then), to
@@ -82,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--skip", default="", help="comma list of phases to skip: noop,service,sql,pgbench,profile")
     p.add_argument("--statements", choices=sorted(SQL_TRIPS), default="cte",
                    help="the statement set the bare-SQL client and pgbench replay: cte (default), what the "
-                        "service sends now, 5 round trips; orm, what it sent before, 10 round trips")
+                        "service sends now, 4 round trips; orm, what it sent before, 10 round trips")
     p.add_argument("--profile-requests", type=int, default=500, help="purchases in the profile (default 500)")
     p.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     p.add_argument("--show-sql", action="store_true",
@@ -529,28 +533,37 @@ def http_phase(args, name, app_spec, ready, path, key="", extra=()):
 # service issues now, and says whether the cte set is still it word for word.
 
 # The cte set: what the service sends now for a plain purchase (loyalty/points/plain_purchase.py),
-# named placeholders and all, so psycopg sends the same text with the same parameters.
+# named placeholders and all, so psycopg sends the same text with the same parameters. Constants
+# (the lots' statuses, the 0) are written in the text, as database.PreparedSelect inlines them.
+#
+# The API key's SELECT (auth._ACTIVE_KEY, in autocommit) is not one of a credit's round trips any
+# more: a write trusts a key this process checked in the last 5 s (loyalty/auth.py, roles), so the
+# service reads its key at most once per 5 s per process. The replay reads it once per connection,
+# before measuring (for the key's id), and leaves that read out of every credit.
 SQL_API_KEY = (
     "SELECT api_keys.id, api_keys.name, api_keys.role, api_keys.store_id, (SELECT settings_version.version "
     "FROM settings_version WHERE settings_version.id = 1) AS settings_version FROM api_keys "
     "WHERE api_keys.key_hash = %(key_hash)s::VARCHAR AND api_keys.revoked_at IS NULL")
+# plain_purchase._LOCK: the account and the member locked, with what the answer shows of the member,
+# its identities, whether a lot falls due, the settings version and the member's tags.
 SQL_LOCK_ACCOUNT_WITH_MEMBER = (
     "SELECT members.id, members.member_no, members.name, members.phone, members.email, members.birthday, "
-    "members.channel, members.card_token, members.referral_code, members.referred_by_id, members.tier_code, "
-    "members.tier_since, members.tier_held_until, members.tier_guaranteed_code, members.tier_guaranteed_until, "
-    "members.lifecycle_stage, members.value_segment, members.ambassador_since, members.status, "
-    "members.merged_into_id, members.token_epoch, members.joined_at, members.updated_at, accounts.member_id, "
-    "accounts.available, accounts.pending, accounts.lifetime_earned, accounts.debt, accounts.held, "
-    "accounts.updated_at AS updated_at_1, EXISTS (SELECT * FROM lots WHERE lots.member_id = accounts.member_id "
-    "AND (lots.status = %(status_1)s::VARCHAR AND lots.available_at <= %(now)s::TIMESTAMP WITH TIME ZONE "
-    "OR lots.status = %(status_2)s::VARCHAR AND lots.remaining > %(remaining_1)s::BIGINT "
-    "AND lots.expires_at <= %(now)s::TIMESTAMP WITH TIME ZONE)) AS anon_1, member_identities_1.id AS id_1, "
-    "member_identities_1.member_id AS member_id_1, member_identities_1.channel AS channel_1, "
-    "member_identities_1.external_id FROM accounts JOIN members ON members.id = accounts.member_id "
-    "LEFT OUTER JOIN member_identities AS member_identities_1 ON members.id = member_identities_1.member_id "
-    "WHERE accounts.member_id = %(member_id)s::BIGINT ORDER BY member_identities_1.id "
+    "members.channel, members.tier_code, members.lifecycle_stage, members.referral_code, "
+    "members.ambassador_since, members.joined_at, members.status, members.merged_into_id, "
+    "members.referred_by_id, accounts.available, accounts.pending, accounts.held, accounts.debt, "
+    "accounts.lifetime_earned, member_identities.channel AS identity_channel, "
+    "member_identities.external_id AS identity_external_id, EXISTS (SELECT * FROM lots "
+    "WHERE lots.member_id = accounts.member_id AND (lots.status = 'pending' "
+    "AND lots.available_at <= %(now)s::TIMESTAMP WITH TIME ZONE OR lots.status = 'available' "
+    "AND lots.remaining > 0 AND lots.expires_at <= %(now)s::TIMESTAMP WITH TIME ZONE)) AS has_due, "
+    "(SELECT settings_version.version FROM settings_version WHERE settings_version.id = 1) AS settings_version, "
+    "(SELECT CAST(json_agg(member_tags.tag) AS TEXT) AS anon_1 FROM member_tags "
+    "WHERE member_tags.member_id = members.id) AS tags FROM members "
+    "JOIN accounts ON accounts.member_id = members.id "
+    "LEFT OUTER JOIN member_identities ON member_identities.member_id = members.id "
+    "WHERE members.id = %(member_id)s::BIGINT ORDER BY member_identities.id "
     "FOR NO KEY UPDATE OF accounts, members")
-LOCK_AVAILABLE, LOCK_PENDING, LOCK_LIFETIME_EARNED, LOCK_HELD = 24, 25, 26, 28  # their columns in a row
+LOCK_AVAILABLE, LOCK_PENDING, LOCK_HELD, LOCK_LIFETIME_EARNED = 15, 16, 17, 19  # their columns in a row
 SQL_CREDIT_PURCHASE = (
     "WITH p AS (INSERT INTO purchases (member_id, store_id, receipt_no, amount, eligible_amount, currency, "
     "points_earned, available_at, items, channel, breakdown, lot_id, api_key_id, occurred_at, created_at) "
@@ -632,10 +645,11 @@ SQL_SET_PURCHASE_LOT = "UPDATE purchases SET lot_id=%s::BIGINT WHERE purchases.i
 # What the bare-SQL client and pgbench send per purchase, by statement set (psycopg sends BEGIN
 # before a transaction's first statement, a round trip of its own).
 SQL_TRIPS = {
-    "cte": "what the service sends now (statement set cte): the API key's SELECT in autocommit, BEGIN, "
-           "account + member + identities FOR UPDATE (with whether a lot is due), one WITH statement "
-           "(INSERT purchase ON CONFLICT DO NOTHING with the lot's id from its sequence, INSERT entry, "
-           "INSERT lot, UPDATE account, the member's tier window), COMMIT: 5 round trips",
+    "cte": "what the service sends now (statement set cte): BEGIN, account + member + identities FOR NO "
+           "KEY UPDATE (with whether a lot is due, the settings version and the member's tags), one WITH "
+           "statement (INSERT purchase ON CONFLICT DO NOTHING with the lot's id from its sequence, INSERT "
+           "entry, INSERT lot, UPDATE account, the member's tier window), COMMIT: 4 round trips (no API "
+           "key statement per credit: the service reads its key once per 5 s per process, left out here)",
     "orm": "what the service sent before the one-statement credit (statement set orm): BEGIN, API key, "
            "account + member + identities FOR UPDATE (with whether a lot is due), INSERT purchase ON CONFLICT "
            "DO NOTHING, INSERT entry, UPDATE account, INSERT lot, UPDATE purchase.lot_id, the member's tier "
@@ -668,28 +682,36 @@ def expiry_and_window(now):
     return expires_at, _start_of_local_day(date(year, month + 1, day) + timedelta(days=1))
 
 
-def one_purchase(conn, key_hash, member_id, receipt):
+def read_key_id(conn, key_hash):
+    """The API key's id, read once per connection before measuring (statement set cte), by the
+    service's own key statement in autocommit, as the service reads it (database.PreparedSelect: a
+    pooled connection switched to autocommit for the statement; psycopg sends nothing for the
+    switch). The service reads it at most once per 5 s per process (auth.roles trusts a key checked
+    that recently, for writes too): not one of a credit's round trips, so not replayed per credit."""
+    conn.autocommit = True
+    try:
+        key = conn.execute(SQL_API_KEY, {"key_hash": key_hash}).fetchone()
+    finally:
+        conn.autocommit = False
+    if key is None:
+        raise LookupError("the bench's API key is unknown or revoked: recreate the database (drop --reuse-db)")
+    return key[0]
+
+
+def one_purchase(conn, key_id, member_id, receipt):
     """The statements of one credit as the service sends them now (statement set cte), in its order,
-    with its values. The key's SELECT runs in autocommit on the connection the transaction then
-    uses, as the service's does (database.PreparedSelect: a pooled connection switched to autocommit
-    for the statement; psycopg sends nothing for the switch); then BEGIN, the lock, the one WITH
-    statement, COMMIT."""
+    with its values: BEGIN (psycopg's, before the first statement), the lock, the one WITH statement,
+    COMMIT. `key_id` is the API key's (read_key_id): no key statement per credit, as the service."""
     now = datetime.now(timezone.utc)
     expires_at, window_start = expiry_and_window(now)
     x = conn.execute
-    conn.autocommit = True
-    try:
-        key = x(SQL_API_KEY, {"key_hash": key_hash}).fetchone()
-    finally:
-        conn.autocommit = False
-    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER, {"status_1": "pending", "now": now, "status_2": "available",
-                                                "remaining_1": 0, "member_id": member_id}).fetchall()[0]
+    account = x(SQL_LOCK_ACCOUNT_WITH_MEMBER, {"now": now, "member_id": member_id}).fetchall()[0]
     available, pending = account[LOCK_AVAILABLE] + AMOUNT, account[LOCK_PENDING]
     row = x(SQL_CREDIT_PURCHASE, {
         "member_id": member_id, "points": AMOUNT, "status": "available", "available_at": now,
         "expires_at": expires_at, "now": now, "store_id": STORE, "receipt_no": receipt, "amount": AMOUNT,
         "eligible_amount": AMOUNT, "currency": CURRENCY, "points_earned": AMOUNT, "items": Json(None),
-        "channel": None, "breakdown": Json(BREAKDOWN), "api_key_id": key[0], "occurred_at": now,
+        "channel": None, "breakdown": Json(BREAKDOWN), "api_key_id": key_id, "occurred_at": now,
         "balance_after": available + pending + account[LOCK_HELD],
         "description": f"Purchase {receipt} at store {STORE}",
         "available": available, "pending": pending, "lifetime_earned": account[LOCK_LIFETIME_EARNED] + AMOUNT,
@@ -724,6 +746,9 @@ def one_purchase_orm(conn, key_hash, member_id, receipt):
 
 
 ONE_PURCHASE = {"cte": one_purchase, "orm": one_purchase_orm}
+# What a connection does once, before its credits, by statement set: its second argument to
+# ONE_PURCHASE (cte: the key's id, read once; orm: the key's hash, for its SELECT in every credit).
+CONNECTION_SETUP = {"cte": read_key_id, "orm": lambda conn, key_hash: key_hash}
 
 
 def _sql_thread(dsn, statements, key_hash, members, prefix, start_at, measure_at, end_at, out):
@@ -731,6 +756,11 @@ def _sql_thread(dsn, statements, key_hash, members, prefix, start_at, measure_at
     rng = random.Random(prefix)
     latencies, errors, first_error, n = [], 0, None, 0
     with psycopg.connect(dsn) as conn:
+        try:
+            key = CONNECTION_SETUP[statements](conn, key_hash)
+        except (psycopg.Error, LookupError) as error:
+            out.append(([], 1, repr(error)))
+            return
         while time.time() < start_at:
             time.sleep(0.005)
         while True:
@@ -739,7 +769,7 @@ def _sql_thread(dsn, statements, key_hash, members, prefix, start_at, measure_at
                 break
             n += 1
             try:
-                purchase(conn, key_hash, rng.randint(1, members), f"{prefix}-{n}")
+                purchase(conn, key, rng.randint(1, members), f"{prefix}-{n}")
             except psycopg.Error as error:
                 conn.rollback()
                 errors += 1
@@ -810,23 +840,24 @@ def percentiles(sorted_seconds):
 
 # --- the same statements from pgbench (a C client: the database's ceiling without Python) ------------
 
-def pgbench_script(state, members, statements="cte"):
+def pgbench_script(state, members, statements="cte", key_id=None):
     """pgbench's script of one credit in statement set `statements` (cte: what the service sends now;
     orm: what it sent before), the service's statements with its values: pgbench sends each
     :variable as a parameter under -M prepared, and a value it cannot make (a text, a timestamp) is
     written in the statement (now() for the service's `now`; a fixed instant as to_timestamp(epoch),
-    since pgbench would take the colons of a timestamp's text, even quoted, for variables)."""
+    since pgbench would take the colons of a timestamp's text, even quoted, for variables).
+    cte: `key_id` is the API key's id (read_key_id, once, before the run), sent as a parameter."""
     import hashlib
 
     key_hash = hashlib.sha256(state["api_key"].encode()).hexdigest()
     if statements == "orm":
         return _pgbench_orm_script(key_hash, members)
+    if key_id is None:
+        raise ValueError("statement set cte: pgbench_script needs the API key's id (read_key_id)")
     # Receipts: the run's prefix, the client and a random number (distinct within a run and across runs).
     receipt = f"('pgb{int(time.time())}-' || CAST(:rr AS text))"
     expires_at, window_start = expiry_and_window(datetime.now(timezone.utc))
     values = {
-        "key_hash": f"'{key_hash}'",
-        "status_1": "'pending'", "status_2": "'available'", "remaining_1": "0",
         "member_id": ":member", "store_id": f"'{STORE}'", "receipt_no": receipt, "amount": str(AMOUNT),
         "eligible_amount": str(AMOUNT), "currency": f"'{CURRENCY}'", "points_earned": str(AMOUNT),
         "points": str(AMOUNT), "available_at": "now()", "occurred_at": "now()", "now": "now()",
@@ -844,7 +875,8 @@ def pgbench_script(state, members, statements="cte"):
     lines = [
         f"\\set member random(1, {members})",
         "\\set rr :client_id * 1000000000000 + random(1, 999999999999)",
-        pgbench_sql(SQL_API_KEY) + " \\gset k_",  # no BEGIN yet: in autocommit, as the service
+        # No key statement per credit: the service reads its key at most once per 5 s per process.
+        f"\\set k_id {int(key_id)}",
         "BEGIN;",
         pgbench_sql(SQL_LOCK_ACCOUNT_WITH_MEMBER) + " \\aset a_",  # a row per identity: any will do
         # The balances after the purchase, from the locked row, as the service works them out.
@@ -895,13 +927,19 @@ def _pgbench_orm_script(key_hash, members):
 
 
 def pgbench_phase(args, state):
+    import hashlib
+
     pgbench = shutil.which("pgbench")
     if not pgbench:
         return None
     with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "purchase.sql")
+        key_id = None
+        if args.statements == "cte":
+            with psycopg.connect(bench_dsn(args)) as conn:
+                key_id = read_key_id(conn, hashlib.sha256(state["api_key"].encode()).hexdigest())
         with open(script, "w") as f:
-            f.write(pgbench_script(state, args.members, args.statements))
+            f.write(pgbench_script(state, args.members, args.statements, key_id))
         base = ["-h", args.db_host, "-p", str(args.db_port), "-U", args.db_user, "-n", "-M", "prepared",
                 "-c", str(args.clients), "-j", str(args.wrk_threads), "-f", script]
         warm = subprocess.run([pgbench, *base, "-T", str(max(1, int(min(args.warmup, 2)))), args.db_name],
@@ -1004,6 +1042,8 @@ def show_sql(args, state):
         log = StatementLog(db.engine)
     client = app.test_client()
     headers = {"Authorization": "Bearer " + state["api_key"]}
+    # The first purchase warms the process up: it reads the API key, which the process then trusts for
+    # 5 s (auth.roles), so the second one, logged, shows a credit's round trips in steady state.
     client.post("/api/v1/purchases", json=purchase_body(1, f"show-{time.time()}"), headers=headers)
     log.reset()
     response = client.post("/api/v1/purchases", json=purchase_body(2, f"show-{time.time()}"), headers=headers)
@@ -1112,8 +1152,8 @@ def profile_phase(args, state):
 # The round trips of one purchase through the app that each statement set mirrors: the cte set word
 # for word (its statements are the service's text), the orm set as short_statement put them then.
 EXPECTED_SERVICE_TRIPS = {
-    "cte": [" ".join(sql.split()) for sql in (SQL_API_KEY, "BEGIN", SQL_LOCK_ACCOUNT_WITH_MEMBER,
-                                              SQL_CREDIT_PURCHASE, "COMMIT")],
+    "cte": [" ".join(sql.split()) for sql in ("BEGIN", SQL_LOCK_ACCOUNT_WITH_MEMBER, SQL_CREDIT_PURCHASE,
+                                              "COMMIT")],
     "orm": [
         "BEGIN", "SELECT api_keys WHERE api_keys.key_hash",
         "SELECT lots+accounts WHERE lots.member_id, lots.status, lots.available_at, lots.remaining, "
