@@ -258,6 +258,11 @@ class CountingConfig(Config):
         self.changes += 1
         super().clear()
 
+    def __ior__(self, other: Any) -> "CountingConfig":  # type: ignore[misc]
+        self.changes += 1
+        super().update(other)
+        return self
+
 
 def settings() -> Settings:
     """The settings of the app in use, built again only when its config changed (a test may change

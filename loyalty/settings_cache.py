@@ -10,9 +10,10 @@ changes a few times a week.
 So each process keeps what it read, tagged with the **settings version** it read it under: one
 counter in one row (`settings_version`), bumped in the same transaction as every change of a
 watched table (a session event, so every ORM writer is covered, the seed and the tests included).
-Every request already reads its API key; that statement reads the version too
-(`auth._ACTIVE_KEY`), so a request learns of a change committed anywhere, by any process, without
-another round trip, and a value kept under an older version is read again. Outside a request (a
+A request reads the version with a statement it sends anyway: its API key's check (`auth._ACTIVE_KEY`),
+or, when the key was checked here in the last few seconds, its data (a member read, a purchase's
+lock); so it learns of a change committed anywhere, by any process, without another round trip, and a
+value kept under an older version is read again. Outside a request (a
 job, the CLI) the first cached read of a session asks for the version once.
 
 A transaction that has written a watched table and not committed yet reads the database and keeps
@@ -84,6 +85,12 @@ def seen() -> int | None:
     return db.session().info.get(_SEEN)
 
 
+def changed_here() -> bool:
+    """Has this session's transaction written a watched table (and so moved the version, uncommitted)?
+    A version it reads now is its own: nothing is to be kept under it (`cached`, auth's key cache)."""
+    return bool(db.session().info.get(_CHANGED))
+
+
 def renew() -> None:
     """Forget the version this session has seen: its next cached read asks again (a job does this
     before each batch, as a request does with its key)."""
@@ -96,6 +103,8 @@ def bump() -> None:
     checks it again (auth.roles(..., read=True)). Rare writes only: each costs every process a
     re-read of its cached settings."""
     db.session.execute(_BUMP)
+    # Like a watched change: what this transaction reads now is under its own uncommitted version.
+    db.session().info.setdefault(_CHANGED, set()).add("settings_version")
 
 
 def seed_version() -> None:
@@ -121,8 +130,10 @@ def cached(name: str, load: Callable[[], T]) -> T:
             if hit is not None and hit[1] == seen and time.monotonic() - hit[0] < kept[1]:
                 return hit[2]
     cache = _cache()
-    if name in info.get(_CHANGED, ()) or _pending_writes(session, name):
-        return load()  # this transaction changed it: its own view, never shared
+    if info.get(_CHANGED) or _pending_writes(session, name):
+        # This transaction changed a setting (this one or another): it reads its own view, and keeps
+        # nothing under the version it moved and has not committed.
+        return load()
     info[_KEPT] = (cache, settings().settings_cache_seconds)
     seen = session.info.get(_SEEN)
     if seen is None:
@@ -183,4 +194,5 @@ def _forget_committed(session: Session) -> None:
 def _drop_rolled_back(session: Session) -> None:
     names = session.info.pop(_CHANGED, None)
     if names:
+        session.info.pop(_SEEN, None)  # it may be the version the rolled-back transaction made
         forget(*names)

@@ -1,11 +1,12 @@
 import sqlalchemy as sa
 from flask.views import MethodView
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from loyalty.errors import error_response
 from loyalty.extensions import db
 
 from loyalty.api.base import Blueprint
+from loyalty.api.schemas.common import Schema
 
 blp = Blueprint("health", __name__, description="Liveness and database reachability")
 

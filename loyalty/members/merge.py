@@ -106,7 +106,7 @@ def merge_members(survivor_id: int, other_id: int, actor: str, now: datetime | N
                          f"{moved['lots']} lots and {moved['entries']} entries", ("merge", other.id), now)
         ledger.add_entry(gone, "adjust", 0, f"Merged into member {survivor.member_no}", ("merge", survivor.id), now)
         other.status, other.merged_into_id, other.updated_at = "closed", survivor.id, now
-        settings_cache.bump()  # a read trusting the closed member's token checks it again at once
+        settings_cache.bump()  # a request trusting the closed member's token checks it again at once
         survivor.updated_at = now
         db.session.flush()
         audit.record(actor, "member.merge", "member", survivor.id, before,

@@ -153,7 +153,7 @@ def erase_member(member_id: int, reason: str, actor: str, now: datetime | None =
         member.card_token = "erased-" + secrets.token_urlsafe(18)
         member.referral_code = "X" + secrets.token_hex(7).upper()
         member.status = ERASED
-        settings_cache.bump()  # a read trusting the member's token checks it again at once
+        settings_cache.bump()  # a request trusting the member's token checks it again at once
         member.updated_at = now
         audit.record(actor, "member.erase", "member", member_id, {"status": "active", **held},
                      {"status": ERASED, "erased": list(PERSONAL_FIELDS), "referrals_lapsed": lapsed,

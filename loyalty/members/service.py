@@ -238,16 +238,19 @@ def member_ids_for_cards(cards: Iterable[str]) -> dict[str, int]:
     wanted = sorted(set(cards))
     if not wanted:
         return {}
-    reached = {member.card_token: member
-               for member in db.session.scalars(sa.select(Member).where(Member.card_token.in_(wanted)))}
+    # Columns, not Member objects: a purchase's session that held the member's would take the ORM's
+    # lock (points/plain_purchase.lock).
+    reached = {row.card_token: row for row in db.session.execute(
+        sa.select(Member.id, Member.card_token, Member.merged_into_id).where(Member.card_token.in_(wanted)))}
     for _ in range(10):
-        merged = {card: member.merged_into_id for card, member in reached.items() if member.merged_into_id is not None}
+        merged = {card: row.merged_into_id for card, row in reached.items() if row.merged_into_id is not None}
         if not merged:
             break
-        survivors = {member.id: member for member in db.session.scalars(
-            sa.select(Member).where(Member.id.in_(sorted(set(merged.values())))))}
+        survivors = {row.id: row for row in db.session.execute(
+            sa.select(Member.id, Member.card_token, Member.merged_into_id)
+            .where(Member.id.in_(sorted(set(merged.values())))))}
         reached.update({card: survivors[member_id] for card, member_id in merged.items()})
-    return {card: member.id for card, member in reached.items()}
+    return {card: row.id for card, row in reached.items()}
 
 
 def _check_birthday(birthday: date | None, now: datetime) -> None:

@@ -42,7 +42,7 @@ from loyalty.errors import NotFound
 from loyalty.extensions import db
 from loyalty.members import lookup
 from loyalty.members.models import Member, MemberIdentity
-from loyalty.points import ledger
+from loyalty.points import ledger, rules
 from loyalty.points.models import Account, Entry, Lot, Purchase
 from loyalty.segments.models import MemberTag
 from loyalty.tiers import service as tiers
@@ -142,7 +142,7 @@ def credit(account: Account | LockedAccount, purchase: dict[str, Any], lines: li
     available, pending_points, lifetime = ledger.balances_after_credit(account, points, pending)
     if isinstance(account, Account):
         db.session.flush()  # what settling the account changed goes first
-    breakdown = [{**line, "points": str(line["points"])} for line in lines]
+    breakdown = rules.breakdown_json(lines)
     row = _STATEMENT.first(
         **purchase, breakdown=breakdown, points=points,
         description=description[:200], expires_at=expires_at, status=status,

@@ -191,3 +191,8 @@ def payment_money_value(points: Decimal, rules: EarningRules) -> Decimal | None:
     if value != value.quantize(CENT):
         return None
     return value.quantize(CENT)
+
+
+def breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A purchase's breakdown lines as stored (purchases.breakdown): points as decimal strings."""
+    return [{**line, "points": str(line["points"])} for line in lines]

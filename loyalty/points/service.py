@@ -235,8 +235,7 @@ def breakdown(member: Member | None, base: Decimal, points: Decimal, awards: Ite
     return lines
 
 
-def breakdown_json(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    return [{**line, "points": str(line["points"])} for line in lines]
+breakdown_json = rules_mod.breakdown_json
 
 
 def refund_purchase(purchase_id: int, store_id: str | None, refund_no: str, amount: Decimal,

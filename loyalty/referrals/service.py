@@ -9,7 +9,7 @@ first, and two such purchases cannot deadlock."""
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -236,9 +236,23 @@ def apply_code(member_id: int, code: str, now: datetime | None = None) -> Member
     return member
 
 
-def may_settle(account: Any) -> bool:
-    """Could a purchase by this member settle a referral (one pending names them)? `account`: an
-    Account, or plain_purchase's LockedAccount (its `member` has `referred_by_id`). A read without a
+class _Referee(Protocol):
+    @property
+    def referred_by_id(self) -> int | None: ...
+
+
+class _RefereeAccount(Protocol):
+    """An Account, or plain_purchase's LockedAccount."""
+
+    @property
+    def member_id(self) -> int: ...
+
+    @property
+    def member(self) -> _Referee: ...
+
+
+def may_settle(account: _RefereeAccount) -> bool:
+    """Could a purchase by this member settle a referral (one pending names them)? A read without a
     lock, for the one-statement purchase (points/plain_purchase.py): nothing makes a referral pending
     again once settled, so a member for whom none is pending now cannot have one settled by this
     purchase, and `on_purchase` would do nothing."""

@@ -187,21 +187,25 @@ def upgrade_if_qualified(member: Member, now: datetime, purchase: _Recorded | No
 def upgrade_due(tier_code: str, window: tuple[Decimal, int]) -> bool:
     """Would `upgrade_if_qualified` move a member of this tier, the window's (spend, activities) being
     these? Nothing read, nothing written."""
-    return not _at_top(tier_code) and _reached(tier_code, *window) is not None
+    return _reached(tier_code, *window) is not None
 
 
 def _at_top(tier_code: str) -> bool:
-    ladder_now = ladder()
-    current = next((rule for rule in ladder_now if rule.code == tier_code), ladder_now[0])
+    ladder_now, current = _standing(tier_code)
     return current.rank == ladder_now[-1].rank
 
 
-def _reached(tier_code: str, spend: Decimal, activities: int) -> rules.TierRule | None:
+def _reached(tier_code: str, spend: Decimal, activities: int) -> TierRule | None:
     """The higher tier this window's figures earn a member of `tier_code`, or None."""
-    ladder_now = ladder()
-    current = next((rule for rule in ladder_now if rule.code == tier_code), ladder_now[0])
+    ladder_now, current = _standing(tier_code)
     reached = rules.tier_for(spend, activities, ladder_now)
     return reached if reached.rank > current.rank else None
+
+
+def _standing(tier_code: str) -> tuple[Sequence[TierRule], TierRule]:
+    """(the ladder, the member's rule on it: the lowest for a code it no longer has)."""
+    ladder_now = ladder()
+    return ladder_now, next((rule for rule in ladder_now if rule.code == tier_code), ladder_now[0])
 
 
 def upgrade_after_purchases(members: Mapping[int, Member], purchases: Sequence[Purchase],

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import marshmallow
 from marshmallow import fields
+from marshmallow.utils import missing
 
 from loyalty.api.schemas.common import MoneyField, PointsField, Schema
 
@@ -57,3 +58,25 @@ def test_the_corners_of_a_dump_match_marshmallow():
     assert "deep" not in schema.dump(cases[3]) and "absent" not in schema.dump(cases[0])
     assert Outer(many=True).dump(cases) == [marshmallows(schema, obj) for obj in cases]
     assert Outer(only=("id", "method")).dump(cases[1]) == {"id": 2, "method": "#2"}
+
+
+class Sometimes(Schema):
+    x = fields.Integer()
+    y = fields.Integer()
+    maybe = fields.Method("get_maybe")  # answers `missing` to be left out
+
+    def get_maybe(self, obj):
+        return obj["x"] if obj["x"] > 1 else missing
+
+
+def test_a_field_that_answers_missing_is_left_out_and_a_nested_copy_keeps_only_its_fields():
+    schema = Sometimes()
+    assert schema.dump({"x": 1, "y": 2}) == {"x": 1, "y": 2} == marshmallows(schema, {"x": 1, "y": 2})
+    assert schema.dump({"x": 3, "y": 2}) == {"x": 3, "y": 2, "maybe": 3}
+
+    class Holder(Schema):
+        # marshmallow copies an instance given to Nested with `only` and builds its fields again: the
+        # copy must not dump with the plan the instance made before.
+        inner = fields.Nested(schema, only=("x",))
+
+    assert Holder().dump({"inner": {"x": 5, "y": 6}}) == {"inner": {"x": 5}}

@@ -82,3 +82,45 @@ def test_member_tokens_revoked_by_another_process_are_refused_by_the_next_write_
     assert refused.status_code == 401
     assert "revoked" in refused.get_json()["message"]
     assert counts(app) == before
+
+
+def test_an_idempotent_replay_with_a_key_revoked_elsewhere_is_refused(api, keys, member_id, other_process):
+    body = {"member_id": member_id, "receipt_no": "R5", "amount": "10.00"}
+    first = api.post("pos", "/purchases", json=body, extra_headers={"Idempotency-Key": "k-5"})
+    assert first.status_code == 201
+
+    revoke_elsewhere(other_process, keys["pos"])
+
+    again = api.post("pos", "/purchases", json=body, extra_headers={"Idempotency-Key": "k-5"})
+    assert again.status_code == 401, again.get_json()  # not the stored answer
+
+
+def test_a_version_moved_by_another_change_reads_the_key_again_and_the_write_goes_through(
+        app, api, keys, headers, member_id, other_process):
+    assert api.post("pos", "/purchases", json={"member_id": member_id, "receipt_no": "R2",
+                                               "amount": "10.00"}).status_code == 201  # the key kept here
+    rules = api.get("pos", "/earning-rules").get_json()
+    changed = other_process.test_client().put("/api/v1/earning-rules", headers=headers["admin"],
+                                               json={**rules, "points_per_unit": 2})
+    assert changed.status_code == 200, changed.get_json()
+    with app.app_context():
+        statements = Statements(db.engine)
+
+    credited = api.post("pos", "/purchases", json={"member_id": member_id, "receipt_no": "R3", "amount": "10.00"})
+
+    assert credited.status_code == 201, credited.get_json()
+    assert credited.get_json()["points_earned"] == 20  # the rules changed elsewhere, seen at once
+    assert [s for s in statements.seen if "api_keys" in s], statements.seen  # the key read again
+
+
+def test_a_member_merged_by_another_process_loses_its_token_for_writes_here(client, api, keys, member_id,
+                                                                           other_process):
+    token = token_for(api, member_id)
+    url = f"/api/v1/members/{member_id}"
+    assert client.patch(url, headers=token, json={"name": "Kept"}).status_code == 200
+    survivor = api.post("app", "/members", json={"phone": "13800000078", "name": "Survivor"}).get_json()["id"]
+    in_other_process(other_process, keys, "post", f"/members/{survivor}/merge", json={"from_member_id": member_id})
+
+    refused = client.patch(url, headers=token, json={"name": "Changed"})
+    assert refused.status_code == 401
+    assert "closed" in refused.get_json()["message"]

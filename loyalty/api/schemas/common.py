@@ -54,8 +54,16 @@ class Schema(marshmallow.Schema):
                         continue
             else:
                 value = None
-            answer[key] = serialize(value, name, obj)
+            value = serialize(value, name, obj)
+            if value is not missing:  # a field may answer `missing` to be left out, as marshmallow does
+                answer[key] = value
         return answer
+
+    def _init_fields(self):
+        # marshmallow builds the fields again for a copy with other `only`/`exclude` (a Nested given a
+        # schema instance): a plan made before would still list the old ones.
+        self.__dict__.pop("_dump_plan", None)
+        super()._init_fields()
 
 
 def _dump_plan(schema):
