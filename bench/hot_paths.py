@@ -363,6 +363,9 @@ def print_report(args, report):
         if name in p:
             x = p[name]["p99_ms"]
             print(f"{name}: p99 {fmt(x)} ms (target <= {target}: {'meets' if x is not None and x <= target else 'MISSES'})")
+            for stall in p[name].get("stalls", []):  # loadgen.stalls: requests over 50 ms, grouped
+                print(f"    stall at {stall['at_utc']} UTC: {stall['requests']} requests over 50 ms in "
+                      f"{stall['seconds']} s, the slowest {stall['max_ms']} ms")
 
     for kind in [*args.reads, "points (token)"]:
         ratio(f"read {kind} saturation", "noop GET saturation", 0.25)

@@ -137,7 +137,7 @@ class Connection:
 async def _open_loop(host, port, headers, factory, rate, duration, warmup, connections, start_at):
     next_request = factory
     queue = asyncio.Queue()
-    latencies, statuses, late_sends = [], {}, [0]
+    latencies, statuses, late_sends, slow = [], {}, [0], []
     measure_from = start_at + warmup
     end_at = measure_from + duration
 
@@ -158,6 +158,8 @@ async def _open_loop(host, port, headers, factory, rate, duration, warmup, conne
             if intended >= measure_from:
                 latencies.append(done - intended)
                 statuses[status] = statuses.get(status, 0) + 1
+                if done - intended > SLOW and len(slow) < 1000:
+                    slow.append((intended, done - intended))
 
     workers = [asyncio.create_task(worker()) for _ in range(connections)]
     await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -175,7 +177,7 @@ async def _open_loop(host, port, headers, factory, rate, duration, warmup, conne
     for _ in workers:
         queue.put_nowait(None)
     await asyncio.gather(*workers)
-    return latencies, statuses, late_sends[0]
+    return latencies, statuses, late_sends[0], slow
 
 
 async def _closed_loop(host, port, headers, factory, connections, duration, warmup, start_at):
@@ -202,7 +204,7 @@ async def _closed_loop(host, port, headers, factory, connections, duration, warm
                 statuses[status] = statuses.get(status, 0) + 1
 
     await asyncio.gather(*(worker() for _ in range(connections)))
-    return latencies, statuses, 0
+    return latencies, statuses, 0, []
 
 
 def _process_main(mode, host, port, headers, factory_spec, seed, kwargs):
@@ -238,7 +240,8 @@ def _run(mode, url_host, port, headers, factory_spec, per_process_kwargs, durati
     return {"requests": len(latencies), "per_s": len(latencies) / duration, "seconds": duration,
             "errors": len(latencies) - ok, "statuses": {str(k): v for k, v in sorted(statuses.items())},
             "late_sends": sum(r[2] for r in results),
-            "generator_cpu_s": round(sum(r[3] for r in results), 2),
+            "generator_cpu_s": round(sum(r[4] for r in results), 2),
+            "stalls": stalls(sorted(item for r in results for item in r[3])),
             **percentiles(latencies)}
 
 
@@ -255,6 +258,26 @@ def saturate(host, port, factory_spec, duration, warmup=2.0, connections=32, pro
     """Closed loop: `connections` keep-alive connections, each sending as soon as it is answered."""
     kwargs = [{"connections": c, "duration": duration, "warmup": warmup} for c in _split(connections, processes)]
     return _run("closed", host, port, headers or {}, factory_spec, kwargs, duration, processes)
+
+
+SLOW = 0.05  # an open-loop request slower than this (s) is part of a stall
+
+
+def stalls(slow):
+    """Open loop: the requests slower than SLOW, as stalls: runs of them whose intended send times are
+    less than a second apart, each (UTC start, seconds spanned, requests, max ms): a pause shows as
+    one stall, its time to be set beside other logs (PostgreSQL's checkpoints, say)."""
+    found = []
+    for intended, latency in slow:
+        if found and intended - found[-1]["last"] < 1.0:
+            stall = found[-1]
+            stall["last"], stall["requests"] = intended, stall["requests"] + 1
+            stall["max_ms"] = max(stall["max_ms"], round(latency * 1000, 1))
+        else:
+            found.append({"first": intended, "last": intended, "requests": 1, "max_ms": round(latency * 1000, 1)})
+    return [{"at_utc": time.strftime("%H:%M:%S", time.gmtime(stall["first"])) + f".{int(stall['first'] % 1 * 1000):03d}",
+             "seconds": round(stall["last"] - stall["first"], 3), "requests": stall["requests"],
+             "max_ms": stall["max_ms"]} for stall in found]
 
 
 def percentiles(sorted_seconds):
