@@ -148,12 +148,8 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
             webhooks.emit("points.credited", ledger.credited_event(
                 account, "earn_purchase", points, available_at > now, available_at, expires_at, description,
                 ("purchase", credited.purchase.id)), now)
-            member = account.member
-            if tiers.upgrade_due(member.tier_code, credited.window):
-                if isinstance(account, plain_purchase.LockedAccount):
-                    member = member_or_404(member_id)  # the ORM's, to move (its row is locked already)
-                tiers.upgrade_if_qualified(member, now, purchase=credited.purchase, window=credited.window)
-            return Outcome(credited.purchase, member)
+            tiers.upgrade_if_qualified(account.member, now, purchase=credited.purchase, window=credited.window)
+            return Outcome(credited.purchase, account.member)
         if isinstance(account, plain_purchase.LockedAccount):
             account = ledger.lock_account(member_id, now)  # the ORM way works on the ORM's objects
         purchase = _claim_receipt(values)

@@ -9,6 +9,7 @@ of local day D.
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -166,12 +167,13 @@ class _Recorded(Protocol):
     def id(self) -> int: ...
 
 
-def upgrade_if_qualified(member: Member, now: datetime, purchase: _Recorded | None = None,
+def upgrade_if_qualified(member: Member | SimpleNamespace, now: datetime, purchase: _Recorded | None = None,
                          window: tuple[Decimal, int] | None = None) -> TierChange | None:
     """Inside a purchase's or activity's transaction (the account is locked): if the window now
     qualifies the member for a higher tier, move them up at once (skipping tiers if need be).
     The history names the `purchase` that made the upgrade, so a refund of it can find it.
-    `window`: the (spend, activities) of `qualifying`, when the caller has them already."""
+    `window`: the (spend, activities) of `qualifying`, when the caller has them already. `member`:
+    the ORM's, or a plain view of one the session has not loaded (`move_tier`)."""
     if _at_top(member.tier_code):
         return None
     spend, activities = window if window is not None else qualifying(member.id, now)[:2]
@@ -182,12 +184,6 @@ def upgrade_if_qualified(member: Member, now: datetime, purchase: _Recorded | No
     return move_tier(member, reached.code, "upgrade", now, held_until=protected_until(clock.local_date(now, tz)),
                  note=f"Qualifying spend {spend}, {activities} activities",
                  purchase_id=None if purchase is None else purchase.id)
-
-
-def upgrade_due(tier_code: str, window: tuple[Decimal, int]) -> bool:
-    """Would `upgrade_if_qualified` move a member of this tier, the window's (spend, activities) being
-    these? Nothing read, nothing written."""
-    return _reached(tier_code, *window) is not None
 
 
 def _at_top(tier_code: str) -> bool:
@@ -353,17 +349,27 @@ def undo_returned_upgrades(member: Member, purchase: Purchase, refunded: Decimal
                  purchase_id=purchase.id)
 
 
-def move_tier(member: Member, to_code: str, reason: str, now: datetime, held_until: datetime | None,
-              note: str | None = None, actor: str | None = None, purchase_id: int | None = None,
-              since: datetime | None = None) -> TierChange:
+def move_tier(member: Member | SimpleNamespace, to_code: str, reason: str, now: datetime,
+              held_until: datetime | None, note: str | None = None, actor: str | None = None,
+              purchase_id: int | None = None, since: datetime | None = None) -> TierChange:
+    """Move the member, write the history row, send `tier.changed`. `member` is the ORM's (the
+    session writes it), or a plain view of a member the session has not loaded (a plain purchase's,
+    points/plain_purchase.py: loading the ORM's for a move cost about a millisecond): its row is
+    written by one UPDATE of the same columns, and the view shows the move."""
     values, event = _changed(member, to_code, reason, now, held_until, note, actor, purchase_id, since)
+    if not isinstance(member, Member):
+        db.session.execute(
+            sa.update(Member).where(Member.id == member.id)
+            .values(tier_code=member.tier_code, tier_since=member.tier_since, tier_held_until=member.tier_held_until,
+                    updated_at=member.updated_at)
+            .execution_options(synchronize_session=False))
     change = TierChange(**values)
     db.session.add(change)
     webhooks.emit("tier.changed", event, now)
     return change
 
 
-def _changed(member: Member, to_code: str, reason: str, now: datetime, held_until: datetime | None,
+def _changed(member: Member | SimpleNamespace, to_code: str, reason: str, now: datetime, held_until: datetime | None,
              note: str | None = None, actor: str | None = None, purchase_id: int | None = None,
              since: datetime | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Move the member (the session writes it) and answer the history row's values and the

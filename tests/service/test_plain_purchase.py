@@ -220,7 +220,7 @@ def test_a_failure_after_the_statement_leaves_nothing_written(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the tier check failed")
 
-    monkeypatch.setattr(tiers, "upgrade_due", broken)
+    monkeypatch.setattr(tiers, "upgrade_if_qualified", broken)
     with pytest.raises(RuntimeError):
         purchase(member.id, "20.00", receipt_no="R2", now=T0)
     db.session.remove()
