@@ -150,13 +150,13 @@ def credit(account: Account | LockedAccount, purchase: dict[str, Any], lines: li
         lifetime_earned=lifetime, now=now, window_start=window_start)
     if row is None:
         return None
-    for key, value in (("available", available), ("pending", pending_points), ("lifetime_earned", lifetime)):
-        if isinstance(account, Account):
-            orm.attributes.set_committed_value(account, key, value)  # as written: nothing left to flush
-        else:
+    written = {"available": available, "pending": pending_points, "lifetime_earned": lifetime}
+    if isinstance(account, Account):  # as written: nothing left for the ORM to flush
+        for key, value in {**written, "updated_at": now}.items():
+            orm.attributes.set_committed_value(account, key, value)
+    else:
+        for key, value in written.items():
             setattr(account, key, value)
-    if isinstance(account, Account):
-        orm.attributes.set_committed_value(account, "updated_at", now)
     recorded = RecordedPurchase(**purchase, breakdown=breakdown, id=row.id, lot_id=row.lot_id, refunded_amount=ZERO,
                                 points_reversed=ZERO, lines=lines, lot=SimpleNamespace(status=status))
     counted = purchase["amount"] if purchase["occurred_at"] >= window_start else ZERO
