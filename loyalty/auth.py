@@ -170,7 +170,7 @@ def authenticate(header):
     return principal
 
 
-def roles(*allowed, member=False, read=False):
+def roles(*allowed, member=False):
     """Let only these roles (and admin, who may do everything) call the view; with `member`, also
     a member token, for its own member: a `member_id` in the path must be the token's.
 
@@ -184,8 +184,9 @@ def roles(*allowed, member=False, read=False):
       none, by reading the credential there; and after the view if nothing was committed (a refusal,
       a replay). A revocation committed before the version was read refuses the write; one committed
       after is as if it came after the write, as when the key was read before the transaction.
-    - `read`: the view reads the version with its data (the member, points and tier reads), so the
-      confirmation costs nothing more.
+    - A read is confirmed once the view has run, by the version its statement read with the data (the
+      member, points and tier reads read it), so the confirmation costs nothing more; a view that read
+      none reads the credential then.
     A key revoked behind the service's back (an UPDATE in psql) moves no version: it is refused once
     this process's 5 s trust ends."""
     allowed = set(allowed) | {"admin"} | ({MEMBER} if member else set())

@@ -100,7 +100,7 @@ def renew() -> None:
 def bump() -> None:
     """Move the version in this transaction for a change no watched row shows (a member's tokens
     revoked, a member closed or erased): every process's next read with a cached credential then
-    checks it again (auth.roles(..., read=True)). Rare writes only: each costs every process a
+    checks it again (auth.roles). Rare writes only: each costs every process a
     re-read of its cached settings."""
     db.session.execute(_BUMP)
     # Like a watched change: what this transaction reads now is under its own uncommitted version.

@@ -33,7 +33,7 @@ class Members(MethodView):
 
 @blp.route("/members/<id:member_id>")
 class MemberById(MethodView):
-    @roles("app", "pos", "marketing", member=True, read=True)
+    @roles("app", "pos", "marketing", member=True)
     @blp.response(200, MemberSchema)
     def get(self, member_id):
         """A member, with tier and points (a read by marketing or admin is audit-logged)"""

@@ -83,7 +83,7 @@ class MemberAdjustments(MethodView):
 
 @blp.route("/members/<id:member_id>/points")
 class MemberPoints(MethodView):
-    @roles("app", "pos", "marketing", member=True, read=True)
+    @roles("app", "pos", "marketing", member=True)
     @blp.response(200, PointsSummarySchema)
     def get(self, member_id):
         """Points available and pending, and what expires when"""

@@ -32,7 +32,7 @@ class TierByCode(MethodView):
 
 @blp.route("/members/<id:member_id>/tier")
 class MemberTier(MethodView):
-    @roles("app", "pos", "marketing", member=True, read=True)
+    @roles("app", "pos", "marketing", member=True)
     @blp.response(200, MemberTierSchema)
     def get(self, member_id):
         """A member's tier: since when, until when at least, progress, what is needed, history"""

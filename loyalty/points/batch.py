@@ -231,7 +231,7 @@ def _credit(awarded, accounts, store_id, now):
                             reference_type=reference[0], reference_id=str(reference[1]),
                             expires_at=earning.expires_at, created_at=now))
         lots.append(dict(member_id=account.member_id, points=points, remaining=points - paid,
-                         status="pending" if pending else "available", available_at=earning.available_at,
+                         status=ledger.new_lot_status(pending), available_at=earning.available_at,
                          expires_at=earning.expires_at, created_at=now))
         events.append(ledger.credited_event(account, type_, points, pending, earning.available_at,
                                             earning.expires_at, description, reference))

@@ -360,7 +360,7 @@ def credit(account, type_, points, description, reference, now, *, available_at=
         account, points, pending, earned)
     entry = add_entry(account, type_, points, description, reference, now, expires_at=expires_at)
     lot = Lot(member_id=account.member_id, entry=entry, points=points, remaining=points,
-              status="pending" if pending else "available", available_at=available_at,
+              status=new_lot_status(pending), available_at=available_at,
               expires_at=expires_at, created_at=now)
     db.session.add(lot)
     if not pending:
@@ -373,6 +373,12 @@ def credit(account, type_, points, description, reference, now, *, available_at=
 def fits(account, points):
     """Does the account stay within MAX_ACCOUNT_POINTS after crediting `points`?"""
     return max(account.balance, account.lifetime_earned) + points <= MAX_ACCOUNT_POINTS
+
+
+def new_lot_status(pending):
+    """A new lot's status: `pending` until its available_at has come, else `available` at once (every
+    way of crediting: `credit` here, the offline batch, the one-statement purchase)."""
+    return "pending" if pending else "available"
 
 
 def balances_after_credit(account, points, pending, earned=True):

@@ -74,9 +74,7 @@ class RecordedPurchase(SimpleNamespace):
     and a tier upgrade: every column of its row as written (`breakdown` as stored), and `lines` (the
     breakdown with Decimal points, as Purchase.lines) and `lot` (its `.status`)."""
 
-    @property
-    def total_points(self) -> Decimal:
-        return sum((line["points"] for line in self.lines), ZERO)
+    total_points = Purchase.total_points  # the same sum of `lines` as the mapped purchase's
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def credit(account: Account | LockedAccount, purchase: dict[str, Any], lines: li
     receipt were recorded before. `account` carries the balances after it."""
     points = purchase["points_earned"]
     pending = purchase["available_at"] > now
-    status = "pending" if pending else "available"
+    status = ledger.new_lot_status(pending)
     available, pending_points, lifetime = ledger.balances_after_credit(account, points, pending)
     if isinstance(account, Account):
         db.session.flush()  # what settling the account changed goes first
