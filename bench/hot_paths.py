@@ -21,6 +21,7 @@ import os
 import pstats
 import random
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -69,6 +70,10 @@ def parse_args(argv=None):
     p.add_argument("--reuse-db", action="store_true", help="keep the bench database (development)")
     p.add_argument("--skip", default="", help="comma list: noop,reads,tokens,credits,profile")
     p.add_argument("--only-reads", default="", help="comma list of read kinds (points,member,tier)")
+    p.add_argument("--pairs", type=int, default=0,
+                   help="after the other phases, N more pairs of (no-op POST, credit) saturation back to back, "
+                        "each credit's ratio against the no-op just before it (the machine's speed drifts "
+                        "within minutes, and a credit's cost more than the no-op's)")
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     if args.db_name == "test" or args.db_name.startswith("test_"):
@@ -78,6 +83,31 @@ def parse_args(argv=None):
     args.credit_rates = [float(r) for r in args.credit_rates.split(",") if r]
     args.wrk_threads = 2  # pos_credit's machine_info and helpers read these
     return args
+
+
+def credit_pairs(args, state):
+    """`args.pairs` times: the no-op POST at saturation, then at once the credit at saturation, each
+    under a fresh gunicorn (the first burst of connections after a start is sent unmeasured, as in
+    main). A pair's ratio compares two phases about 20 s apart, not minutes."""
+    pairs = []
+    spec_noop = ("post_noop", {})
+    for i in range(args.pairs):
+        print(f"[pair {i + 1}/{args.pairs}] no-op POST, then credit, at saturation ...", flush=True)
+        at = time.strftime("%H:%M:%S", time.gmtime())
+        with pc.Server(args, "noop_app:app", lambda u: get_ok(u + "/noop"), extra=("--pythonpath", HERE)) as s:
+            loadgen.saturate("127.0.0.1", s.port, spec_noop, 1, warmup=0, connections=args.clients,
+                             processes=args.gen_processes)
+            noop = http(s, args, "closed", spec_noop)
+        with pc.Server(args, "wsgi:app", pc.service_ready) as s:
+            key = state["api_key"]
+            loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": [READ_PATHS["member"]], "members": args.members}),
+                             2, warmup=0, connections=args.clients, processes=args.gen_processes,
+                             headers={"Authorization": "Bearer " + key})
+            credit = http(s, args, "closed", ("post_purchase", {"members": args.members,
+                                                                 "prefix": f"pair{int(time.time())}-{i}"}), key)
+        pairs.append({"at_utc": at, "noop_post": noop, "credit": credit,
+                      "ratio": credit["per_s"] / noop["per_s"] if noop["per_s"] else None})
+    return pairs
 
 
 def load_figures():
@@ -335,6 +365,8 @@ def main(argv=None):
                 phases[f"credit at {rate:g}/s"] = http(s, args, "open", spec, key, rate=rate)
         report["server_log"] = s.stop()[-20:]
 
+    if args.pairs:
+        report["pairs"] = credit_pairs(args, state)
     if "profile" not in args.skip:
         print(f"[profile] {args.profile_requests} requests of each kind in-process ...", flush=True)
         report["profile"] = profile_phase(args, state)
@@ -396,6 +428,18 @@ def print_report(args, report):
     ratio("credit saturation", "noop POST saturation", 0.12)
     for rate, target in zip(args.credit_rates, (20, 50)):
         p99(f"credit at {rate:g}/s", target)
+    pairs = report.get("pairs")
+    if pairs:
+        print("\n=== Pairs: the credit against the no-op POST just before it ===")
+        for pair in pairs:
+            noop, credit = pair["noop_post"], pair["credit"]
+            print(f"{pair['at_utc']} UTC  no-op POST {noop['per_s']:>9,.1f}/s  credit {credit['per_s']:>7,.1f}/s "
+                  f"(server {fmt(credit['server_cpu_ms_per_request'], 2)} ms per credit)  ratio {pair['ratio']:.3f}")
+        ratios = sorted(pair["ratio"] for pair in pairs if pair["ratio"] is not None)
+        if ratios:
+            middle = statistics.median(ratios)
+            print(f"median {middle:.3f}, range {ratios[0]:.3f}-{ratios[-1]:.3f} "
+                  f"(target >= 0.12: the median {'meets' if middle >= 0.12 else 'MISSES'})")
     prof = report.get("profile")
     if prof:
         print("\n=== In-process (app.test_client(), one thread) ===")
