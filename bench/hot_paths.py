@@ -296,7 +296,7 @@ def database_age(args):
     with psycopg.connect(pc.bench_dsn(args), autocommit=True) as conn:
         purchases, members, upper = conn.execute(
             "SELECT (SELECT count(*) FROM purchases), (SELECT count(*) FROM members), "
-            "(SELECT count(*) FROM members WHERE tier_code <> 'ordinary')").fetchone()
+            "(SELECT count(*) FROM members WHERE tier_code <> 'ordinary')").fetchone()  # the default ladder's lowest
     members = members or 1
     return (f"{purchases:,} purchases ({purchases / members:.1f} per member), "
             f"{upper / members:.0%} of members above the lowest tier")
@@ -434,7 +434,7 @@ def print_report(args, report):
         for pair in pairs:
             noop, credit = pair["noop_post"], pair["credit"]
             print(f"{pair['at_utc']} UTC  no-op POST {noop['per_s']:>9,.1f}/s  credit {credit['per_s']:>7,.1f}/s "
-                  f"(server {fmt(credit['server_cpu_ms_per_request'], 2)} ms per credit)  ratio {pair['ratio']:.3f}")
+                  f"(server {fmt(credit['server_cpu_ms_per_request'], 2)} ms per credit)  ratio {fmt(pair['ratio'], 3)}")
         ratios = sorted(pair["ratio"] for pair in pairs if pair["ratio"] is not None)
         if ratios:
             middle = statistics.median(ratios)
