@@ -6,8 +6,11 @@ from the recompute's columns, which run nothing themselves. tests/service/test_t
 checks on generated ladders and windows that each pair gives the same answers.
 """
 import calendar
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -34,9 +37,9 @@ class TierRule:
     name: str = ""
     birthday_points: Decimal = Decimal("0")
     service_level: str = ""
-    perks: tuple = field(default=(), compare=False)
+    perks: tuple[str, ...] = field(default=(), compare=False)
 
-    def met_by(self, spend, activities):
+    def met_by(self, spend: Decimal, activities: int) -> bool:
         """Does a window of `spend` and `activities` meet this tier's qualification? Mode "all":
         both thresholds; mode "any": either threshold above 0 (a 0 is not a way in), or both if
         neither is. `met_by_sql` is the same rule on SQL expressions (the recompute's columns)."""
@@ -45,7 +48,7 @@ class TierRule:
             return (self.spend > 0 and spend_met) or (self.activities > 0 and activities_met)
         return spend_met and activities_met
 
-    def met_by_sql(self, spend, activities):
+    def met_by_sql(self, spend: Any, activities: Any) -> sa.ColumnElement[bool]:
         spend_met = spend >= sa.literal(self.spend, Money())
         activities_met = activities >= self.activities
         if self.mode == "any" and (self.spend > 0 or self.activities > 0):
@@ -69,11 +72,15 @@ DEFAULT_LADDER = (
 )
 
 
-def ranked(tiers):
+# The SQL twins take and answer SQLAlchemy expressions (columns, literals); `Any` in their signatures.
+Sql = Any
+
+
+def ranked(tiers: Iterable[TierRule]) -> list[TierRule]:
     return sorted(tiers, key=lambda tier: tier.rank)
 
 
-def tier_for(spend, activities, tiers):
+def tier_for(spend: Decimal, activities: int, tiers: Iterable[TierRule]) -> TierRule:
     """The highest-ranked tier whose qualification the window meets (the lowest tier always).
     `tier_for_sql` is the same rule in SQL, answering the tier's position on the ladder (0 = the
     lowest), so that "down one tier" is position - 1 whatever the ranks."""
@@ -85,44 +92,45 @@ def tier_for(spend, activities, tiers):
     return best
 
 
-def tier_for_sql(spend, activities, tiers):
+def tier_for_sql(spend: Sql, activities: Sql, tiers: Iterable[TierRule]) -> Sql:
     ordered = ranked(tiers)
     return sa.case(*[(tier.met_by_sql(spend, activities), position)
                      for position, tier in reversed(list(enumerate(ordered))) if position > 0], else_=0)
 
 
-def position_sql(code, tiers):
+def position_sql(code: Sql, tiers: Iterable[TierRule]) -> Sql:
     """The position on the ladder (0 = the lowest) of the tier a `code` column names; 0 if none."""
     return sa.case({tier.code: position for position, tier in enumerate(ranked(tiers))}, value=code, else_=0)
 
 
-def code_sql(position, tiers):
+def code_sql(position: Sql, tiers: Iterable[TierRule]) -> Sql:
     """The code of the tier at a `position` column (the inverse of `position_sql`)."""
     return sa.case({position_: tier.code for position_, tier in enumerate(ranked(tiers))}, value=position)
 
 
-def next_tier(current_code, tiers):
+def next_tier(current_code: str | None, tiers: Iterable[TierRule]) -> TierRule | None:
     ordered = ranked(tiers)
     codes = [tier.code for tier in ordered]
     position = codes.index(current_code) if current_code in codes else 0
     return ordered[position + 1] if position + 1 < len(ordered) else None
 
 
-def shortfall(tier, spend, activities):
+def shortfall(tier: TierRule, spend: Decimal,
+              activities: int) -> tuple[Decimal | None, int | None]:
     """What is still missing to meet `tier`: (spend needed, activities needed); zeros once met.
 
     With mode "any" either figure alone would do, so both are reported as alternatives."""
     if tier.met_by(spend, activities):
         return ZERO_MONEY, 0
-    spend_needed = max(tier.spend - spend, ZERO_MONEY)
-    activities_needed = max(tier.activities - activities, 0)
+    spend_needed: Decimal | None = max(tier.spend - spend, ZERO_MONEY)
+    activities_needed: int | None = max(tier.activities - activities, 0)
     if tier.mode == "any":  # a threshold of 0 is not one of the ways in
         spend_needed = spend_needed if tier.spend > 0 else None
         activities_needed = activities_needed if tier.activities > 0 else None
     return spend_needed, activities_needed
 
 
-def target_rank(current, qualified, protected, max_drop, floor=0):
+def target_rank(current: int, qualified: int, protected: bool, max_drop: int, floor: int = 0) -> int:
     """The recompute's rule: up to what the window earns at once; down only when the tier is no
     longer protected, by at most `max_drop` ranks per recompute, and never below `floor` (the
     tier an admin guaranteed, while the guarantee lasts). `target_rank_sql` is the same rule on
@@ -132,12 +140,12 @@ def target_rank(current, qualified, protected, max_drop, floor=0):
     return max(qualified, current - max_drop, min(floor, current))
 
 
-def target_rank_sql(current, qualified, protected, max_drop, floor=0):
+def target_rank_sql(current: Sql, qualified: Sql, protected: Sql, max_drop: Sql, floor: Sql = 0) -> Sql:
     dropped = _greatest(qualified, current - max_drop, sa.case((floor < current, floor), else_=current))
     return sa.case((qualified >= current, qualified), (protected, current), else_=dropped)
 
 
-def _greatest(*values):
+def _greatest(*values: Sql) -> Sql:
     """GREATEST() of a few expressions, written as CASE so SQLite and PostgreSQL agree."""
     result = values[0]
     for value in values[1:]:
@@ -145,7 +153,7 @@ def _greatest(*values):
     return result
 
 
-def validate_ladder(tiers):
+def validate_ladder(tiers: Sequence[TierRule]) -> list[str]:
     """Problems with a tier ladder, as sentences: ranks unique, thresholds rising, multipliers ≥ 1."""
     problems = []
     ordered = ranked(tiers)
@@ -182,7 +190,7 @@ def validate_ladder(tiers):
     return problems
 
 
-def months_before(day, months):
+def months_before(day: date, months: int) -> date:
     """The same day `months` calendar months earlier (the month's last day if it is shorter)."""
     month_index = day.year * 12 + day.month - 1 - months
     year, month = divmod(month_index, 12)
@@ -190,5 +198,5 @@ def months_before(day, months):
     return day.replace(year=year, month=month, day=min(day.day, calendar.monthrange(year, month)[1]))
 
 
-def months_after(day, months):
+def months_after(day: date, months: int) -> date:
     return months_before(day, -months)
