@@ -13,7 +13,10 @@ on the lots: everything that spends, pays, claws back or expires reads `remainin
 of it can touch held points, and none of it needed to change.
 """
 import json
+from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -26,6 +29,9 @@ from loyalty.points.models import Account, Entry, HoldAllocation, Lot, LotAlloca
 from loyalty.segments.models import MemberTag
 from loyalty.webhooks import service as webhooks
 
+if TYPE_CHECKING:
+    from loyalty.points.plain_purchase import LockedAccount
+
 ZERO = Decimal("0.00")
 # The most points an account may hold or have earned: about a thousandth of what its BIGINT columns of
 # hundredths can store (9.2e16 points), so no balance, sum or later credit can overflow into a
@@ -33,9 +39,11 @@ ZERO = Decimal("0.00")
 MAX_ACCOUNT_POINTS = Decimal("1e14")
 EXPIRY_DESCRIPTION = "Points expired"
 SPEND_ORDER = (sa.nulls_last(Lot.expires_at.asc()), Lot.id.asc())  # earliest expiry first
+# What an entry is about: ("purchase", its id), ("lot", ...), ...; None for an adjustment's own.
+Reference = tuple[str, Any] | None
 
 
-def lock_account(member_id, now):
+def lock_account(member_id: int, now: datetime) -> Account:
     """Lock the member's account row for this transaction, then bring it up to `now`.
 
     PostgreSQL takes a row lock (FOR UPDATE); SQLite already holds the database's write lock
@@ -44,7 +52,7 @@ def lock_account(member_id, now):
     return _lock_account(_LOCK_ACCOUNT, member_id, now)[0]
 
 
-def lock_account_and_tags(member_id, now):
+def lock_account_and_tags(member_id: int, now: datetime) -> tuple[Account, frozenset[str]]:
     """`lock_account`, and the member's tags read in the same round trip: (account, frozenset of
     tags). For a purchase that a tag-scoped promotion may apply to, which would otherwise cost a
     query of its own."""
@@ -52,7 +60,7 @@ def lock_account_and_tags(member_id, now):
     return account, frozenset(json.loads(tags)) if tags else frozenset()
 
 
-def _lock_account(statement, member_id, now):
+def _lock_account(statement: sa.Executable, member_id: int, now: datetime) -> tuple[Any, ...]:
     row = db.session.execute(statement, {"member_id": member_id, "now": now}).unique().one_or_none()
     if row is None:
         raise NotFound(f"No member with id {member_id}.")
@@ -64,7 +72,7 @@ def _lock_account(statement, member_id, now):
     return account, *extra
 
 
-def lock_accounts(member_ids, now):
+def lock_accounts(member_ids: Iterable[int], now: datetime) -> dict[int, Account]:
     """Lock many members' accounts at once, in id order (as every writer of several does, so no two
     wait for each other), and bring each up to `now`. One statement for the locks; only the
     accounts with something due cost more. Returns {member_id: account}; an unknown id is absent."""
@@ -79,7 +87,7 @@ def lock_accounts(member_ids, now):
     return accounts
 
 
-def settle(account, now, lots_due=True):
+def settle(account: Account, now: datetime, lots_due: bool = True) -> None:
     """Bring the account up to `now` as if it had been watched all along: release pending lots
     whose time has come (each pays any debt the moment it is released), expire lots past their
     expiry, then pay what debt is left from what is still available.
@@ -106,23 +114,23 @@ def settle(account, now, lots_due=True):
         account.updated_at = now
 
 
-def has_due_lots(member_id, now):
+def has_due_lots(member_id: int, now: datetime) -> bool:
     """Would settling this member's account change anything now? One indexed EXISTS query."""
-    return db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, falls_due(now))))
+    return bool(db.session.scalar(sa.select(sa.exists().where(Lot.member_id == member_id, falls_due(now)))))
 
 
-def arrived(now):
+def arrived(now: Any) -> sa.ColumnElement[bool]:
     """Pending lots whose time has come: settling makes them available."""
     return sa.and_(Lot.status == "pending", Lot.available_at <= now)
 
 
-def past_expiry(now):
+def past_expiry(now: Any) -> sa.ColumnElement[bool]:
     """Lots settling would expire: available ones past their expiry, and pending ones that arrive
     already past it (released, then expired at once)."""
     return sa.and_(Lot.remaining > 0, Lot.expires_at <= now, sa.or_(Lot.status == "available", arrived(now)))
 
 
-def falls_due(now):
+def falls_due(now: Any) -> sa.ColumnElement[bool]:
     """Lots whose time has come: pending ones now available, available ones now expired. `settle`'s
     rule as SQL conditions (with `arrived` and `past_expiry`): the read of a member's points counts
     them as settled without writing (points/service.py)."""
@@ -138,13 +146,13 @@ def falls_due(now):
 # has anything to do: a debt is never owed while available points remain (verify.py checks it).
 # tests/service/test_ledger_sql.py checks on generated lots and dates that both forms agree.
 
-def _t(sql):
+def _t(sql: str) -> sa.TextClause:
     """Raw SQL whose :cutoff and :now are aware datetimes (stored as the models store them)."""
     return sa.text(sql).bindparams(*(sa.bindparam(name, type_=UTCDateTime())
                                      for name in ("cutoff", "now") if f":{name}" in sql))
 
 
-def _lock_accounts(low, high, due_condition, params):
+def _lock_accounts(low: int, high: int, due_condition: str, params: dict[str, Any]) -> None:
     """Lock (PostgreSQL) the accounts of the range that have something due, lowest id first."""
     if db.session.get_bind().dialect.name != "postgresql":
         return  # SQLite: BEGIN IMMEDIATE holds the whole database already
@@ -154,7 +162,7 @@ def _lock_accounts(low, high, due_condition, params):
         f"ORDER BY a.member_id FOR UPDATE"), params)
 
 
-def _index_due(table, *columns):
+def _index_due(table: str, *columns: str) -> None:
     """Index a range's temporary table on the columns the UPDATEs below look its rows up by (a
     correlated subquery per lot or account), so that a lookup is not a scan of the whole table,
     and give PostgreSQL its statistics (autovacuum never analyses temporary tables)."""
@@ -169,7 +177,7 @@ PENDING_DUE = "l.status = 'pending' AND l.available_at <= :cutoff"
 EXPIRY_DUE = "l.status = 'available' AND l.remaining > 0 AND l.expires_at <= :cutoff"
 
 
-def release_range(low, high, cutoff, now):
+def release_range(low: int, high: int, cutoff: datetime, now: datetime) -> sa.Row[Any]:
     """`settle`'s first step for the members with ids `low`..`high`: pending lots whose time has
     come become available; each pays the account's debt first, in the order the lots became
     available. Returns (lots released, members touched)."""
@@ -204,7 +212,7 @@ def release_range(low, high, cutoff, now):
     return released
 
 
-def expire_range(low, high, cutoff, now):
+def expire_range(low: int, high: int, cutoff: datetime, now: datetime) -> sa.Row[Any]:
     """`settle`'s second step for the members with ids `low`..`high` (after `release_range`): lots
     past their expiry give up what remains of them, earliest expiry first, one `expire` entry per
     lot with the balance after it. Returns (lots expired, members touched)."""
@@ -236,21 +244,11 @@ def expire_range(low, high, cutoff, now):
     return expired
 
 
-# The member comes along, locked too, with its channel identities: every answer shows it, and an
-# upgrade changes it. (Locked rather than merely joined: after waiting for a lock, PostgreSQL
-# re-reads only the rows it locks, so an unlocked member row could be one a twin has since
-# upgraded.) FOR NO KEY UPDATE: no key of either row changes, and it does not conflict with the
-# KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
-# Whether any lot is due comes in the same round trip, so that the common case (nothing due) costs
-# no query for lots. (Should PostgreSQL have waited for the lock, this answer is as of the
-# statement's start: lots a twin settled are simply found settled; the twin's own lots are new,
-# not yet due.)
-# Built once, with bind parameters: every write runs it, and a statement built anew per request
-# costs more CPU than its round trip (SQLAlchemy builds and hashes it again each time).
+# Holds past their expiry, in the raw SQL below (holds aliased `h`).
 HOLD_DUE = "h.status = 'held' AND h.expires_at <= :now"
 
 
-def release_holds_range(now, batch):
+def release_holds_range(now: datetime, batch: int) -> tuple[int, int]:
     """The set-based form of `release_due_holds`: up to `batch` holds past their expiry, of any
     members, give their points back to the lots they came from; debtors among those members then
     settle as one account does. (count of holds, count of members)."""
@@ -290,6 +288,17 @@ def release_holds_range(now, batch):
     return count, touched
 
 
+# The member comes along, locked too, with its channel identities: every answer shows it, and an
+# upgrade changes it. (Locked rather than merely joined: after waiting for a lock, PostgreSQL
+# re-reads only the rows it locks, so an unlocked member row could be one a twin has since
+# upgraded.) FOR NO KEY UPDATE: no key of either row changes, and it does not conflict with the
+# KEY SHARE locks PostgreSQL takes to check foreign keys that point at them.
+# Whether any lot is due comes in the same round trip, so that the common case (nothing due) costs
+# no query for lots. (Should PostgreSQL have waited for the lock, this answer is as of the
+# statement's start: lots a twin settled are simply found settled; the twin's own lots are new,
+# not yet due.)
+# Built once, with bind parameters: every write runs it, and a statement built anew per request
+# costs more CPU than its round trip (SQLAlchemy builds and hashes it again each time).
 _LOCK_ACCOUNT = (
     sa.select(Account, sa.exists().where(Lot.member_id == Account.member_id, falls_due(sa.bindparam("now"))))
     .join(Account.member).where(Account.member_id == sa.bindparam("member_id"))
@@ -316,7 +325,7 @@ _LOCK_ACCOUNTS = (
 )
 
 
-def expire_lot(account, lot, now):
+def expire_lot(account: Account, lot: Lot, now: datetime) -> Entry:
     points = lot.remaining
     lot.remaining = ZERO
     lot.status = "expired"
@@ -325,7 +334,7 @@ def expire_lot(account, lot, now):
     return add_entry(account, "expire", -points, EXPIRY_DESCRIPTION, ("lot", lot.id), now)
 
 
-def pay_debt(account, now):
+def pay_debt(account: Account, now: datetime) -> None:
     """Debt is paid from available lots, earliest expiry first. No entry: the balance is unchanged."""
     for lot in _open_lots(account.member_id):
         if account.debt == 0:
@@ -333,7 +342,9 @@ def pay_debt(account, now):
         _pay_debt_from(account, lot)
 
 
-def add_entry(account, type_, points, description, reference, now, expires_at=None):
+def add_entry(account: Account, type_: str, points: Decimal | int, description: str, reference: Reference,
+              now: datetime, expires_at: datetime | None = None) -> Entry:
+    """An entry of `points` (0 for a record alone: a merge's) with the account's balance after it."""
     reference_type, reference_id = reference if reference else (None, None)
     account.updated_at = now
     entry = Entry(
@@ -346,8 +357,9 @@ def add_entry(account, type_, points, description, reference, now, expires_at=No
     return entry
 
 
-def credit(account, type_, points, description, reference, now, *, available_at=None,
-           expires_at=None, earned=True):
+def credit(account: Account, type_: str, points: Decimal, description: str, reference: Reference, now: datetime, *,
+           available_at: datetime | None = None, expires_at: datetime | None = None,
+           earned: bool = True) -> tuple[Entry, Lot]:
     """Add points as a new lot. Pending until `available_at`; debt is paid from it first."""
     if not fits(account, points):
         raise ValidationFailed(
@@ -370,25 +382,27 @@ def credit(account, type_, points, description, reference, now, *, available_at=
     return entry, lot
 
 
-def fits(account, points):
+def fits(account: "Account | LockedAccount", points: Decimal) -> bool:
     """Does the account stay within MAX_ACCOUNT_POINTS after crediting `points`?"""
     return max(account.balance, account.lifetime_earned) + points <= MAX_ACCOUNT_POINTS
 
 
-def new_lot_status(pending):
+def new_lot_status(pending: bool) -> str:
     """A new lot's status: `pending` until its available_at has come, else `available` at once (every
     way of crediting: `credit` here, the offline batch, the one-statement purchase)."""
     return "pending" if pending else "available"
 
 
-def balances_after_credit(account, points, pending, earned=True):
+def balances_after_credit(account: "Account | LockedAccount", points: Decimal, pending: bool,
+                          earned: bool = True) -> tuple[Decimal, Decimal, Decimal]:
     """(available, pending, lifetime_earned) of the account once `points` are credited: a pending
     lot's points are pending, the rest available (before any debt is paid from them)."""
     return (account.available + (ZERO if pending else points), account.pending + (points if pending else ZERO),
             account.lifetime_earned + (points if earned else ZERO))
 
 
-def credited_event(account, type_, points, pending, available_at, expires_at, description, reference):
+def credited_event(account: "Account | LockedAccount", type_: str, points: Decimal, pending: bool, available_at: datetime,
+                   expires_at: datetime | None, description: str, reference: Reference) -> dict[str, Any]:
     """The `points.credited` event's data for a credit just made to `account` (its balances after it)."""
     return {
         "member_id": account.member_id, "entry_type": type_, "points": points, "pending": pending,
@@ -397,7 +411,8 @@ def credited_event(account, type_, points, pending, available_at, expires_at, de
         "balance": {"available": account.available, "pending": account.pending}}
 
 
-def credit_many(due_sql, params, type_, description, reference, now, *, expires_at=None, earned=True):
+def credit_many(due_sql: str, params: dict[str, Any], type_: str, description: str, reference: tuple[str, Any],
+                now: datetime, *, expires_at: datetime | None = None, earned: bool = True) -> int:
     """`credit`, set-based, for many accounts at once (a nightly job's range): each member that the
     raw SQL `due_sql` selects, as rows of (member_id, points), with its bind `params`, gets an entry
     and a lot of those points, available at once, that pay the account's debt first. The entry's
@@ -412,7 +427,7 @@ def credit_many(due_sql, params, type_, description, reference, now, *, expires_
     when, amount = UTCDateTime(), Points()
     binds = {"now": when, "expires": when, "most": amount}
 
-    def statement(sql):
+    def statement(sql: str) -> sa.TextClause:
         return sa.text(sql).bindparams(*(sa.bindparam(name, type_=type_of) for name, type_of in binds.items()
                                          if f":{name}" in sql))
 
@@ -469,7 +484,8 @@ def credit_many(due_sql, params, type_, description, reference, now, *, expires_
     return credited
 
 
-def debit(account, type_, points, description, reference, now):
+def debit(account: Account, type_: str, points: Decimal, description: str, reference: Reference,
+          now: datetime) -> Entry:
     """Spend available points, earliest-expiring lots first. Never below zero, never against debt."""
     if account.available < points:
         raise InsufficientPoints(
@@ -483,8 +499,8 @@ def debit(account, type_, points, description, reference, now):
     return entry
 
 
-def claw_back(account, points, description, reference, now, first_lot=None, type_="reverse",
-              unearned=True):
+def claw_back(account: Account, points: Decimal, description: str, reference: Reference, now: datetime,
+              first_lot: Lot | None = None, type_: str = "reverse", unearned: bool = True) -> Entry:
     """Take back points: those of a refunded purchase, or an admin's negative adjustment.
 
     They come from `first_lot` (the purchase's own lot, pending or not) first, then from
@@ -516,7 +532,8 @@ def claw_back(account, points, description, reference, now, first_lot=None, type
     return add_entry(account, type_, -points, description, reference, now)
 
 
-def restore(account, debit_entry, description, reference, now, points=None):
+def restore(account: Account, debit_entry: Entry, description: str, reference: Reference, now: datetime,
+            points: Decimal | None = None) -> Entry:
     """Undo a debit: its points go back to the lots they came from, with those lots' expiry.
 
     With `points`, only that many come back (part of a redemption is cancelled): to the lots the
@@ -542,21 +559,21 @@ def restore(account, debit_entry, description, reference, now, points=None):
     return entry
 
 
-def _pay_debt_from(account, lot):
+def _pay_debt_from(account: Account, lot: Lot) -> None:
     """Points that become available pay the debt first. No entry: the balance is unchanged."""
     paid = min(lot.remaining, account.debt)
     lot.remaining -= paid
     account.debt -= paid
 
 
-def _open_lots(member_id):
+def _open_lots(member_id: int) -> sa.ScalarResult[Lot]:
     return db.session.scalars(
         sa.select(Lot).where(Lot.member_id == member_id, Lot.status == "available", Lot.remaining > 0)
         .order_by(*SPEND_ORDER)
     )
 
 
-def _take_from_lots(member_id, points, entry):
+def _take_from_lots(member_id: int, points: Decimal, entry: Entry) -> None:
     left = points
     for lot in _open_lots(member_id):
         taken = min(lot.remaining, left)
@@ -571,7 +588,7 @@ def _take_from_lots(member_id, points, entry):
 
 # --- holds ------------------------------------------------------------------------------------------
 
-def hold(account, hold_row, now):
+def hold(account: Account, hold_row: PointsHold, now: datetime) -> None:
     """Reserve `hold_row.points` of the account's available points, earliest expiry first: they
     leave `available` and their lots' `remaining` for the hold's allocations. No entry: the
     member still owns them."""
@@ -595,7 +612,7 @@ def hold(account, hold_row, now):
     raise RuntimeError(f"ledger inconsistency: member {account.member_id} lots short by {left}")
 
 
-def release_hold(account, hold_row, status, now):
+def release_hold(account: Account, hold_row: PointsHold, status: str, now: datetime) -> None:
     """Give a hold's points back to the lots they came from (a lot whose expiry passed meanwhile
     expires now, with its entry); the hold ends `released` or `expired`."""
     _return_allocations(account, hold_row, ZERO, None, now)
@@ -603,7 +620,8 @@ def release_hold(account, hold_row, status, now):
     settle(account, now)
 
 
-def capture_hold(account, hold_row, points, description, reference, now):
+def capture_hold(account: Account, hold_row: PointsHold, points: Decimal, description: str, reference: Reference,
+                 now: datetime) -> Entry:
     """Turn `points` of a hold into a debit entry (a payment) taken from the hold's own lots,
     recorded as lot allocations so that `restore` can reverse it like any payment; the rest goes
     back to the lots. Returns the entry."""
@@ -615,7 +633,7 @@ def capture_hold(account, hold_row, points, description, reference, now):
     return entry
 
 
-def release_due_holds(account, now):
+def release_due_holds(account: Account, now: datetime) -> bool:
     """Holds of this (locked) account past their expiry give their points back. Were there any?"""
     due = db.session.scalars(
         sa.select(PointsHold).where(PointsHold.member_id == account.member_id, PointsHold.status == "held",
@@ -627,7 +645,8 @@ def release_due_holds(account, now):
     return bool(due)
 
 
-def _return_allocations(account, hold_row, captured, entry, now):
+def _return_allocations(account: Account, hold_row: PointsHold, captured: Decimal, entry: Entry | None,
+                        now: datetime) -> None:
     """The first `captured` points of the hold's allocations go to `entry` (as lot allocations);
     the rest return to their lots and to `available`."""
     allocations = db.session.execute(

@@ -66,7 +66,10 @@ class LockedAccount:
     lifetime_earned: Decimal
     member: Any = None
 
-    balance = Account.balance  # the same rule as the mapped account's
+    @property
+    def balance(self) -> Decimal:
+        """The same rule as the mapped account's `balance`: available (net of debt), pending and held."""
+        return self.available + self.pending + self.held
 
 
 class RecordedPurchase(SimpleNamespace):

@@ -114,12 +114,15 @@ def credit_purchase(member_id: int, store_id: str, receipt_no: str, amount: Deci
         # are loaded after it (the row locked already).
         # Its first statement: it reads the settings version too, which the cached settings (and a
         # cached API key, auth.roles) answer to.
-        account, tags = plain_purchase.lock(member_id, now) or (None, None)
-        if account is None:
-            if promotions.needs_tags(store_id, channel, occurred_at):
-                account, tags = ledger.lock_account_and_tags(member_id, now)
-            else:
-                account = ledger.lock_account(member_id, now)
+        locked = plain_purchase.lock(member_id, now)
+        account: Account | plain_purchase.LockedAccount
+        tags: frozenset[str] | None
+        if locked is not None:
+            account, tags = locked
+        elif promotions.needs_tags(store_id, channel, occurred_at):
+            account, tags = ledger.lock_account_and_tags(member_id, now)
+        else:
+            account, tags = ledger.lock_account(member_id, now), None
         rules = current_rules()
         eligible, base, points = _earning(amount, items, rules, account.member)
         available_at = max(rules_mod.available_at(occurred_at, rules), now) \

@@ -282,8 +282,12 @@ def cancel_redemption(redemption_id: int, actor: str, now: datetime | None = Non
     return Outcome(redemption, account.member)
 
 
-def _entry(entry_id: int | None) -> Entry | None:
-    return db.session.get(Entry, entry_id)
+def _entry(entry_id: int | None) -> Entry:
+    """A redemption's debit entry: every redemption is recorded with one (`redeem`, ledger.debit)."""
+    entry = db.session.get(Entry, entry_id) if entry_id is not None else None
+    if entry is None:  # the ledger disagrees with the redemption: never paper over that
+        raise RuntimeError(f"ledger inconsistency: redemption entry {entry_id} is missing")
+    return entry
 
 
 def member_redemptions(member_id: int, limit: int = 50,
