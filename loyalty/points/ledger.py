@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import orm
@@ -29,9 +29,6 @@ from loyalty.points.models import Account, Entry, HoldAllocation, Lot, LotAlloca
 from loyalty.segments.models import MemberTag
 from loyalty.webhooks import service as webhooks
 
-if TYPE_CHECKING:
-    from loyalty.points.plain_purchase import LockedAccount
-
 ZERO = Decimal("0.00")
 # The most points an account may hold or have earned: about a thousandth of what its BIGINT columns of
 # hundredths can store (9.2e16 points), so no balance, sum or later credit can overflow into a
@@ -41,6 +38,24 @@ EXPIRY_DESCRIPTION = "Points expired"
 SPEND_ORDER = (sa.nulls_last(Lot.expires_at.asc()), Lot.id.asc())  # earliest expiry first
 # What an entry is about: ("purchase", its id), ("lot", ...), ...; None for an adjustment's own.
 Reference = tuple[str, Any] | None
+
+
+class Balances(Protocol):
+    """An account's balances as the credit helpers below read them: the mapped Account, or a plain
+    purchase's LockedAccount (points/plain_purchase.py, which imports this module)."""
+
+    @property
+    def member_id(self) -> int: ...
+    @property
+    def available(self) -> Decimal: ...
+    @property
+    def pending(self) -> Decimal: ...
+    @property
+    def held(self) -> Decimal: ...
+    @property
+    def lifetime_earned(self) -> Decimal: ...
+    @property
+    def balance(self) -> Decimal: ...
 
 
 def lock_account(member_id: int, now: datetime) -> Account:
@@ -382,7 +397,7 @@ def credit(account: Account, type_: str, points: Decimal, description: str, refe
     return entry, lot
 
 
-def fits(account: "Account | LockedAccount", points: Decimal) -> bool:
+def fits(account: Balances, points: Decimal) -> bool:
     """Does the account stay within MAX_ACCOUNT_POINTS after crediting `points`?"""
     return max(account.balance, account.lifetime_earned) + points <= MAX_ACCOUNT_POINTS
 
@@ -393,7 +408,7 @@ def new_lot_status(pending: bool) -> str:
     return "pending" if pending else "available"
 
 
-def balances_after_credit(account: "Account | LockedAccount", points: Decimal, pending: bool,
+def balances_after_credit(account: Balances, points: Decimal, pending: bool,
                           earned: bool = True) -> tuple[Decimal, Decimal, Decimal]:
     """(available, pending, lifetime_earned) of the account once `points` are credited: a pending
     lot's points are pending, the rest available (before any debt is paid from them)."""
@@ -401,7 +416,7 @@ def balances_after_credit(account: "Account | LockedAccount", points: Decimal, p
             account.lifetime_earned + (points if earned else ZERO))
 
 
-def credited_event(account: "Account | LockedAccount", type_: str, points: Decimal, pending: bool, available_at: datetime,
+def credited_event(account: Balances, type_: str, points: Decimal, pending: bool, available_at: datetime,
                    expires_at: datetime | None, description: str, reference: Reference) -> dict[str, Any]:
     """The `points.credited` event's data for a credit just made to `account` (its balances after it)."""
     return {
