@@ -105,8 +105,10 @@ def credit_pairs(args, state):
                              headers={"Authorization": "Bearer " + key})
             credit = http(s, args, "closed", ("post_purchase", {"members": args.members,
                                                                  "prefix": f"pair{int(time.time())}-{i}"}), key)
+        # A phase with errors is no measure (loadgen counts every answer in per_s, errors too).
+        clean = noop["per_s"] and not noop["errors"] and not credit["errors"]
         pairs.append({"at_utc": at, "noop_post": noop, "credit": credit,
-                      "ratio": credit["per_s"] / noop["per_s"] if noop["per_s"] else None})
+                      "ratio": credit["per_s"] / noop["per_s"] if clean else None})
     return pairs
 
 
@@ -435,6 +437,9 @@ def print_report(args, report):
             noop, credit = pair["noop_post"], pair["credit"]
             print(f"{pair['at_utc']} UTC  no-op POST {noop['per_s']:>9,.1f}/s  credit {credit['per_s']:>7,.1f}/s "
                   f"(server {fmt(credit['server_cpu_ms_per_request'], 2)} ms per credit)  ratio {fmt(pair['ratio'], 3)}")
+            for name, phase in (("no-op", noop), ("credit", credit)):
+                if phase["errors"]:
+                    print(f"    {name}: {phase['errors']} errors, statuses {phase['statuses']}: this pair is not counted")
         ratios = sorted(pair["ratio"] for pair in pairs if pair["ratio"] is not None)
         if ratios:
             middle = statistics.median(ratios)

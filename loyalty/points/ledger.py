@@ -61,8 +61,9 @@ class Balances(Protocol):
 def lock_account(member_id: int, now: datetime) -> Account:
     """Lock the member's account row for this transaction, then bring it up to `now`.
 
-    PostgreSQL takes a row lock (FOR UPDATE); SQLite already holds the database's write lock
-    from BEGIN IMMEDIATE. Every check that follows sees a balance no one else can change.
+    PostgreSQL takes row locks (FOR NO KEY UPDATE of the account and the member, `_LOCK_ACCOUNT`);
+    SQLite already holds the database's write lock from BEGIN IMMEDIATE. Every check that follows
+    sees a balance no one else can change.
     """
     return _lock_account(_LOCK_ACCOUNT, member_id, now)[0]
 

@@ -107,6 +107,12 @@ class LotAllocation(_TakenFromLot, Model):
     entry = relationship("Entry")
 
 
+def points_total(lines):
+    """What a purchase earned in all: the sum of its lines' points (Purchase.lines, and plain_purchase's
+    RecordedPurchase, which has the same lines)."""
+    return sum((line["points"] for line in lines), Decimal("0.00"))
+
+
 class Purchase(Model):
     __tablename__ = "purchases"
     __table_args__ = (sa.UniqueConstraint("store_id", "receipt_no"),
@@ -147,7 +153,7 @@ class Purchase(Model):
     @property
     def total_points(self):
         """What the purchase earned in all: its lines' sum (the answer's `points_earned`)."""
-        return sum((line["points"] for line in self.lines), Decimal("0.00"))
+        return points_total(self.lines)
 
 
 class Refund(Model):

@@ -43,7 +43,7 @@ from loyalty.extensions import db
 from loyalty.members import lookup
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger, rules
-from loyalty.points.models import Account, Entry, Lot, Purchase
+from loyalty.points.models import Account, Entry, Lot, Purchase, points_total
 from loyalty.segments.models import MemberTag
 from loyalty.tiers import service as tiers
 
@@ -77,7 +77,9 @@ class RecordedPurchase(SimpleNamespace):
     and a tier upgrade: every column of its row as written (`breakdown` as stored), and `lines` (the
     breakdown with Decimal points, as Purchase.lines) and `lot` (its `.status`)."""
 
-    total_points = Purchase.total_points  # the same sum of `lines` as the mapped purchase's
+    @property
+    def total_points(self) -> Decimal:
+        return points_total(self.lines)  # the same sum as the mapped Purchase's
 
 
 @dataclass(frozen=True)
