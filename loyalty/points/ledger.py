@@ -44,16 +44,11 @@ class Balances(Protocol):
     """An account's balances as the credit helpers below read them: the mapped Account, or a plain
     purchase's LockedAccount (points/plain_purchase.py, which imports this module)."""
 
-    @property
-    def member_id(self) -> int: ...
-    @property
-    def available(self) -> Decimal: ...
-    @property
-    def pending(self) -> Decimal: ...
-    @property
-    def held(self) -> Decimal: ...
-    @property
-    def lifetime_earned(self) -> Decimal: ...
+    member_id: int
+    available: Decimal
+    pending: Decimal
+    lifetime_earned: Decimal
+
     @property
     def balance(self) -> Decimal: ...
 
