@@ -33,8 +33,7 @@ class Account(Model):
 
     @property
     def balance(self):
-        """What the entries add up to: available (net of debt), pending and held."""
-        return self.available + self.pending + self.held
+        return balance_of(self)
 
 
 class Entry(Model):
@@ -105,6 +104,12 @@ class LotAllocation(_TakenFromLot, Model):
     entry_id: Mapped[int] = mapped_column(sa.ForeignKey("ledger_entries.id"), index=True)
 
     entry = relationship("Entry")
+
+
+def balance_of(account):
+    """What an account's entries add up to: available (net of debt), pending and held (Account.balance,
+    and plain_purchase's LockedAccount, which has the same balances)."""
+    return account.available + account.pending + account.held
 
 
 def points_total(lines):

@@ -43,7 +43,7 @@ from loyalty.extensions import db
 from loyalty.members import lookup
 from loyalty.members.models import Member, MemberIdentity
 from loyalty.points import ledger, rules
-from loyalty.points.models import Account, Entry, Lot, Purchase, points_total
+from loyalty.points.models import Account, Entry, Lot, Purchase, balance_of, points_total
 from loyalty.segments.models import MemberTag
 from loyalty.tiers import service as tiers
 
@@ -68,8 +68,7 @@ class LockedAccount:
 
     @property
     def balance(self) -> Decimal:
-        """The same rule as the mapped account's `balance`: available (net of debt), pending and held."""
-        return self.available + self.pending + self.held
+        return balance_of(self)  # the same rule as the mapped Account's
 
 
 class RecordedPurchase(SimpleNamespace):
