@@ -15,6 +15,7 @@ It creates and drops its own database (default bench_hot; refuses `test`/`test_*
 """
 import argparse
 import collections
+import contextlib
 import cProfile
 import json
 import os
@@ -85,26 +86,42 @@ def parse_args(argv=None):
     return args
 
 
+@contextlib.contextmanager
+def noop_server(args):
+    """bench/noop_app.py under the run's gunicorn, after 1 s of unmeasured GETs (see `service`)."""
+    with pc.Server(args, "noop_app:app", lambda u: get_ok(u + "/noop"), extra=("--pythonpath", HERE)) as s:
+        loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": ["/noop"]}), 1, warmup=0,
+                         connections=args.clients, processes=args.gen_processes)
+        yield s
+
+
+@contextlib.contextmanager
+def service(args, key):
+    """The service (wsgi:app) under the run's gunicorn, after 2 s of unmeasured member reads: the first
+    burst of connections after a start went all to one worker (seen with ss: 32 of 32), and the first
+    phase measured half of the later ones."""
+    with pc.Server(args, "wsgi:app", pc.service_ready) as s:
+        loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": [READ_PATHS["member"]], "members": args.members}),
+                         2, warmup=0, connections=args.clients, processes=args.gen_processes,
+                         headers={"Authorization": "Bearer " + key})
+        yield s
+
+
 def credit_pairs(args, state):
     """`args.pairs` times: the no-op POST at saturation, then at once the credit at saturation, each
-    under a fresh gunicorn (the first burst of connections after a start is sent unmeasured, as in
-    main). A pair's ratio compares two phases about 20 s apart, not minutes."""
+    under a fresh gunicorn (`noop_server`, `service`). A pair's ratio compares two phases about 20 s
+    apart, not minutes."""
     pairs = []
     spec_noop = ("post_noop", {})
     for i in range(args.pairs):
         print(f"[pair {i + 1}/{args.pairs}] no-op POST, then credit, at saturation ...", flush=True)
         at = time.strftime("%H:%M:%S", time.gmtime())
-        with pc.Server(args, "noop_app:app", lambda u: get_ok(u + "/noop"), extra=("--pythonpath", HERE)) as s:
-            loadgen.saturate("127.0.0.1", s.port, spec_noop, 1, warmup=0, connections=args.clients,
-                             processes=args.gen_processes)
+        with noop_server(args) as s:
             noop = http(s, args, "closed", spec_noop)
-        with pc.Server(args, "wsgi:app", pc.service_ready) as s:
-            key = state["api_key"]
-            loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": [READ_PATHS["member"]], "members": args.members}),
-                             2, warmup=0, connections=args.clients, processes=args.gen_processes,
-                             headers={"Authorization": "Bearer " + key})
+        with service(args, state["api_key"]) as s:
             credit = http(s, args, "closed", ("post_purchase", {"members": args.members,
-                                                                 "prefix": f"pair{int(time.time())}-{i}"}), key)
+                                                                 "prefix": f"pair{int(time.time())}-{i}"}),
+                          state["api_key"])
         # A phase with errors is no measure (loadgen counts every answer in per_s, errors too).
         clean = noop["per_s"] and not noop["errors"] and not credit["errors"]
         pairs.append({"at_utc": at, "noop_post": noop, "credit": credit,
@@ -321,10 +338,8 @@ def main(argv=None):
     print(f"  database {args.db_name} at start: {report['database_at_start']}", flush=True)
 
     if "noop" not in args.skip:
-        with pc.Server(args, "noop_app:app", lambda u: get_ok(u + "/noop"), extra=("--pythonpath", HERE)) as s:
+        with noop_server(args) as s:
             print("[no-op] GET and POST saturation ...", flush=True)
-            loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": ["/noop"]}), 1, warmup=0,
-                             connections=args.clients, processes=args.gen_processes)
             phases["noop GET saturation"] = http(s, args, "closed", ("get_paths", {"paths": ["/noop"]}))
             phases["noop POST saturation"] = http(s, args, "closed", ("post_noop", {}))
             # The generator's own ceiling: one process alone against the no-op (the server's two
@@ -336,13 +351,8 @@ def main(argv=None):
                 s, args, "closed", ("get_paths", {"paths": ["/noop"]}))
             args.gen_processes = single
 
-    with pc.Server(args, "wsgi:app", pc.service_ready) as s:
-        key = state["api_key"]
-        # As for the no-op above: the first burst of connections after a start went all to one worker
-        # (seen with ss: 32 of 32), and the first phase measured half of the later ones.
-        loadgen.saturate("127.0.0.1", s.port, ("get_paths", {"paths": [READ_PATHS["member"]], "members": args.members}),
-                         2, warmup=0, connections=args.clients, processes=args.gen_processes,
-                         headers={"Authorization": "Bearer " + key})
+    key = state["api_key"]
+    with service(args, key) as s:
         if not args.reuse_db and args.lots_per_member and ("reads" not in args.skip):
             print("[seed] purchases so that members have lots ...", flush=True)
             seed_lots(args, s.url, key)
